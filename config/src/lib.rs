@@ -1,0 +1,1 @@
+//! The config.toml contract (being built).

@@ -1,0 +1,1 @@
+//! ASTM E1381 / E1394 — see submodules (being built).

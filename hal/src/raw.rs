@@ -1,0 +1,1 @@
+//! Raw delimited framing (being built).

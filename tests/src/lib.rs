@@ -1,0 +1,1 @@
+//! labagent-tests: helpers for end-to-end tests of the real binary.
