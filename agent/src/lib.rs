@@ -1,2 +1,4 @@
-//! labagent library: drivers, store, uplinks. The binary in `main.rs` is the CLI.
+//! labagent library: IO drivers, the durable store, uplinks. The binary in `main.rs` is the
+//! CLI on top of it.
+pub mod source;
 pub mod store;

@@ -1,1 +1,71 @@
-fn main() {}
+//! `labagent` — the binary. Parses the command line, maps outcomes to the exit codes
+//! documented in `--help`.
+
+mod cli;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{exit, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { exit::OK });
+        }
+    };
+    ExitCode::from(match cli.command {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Run => run(&cli.config),
+        Command::Ports => {
+            print!(
+                "{}",
+                cli::ports::render(&cli::ports::list(Path::new("/sys"), Path::new("/dev")))
+            );
+            exit::OK
+        }
+    })
+}
+
+/// Loads and validates the config, printing warnings and errors in `FILE:LINE:COL: ...`
+/// form. `None` means the caller should exit with [`exit::CONFIG`].
+fn load_config(path: &Path) -> Option<labagent_config::Loaded> {
+    match labagent_config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(loaded)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
+    }
+}
+
+fn check_config(path: &Path) -> u8 {
+    let Some(loaded) = load_config(path) else {
+        return exit::CONFIG;
+    };
+    println!("# {}: configuration is valid; effective settings:", path.display());
+    print!("{}", loaded.config.effective_toml());
+    exit::OK
+}
+
+fn run(path: &Path) -> u8 {
+    let Some(_loaded) = load_config(path) else {
+        return exit::CONFIG;
+    };
+    eprintln!(
+        "labagent run: the configuration is valid, but this build does not run channels or \
+         uplinks yet (serial/TCP sources, ASTM/HL7/raw sessions, the store, HTTPS and MQTT \
+         uploads are being built). Nothing is received, acknowledged or uploaded. See README.md."
+    );
+    exit::UNAVAILABLE
+}

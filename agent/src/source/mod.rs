@@ -1,0 +1,1 @@
+//! IO drivers binding hal sessions to real ports (being built).

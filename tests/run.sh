@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test of labagent, as the README says. Installs what the tests need first, so a
+# fresh Debian machine with the Rust toolchain passes the same way as a developer's.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages the tests use: strace (store-before-ACK ordering test).
+missing=()
+for tool in strace; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The hal must build for a bare-metal target (no_std + alloc).
+rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> hal builds for thumbv7em-none-eabihf (no_std)"
+cargo build --quiet -p labagent-hal --no-default-features --target thumbv7em-none-eabihf
+echo "==> build binaries (end-to-end tests run the real labagent)"
+cargo build --quiet --workspace --bins --examples
+echo "==> cargo test"
+cargo test --workspace --no-fail-fast
+
+echo "==> all tests passed in $(( $(date +%s) - start ))s"
