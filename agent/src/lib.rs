@@ -2,3 +2,4 @@
 //! CLI on top of it.
 pub mod source;
 pub mod store;
+pub mod uplink;

@@ -1,0 +1,1 @@
+//! Uplinks (being built).
