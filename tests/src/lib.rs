@@ -4,6 +4,8 @@
 //! the README's test command builds every binary first and we find it next to our own
 //! test executable (`target/<profile>/deps/..`).
 
+pub mod pty;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,1 +1,39 @@
-//! HL7 v2 over MLLP — see submodules (being built).
+//! HL7 v2 over MLLP.
+//!
+//! - [`mllp`]: the bounded, incremental MLLP framer (`VT msg FS CR`) and its encoder;
+//! - [`msh`]: a zero-copy, validate-once view of the MSH segment and the segments;
+//! - [`ack`]: which acknowledgement to send ([`ack::decide_ack`]) and building it with the
+//!   original message's own separators ([`ack::build_ack`]);
+//! - [`escape`]: `\F\ \S\ \T\ \R\ \E\ \P\ \Xhh\ \H\ \N\` with any encoding characters;
+//! - [`charset`]: MSH-18 (table 0211) to a WHATWG encoding label for the agent's decoder.
+//!
+//! Typical driver loop (agent side):
+//!
+//! ```
+//! use labagent_hal::hl7::{ack, mllp, msh::MshView};
+//! let mut framer = mllp::MllpFramer::new(64 * 1024);
+//! let mut replies = Vec::new();
+//! framer.feed(b"\x0bMSH|^~\\&|A|B|C|D|2024||ORU^R01|42|P|2.4\r\x1c\r", |ev| {
+//!     if let mllp::MllpEvent::Message(msg) = ev {
+//!         let view = MshView::new_checked(&msg).ok();
+//!         // ... store `msg` durably, then:
+//!         let outcome = ack::Outcome::Accepted;
+//!         let params = ack::AckParams { timestamp: b"20240101120000", control_id: b"1",
+//!                                       text: None, error: None };
+//!         if let Some(code) = ack::decide_ack(view.as_ref(), ack::AckMode::Original, outcome) {
+//!             let body = match &view {
+//!                 Some(v) => ack::build_ack(v, code, &params),
+//!                 None => ack::build_minimal_ack(code, &params),
+//!             };
+//!             replies.push(mllp::encode(&body));
+//!         }
+//!     }
+//! });
+//! assert!(replies[0].windows(9).any(|w| w == b"MSA|AA|42"));
+//! ```
+
+pub mod ack;
+pub mod charset;
+pub mod escape;
+pub mod mllp;
+pub mod msh;

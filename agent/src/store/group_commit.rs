@@ -1,0 +1,164 @@
+//! Group commit: one committer thread turns many "make my write durable" requests into one
+//! `Engine::sync`.
+//!
+//! Every write applied to the engine gets a generation number (assigned under the store's
+//! write lock, so generation order = apply order). A writer that needs durability calls
+//! [`GroupCommit::wait`] with its generation. The committer reads the newest generation
+//! *before* it syncs, so one sync covers every write with a generation up to that number;
+//! then it wakes all waiters it covered. N concurrent appenders therefore share one
+//! flush + fsync, and a lone appender pays exactly one.
+
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+#[derive(Default)]
+struct State {
+    /// Highest generation applied to the engine.
+    written: u64,
+    /// Highest generation somebody waits for.
+    requested: u64,
+    /// Everything up to here is durable.
+    synced: u64,
+    /// Generations covered by a sync, successful or not.
+    covered: u64,
+    /// Ranges `(lo, hi]` of generations whose sync failed or whose writes were discarded
+    /// by a reopen; their writers get an error even if a later sync covers the number.
+    failures: Vec<(u64, u64)>,
+    last_error: Option<(io::ErrorKind, String)>,
+    syncs: u64,
+    stop: bool,
+}
+
+impl State {
+    fn push_failure(&mut self, lo: u64, hi: u64) {
+        if hi > lo {
+            self.failures.push((lo, hi));
+            // Waiters of old ranges have been woken long ago; keep the list short.
+            if self.failures.len() > 64 {
+                self.failures.remove(0);
+            }
+        }
+    }
+}
+
+pub(crate) struct GroupCommit {
+    state: Mutex<State>,
+    work: Condvar,
+    done: Condvar,
+}
+
+pub(crate) type SyncFn = Box<dyn Fn() -> io::Result<()> + Send>;
+
+impl GroupCommit {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        })
+    }
+
+    /// Starts the committer thread; `sync` makes everything applied so far durable.
+    pub(crate) fn spawn(self: &Arc<Self>, sync: SyncFn) -> io::Result<JoinHandle<()>> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || me.run(sync))
+    }
+
+    fn run(&self, sync: SyncFn) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            while !st.stop && st.requested <= st.covered {
+                st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            if st.stop && st.requested <= st.covered {
+                return;
+            }
+            let target = st.written;
+            drop(st);
+            let r = sync();
+            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.syncs += 1;
+            match r {
+                Ok(()) => st.synced = st.synced.max(target),
+                Err(e) => {
+                    let lo = st.synced;
+                    st.push_failure(lo, target);
+                    st.last_error = Some((e.kind(), e.to_string()));
+                }
+            }
+            st.covered = st.covered.max(target);
+            self.done.notify_all();
+        }
+    }
+
+    /// Records that a write was applied; call under the store's write lock.
+    pub(crate) fn note_write(&self) -> u64 {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.written += 1;
+        st.written
+    }
+
+    /// Blocks until generation `gen` is durable, or returns the error of the sync that
+    /// covered it.
+    pub(crate) fn wait(&self, gen: u64) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.requested < gen {
+            st.requested = gen;
+            self.work.notify_one();
+        }
+        loop {
+            if st.failures.iter().any(|&(lo, hi)| gen > lo && gen <= hi) {
+                let (kind, msg) = st
+                    .last_error
+                    .clone()
+                    .unwrap_or((io::ErrorKind::Other, "sync failed".into()));
+                return Err(io::Error::new(kind, msg));
+            }
+            if st.synced >= gen {
+                return Ok(());
+            }
+            if st.stop {
+                return Err(io::Error::other("store is closing"));
+            }
+            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The engine is being replaced: writes applied but not yet synced are gone.
+    pub(crate) fn discard_unsynced(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (lo, hi) = (st.synced, st.written);
+        if hi > lo {
+            st.push_failure(lo, hi);
+            if st.last_error.is_none() {
+                st.last_error = Some((
+                    io::ErrorKind::Other,
+                    "store reopened after an IO error".into(),
+                ));
+            }
+        }
+        st.synced = st.synced.max(hi);
+        st.covered = st.covered.max(hi);
+        self.done.notify_all();
+    }
+
+    /// The newest write generation.
+    pub(crate) fn current(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).written
+    }
+
+    /// Number of syncs done so far.
+    pub(crate) fn syncs(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).syncs
+    }
+
+    pub(crate) fn stop(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.stop = true;
+        self.work.notify_all();
+        self.done.notify_all();
+    }
+}

@@ -1,0 +1,208 @@
+//! Key layout and record encoding. One ordered key space; the first byte names the table.
+//!
+//! | key | value | what |
+//! |---|---|---|
+//! | `V` | format version, u32 BE | checked at open |
+//! | `U` | store id, u32 BE | random per store; first half of every message id |
+//! | `S` | next sequence, u64 BE | persisted in the same batch as each append |
+//! | `M` seq | [`Header`] JSON | one per kept message (any state) |
+//! | `B` seq chunk(u32) | bytes, ≤ `CHUNK` | the message bytes, in order |
+//! | `Q` chan 0 seq | — | pending FIFO per channel |
+//! | `D` chan 0 sha256 | seq | duplicate index (complete messages kept) |
+//! | `T` at(u64 secs) seq | — | delivered, by delivery time (prune, drop_oldest) |
+//! | `P` chan 0 transmission | seq | open partial messages (ASTM transmissions) |
+//! | `C` chan | [`Counters`] JSON | O(1) per-channel counters |
+//! | `O` order id | order JSON | outbox |
+//! | `R` chan 0 seq | order id | pending orders FIFO per channel |
+//! | `K` | token JSON | uplink access token |
+
+use serde::{Deserialize, Serialize};
+
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+pub(crate) const VERSION: &[u8] = b"V";
+pub(crate) const STORE_ID: &[u8] = b"U";
+pub(crate) const NEXT_SEQ: &[u8] = b"S";
+pub(crate) const TOKEN: &[u8] = b"K";
+
+pub(crate) fn msg(seq: u64) -> Vec<u8> {
+    cat(b"M", &[], &seq.to_be_bytes())
+}
+pub(crate) fn body(seq: u64, chunk: u32) -> Vec<u8> {
+    let mut k = cat(b"B", &[], &seq.to_be_bytes());
+    k.extend_from_slice(&chunk.to_be_bytes());
+    k
+}
+pub(crate) fn body_prefix(seq: u64) -> Vec<u8> {
+    cat(b"B", &[], &seq.to_be_bytes())
+}
+pub(crate) fn queue(chan: &str, seq: u64) -> Vec<u8> {
+    cat(b"Q", chan.as_bytes(), &seq.to_be_bytes())
+}
+pub(crate) fn queue_prefix(chan: &str) -> Vec<u8> {
+    cat(b"Q", chan.as_bytes(), &[])
+}
+pub(crate) fn dedup(chan: &str, sha: &[u8; 32]) -> Vec<u8> {
+    cat(b"D", chan.as_bytes(), sha)
+}
+pub(crate) fn delivered(at_secs: u64, seq: u64) -> Vec<u8> {
+    let mut k = b"T".to_vec();
+    k.extend_from_slice(&at_secs.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+pub(crate) fn partial(chan: &str, transmission: &str) -> Vec<u8> {
+    cat(b"P", chan.as_bytes(), transmission.as_bytes())
+}
+pub(crate) fn counters(chan: &str) -> Vec<u8> {
+    let mut k = b"C".to_vec();
+    k.extend_from_slice(chan.as_bytes());
+    k
+}
+pub(crate) fn order(id: &str) -> Vec<u8> {
+    let mut k = b"O".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+pub(crate) fn order_queue(chan: &str, seq: u64) -> Vec<u8> {
+    cat(b"R", chan.as_bytes(), &seq.to_be_bytes())
+}
+pub(crate) fn order_queue_prefix(chan: &str) -> Vec<u8> {
+    cat(b"R", chan.as_bytes(), &[])
+}
+
+/// `table chan 0 tail`; channel names never contain NUL (checked by the store).
+fn cat(table: &[u8], chan: &[u8], tail: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + chan.len() + tail.len());
+    k.extend_from_slice(table);
+    if !chan.is_empty() {
+        k.extend_from_slice(chan);
+        k.push(0);
+    }
+    k.extend_from_slice(tail);
+    k
+}
+
+/// End of the key range that starts with `prefix` (exclusive).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut e = prefix.to_vec();
+    while let Some(last) = e.pop() {
+        if last < 0xff {
+            e.push(last + 1);
+            return e;
+        }
+    }
+    vec![0xff; 64]
+}
+
+pub(crate) fn seq_suffix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[key.len() - 8..]);
+    u64::from_be_bytes(b)
+}
+
+/// Everything about a stored message except its bytes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct Header {
+    pub channel: String,
+    pub protocol: String,
+    /// Milliseconds since the Unix epoch (wall clock; may be before 1970 on a bad clock).
+    pub received_at_ms: i64,
+    pub clock_synced: bool,
+    pub meta: serde_json::Value,
+    pub state: super::State,
+    pub len: u64,
+    pub chunks: u32,
+    /// Hex SHA-256 of the bytes; empty while the message is an open partial.
+    pub sha256: String,
+    pub reason: Option<String>,
+    pub delivered_at: Option<u64>,
+    /// Set while this message is an open partial (ASTM transmission in progress).
+    pub transmission: Option<String>,
+}
+
+impl Header {
+    /// Bytes charged to the quota for this message.
+    pub fn charge(&self) -> u64 {
+        self.len + self.meta.to_string().len() as u64 + super::quota::PER_MESSAGE_OVERHEAD
+    }
+}
+
+/// Per-channel counters, persisted in the same batch as every change they count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub incomplete: u64,
+    pub rejected: u64,
+    pub delivered: u64,
+    /// Quota charge of every message kept in this channel, any state.
+    pub kept_bytes: u64,
+    /// Undelivered messages dropped by `when_full = drop_oldest` (acknowledged data lost).
+    pub dropped_undelivered: u64,
+    /// Delivered messages dropped early by `when_full = drop_oldest`.
+    pub dropped_delivered: u64,
+}
+
+impl Counters {
+    pub(crate) fn add(&mut self, h: &Header, sign: i64) {
+        let n = |v: &mut u64, d: u64| {
+            *v = if sign > 0 {
+                v.saturating_add(d)
+            } else {
+                v.saturating_sub(d)
+            };
+        };
+        match h.state {
+            super::State::Pending => {
+                n(&mut self.pending, 1);
+                n(&mut self.pending_bytes, h.len);
+            }
+            super::State::Incomplete => n(&mut self.incomplete, 1),
+            super::State::Rejected => n(&mut self.rejected, 1),
+            super::State::Delivered => n(&mut self.delivered, 1),
+        }
+        n(&mut self.kept_bytes, h.charge());
+    }
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T14:05:00.123Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339_ms(1_795_874_700_123),
+            "2026-11-28T14:05:00.123Z"
+        );
+        assert_eq!(
+            super::rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

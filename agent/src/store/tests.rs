@@ -1,0 +1,516 @@
+//! Unit tests and the property test against a `VecDeque` model.
+
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, SystemTime};
+
+use proptest::prelude::*;
+
+use super::engine::{FaultyEngine, SledEngine};
+use super::*;
+
+fn opts() -> StoreOptions {
+    StoreOptions {
+        min_free: 0,
+        ..StoreOptions::default()
+    }
+}
+
+fn msg(ch: &str, bytes: &[u8]) -> NewMessage {
+    NewMessage {
+        channel: ch.into(),
+        protocol: "hl7".into(),
+        received_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_874_700_123),
+        clock_synced: true,
+        bytes: bytes.to_vec(),
+        meta: serde_json::json!({"msh10": "X1"}),
+    }
+}
+
+#[test]
+fn append_get_fifo_and_ids() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let a = s.append(msg("a", b"one")).unwrap();
+    let b = s.append(msg("a", b"two")).unwrap();
+    let big = vec![7u8; 100_000];
+    let c = s.append(msg("b", &big)).unwrap();
+    assert!(!a.duplicate && a.id.seq() < b.id.seq());
+    let id_text = a.id.to_string();
+    assert_eq!(id_text.len(), 8 + 1 + 12, "{id_text}");
+    assert_eq!(id_text.parse::<MessageId>().unwrap(), a.id);
+    let p = s.next_pending("a", 10).unwrap();
+    assert_eq!(
+        p.iter().map(|m| m.bytes.clone()).collect::<Vec<_>>(),
+        vec![b"one".to_vec(), b"two".to_vec()]
+    );
+    assert_eq!(s.get(c.id).unwrap().unwrap().bytes, big);
+    assert_eq!(s.channels(), vec!["a".to_string(), "b".to_string()]);
+    let st = s.stats().unwrap();
+    assert_eq!(st.totals.pending, 3);
+    assert_eq!(st.totals.pending_bytes, 6 + 100_000);
+    assert_eq!(st.channels[0].oldest_pending.unwrap().0, a.id);
+    // No blobs: the 100 kB message was chunked.
+    assert!(
+        !d.path().join("sled/blobs").exists()
+            || std::fs::read_dir(d.path().join("sled/blobs"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let mut out = Vec::new();
+    assert_eq!(s.export(SystemTime::UNIX_EPOCH, &mut out).unwrap(), 3);
+    let first: serde_json::Value =
+        serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["received_at"], "2026-11-28T14:05:00.123Z");
+    assert_eq!(first["id"], id_text);
+}
+
+#[test]
+fn duplicate_within_keep_delivered() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let a = s.append(msg("a", b"same")).unwrap();
+    let b = s.append(msg("a", b"same")).unwrap();
+    assert_eq!((b.id, b.duplicate), (a.id, true));
+    assert!(!s.append(msg("other", b"same")).unwrap().duplicate);
+    s.confirm(a.id).unwrap();
+    assert!(s.append(msg("a", b"same")).unwrap().duplicate);
+    assert_eq!(s.prune(SystemTime::now()).unwrap(), 0);
+    assert_eq!(
+        s.prune(SystemTime::now() + Duration::from_secs(8 * 86_400))
+            .unwrap(),
+        1
+    );
+    let c = s.append(msg("a", b"same")).unwrap();
+    assert!(!c.duplicate && c.id != a.id);
+}
+
+#[test]
+fn fragments_complete_abandon_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let frag = |t: &str, b: &[u8]| Fragment {
+        channel: "astm1".into(),
+        transmission: t.into(),
+        protocol: "astm".into(),
+        received_at: SystemTime::now(),
+        clock_synced: false,
+        bytes: b.to_vec(),
+    };
+    {
+        let s = Store::open(d.path(), opts()).unwrap();
+        let id = s.append_fragment(frag("t1", b"H|\\^&\r")).unwrap();
+        assert_eq!(s.append_fragment(frag("t1", &[b'R'; 20_000])).unwrap(), id);
+        assert_eq!(s.stats().unwrap().totals.incomplete, 1);
+        assert!(s.next_pending("astm1", 10).unwrap().is_empty());
+        let done = s
+            .complete("astm1", "t1", serde_json::json!({"records": 2}))
+            .unwrap();
+        assert_eq!((done.id, done.duplicate), (id, false));
+        assert_eq!(
+            s.next_pending("astm1", 10).unwrap()[0].bytes.len(),
+            6 + 20_000
+        );
+        // Same content again → duplicate, partial removed.
+        s.append_fragment(frag("t2", b"H|\\^&\r")).unwrap();
+        s.append_fragment(frag("t2", &[b'R'; 20_000])).unwrap();
+        let again = s.complete("astm1", "t2", serde_json::Value::Null).unwrap();
+        assert_eq!((again.id, again.duplicate), (id, true));
+        // An unfinished transmission survives a restart as incomplete.
+        s.append_fragment(frag("t3", b"H|partial")).unwrap();
+        assert!(matches!(
+            s.complete("astm1", "nope", serde_json::Value::Null),
+            Err(StoreError::NoPartial { .. })
+        ));
+    }
+    let s = Store::open(d.path(), opts()).unwrap();
+    let inc = s.list(Some("astm1"), Some(State::Incomplete), 10).unwrap();
+    assert_eq!(inc.len(), 1);
+    assert!(matches!(
+        s.complete("astm1", "t3", serde_json::Value::Null),
+        Err(StoreError::NoPartial { .. })
+    ));
+    assert_eq!(s.retry_all(State::Incomplete).unwrap(), 1);
+    assert_eq!(s.next_pending("astm1", 10).unwrap().len(), 2);
+    let st = s.stats().unwrap();
+    assert_eq!((st.totals.incomplete, st.totals.pending), (0, 2));
+}
+
+#[test]
+fn quota_refuse_then_accept_after_delivery() {
+    let d = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        max_bytes: 10 * 1024,
+        ..opts()
+    };
+    let s = Store::open(d.path(), o).unwrap();
+    let mut ids = Vec::new();
+    let err = loop {
+        match s.append(msg("a", format!("{:01000}", ids.len()).as_bytes())) {
+            Ok(a) => ids.push(a.id),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(err, StoreError::Full(FullReason::Quota { .. })),
+        "{err}"
+    );
+    assert!(ids.len() >= 5);
+    s.confirm(ids[0]).unwrap();
+    // Delivered still counts (kept for keep_delivered)...
+    assert!(matches!(s.append(msg("a", b"x")), Err(StoreError::Full(_))));
+    s.purge_delivered().unwrap();
+    // ... and after it is gone there is room again.
+    s.append(msg("a", b"x")).unwrap();
+}
+
+#[test]
+fn min_free_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        d.path(),
+        StoreOptions {
+            min_free: u64::MAX,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        s.append(msg("a", b"x")),
+        Err(StoreError::Full(FullReason::DiskFree { .. }))
+    ));
+}
+
+#[test]
+fn drop_oldest_delivered_first_then_undelivered() {
+    let d = tempfile::tempdir().unwrap();
+    let o = StoreOptions {
+        max_bytes: 4 * (1000 + 256 + 20),
+        when_full: WhenFull::DropOldest,
+        ..opts()
+    };
+    let s = Store::open(d.path(), o).unwrap();
+    let body = |i: usize| format!("{i:01000}").into_bytes();
+    let ids: Vec<_> = (0..4)
+        .map(|i| s.append(msg("a", &body(i))).unwrap().id)
+        .collect();
+    s.confirm(ids[2]).unwrap();
+    let e = s.append(msg("a", &body(4))).unwrap().id;
+    assert!(
+        s.get(ids[2]).unwrap().is_none(),
+        "the delivered one goes first"
+    );
+    assert!(s.get(ids[0]).unwrap().is_some());
+    s.append(msg("a", &body(5))).unwrap();
+    assert!(
+        s.get(ids[0]).unwrap().is_none(),
+        "then the oldest undelivered"
+    );
+    let st = s.stats().unwrap().totals;
+    assert_eq!((st.dropped_delivered, st.dropped_undelivered), (1, 1));
+    assert_eq!(
+        s.next_pending("a", 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.info.id)
+            .collect::<Vec<_>>(),
+        vec![
+            ids[1],
+            ids[3],
+            e,
+            s.next_pending("a", 10).unwrap()[3].info.id
+        ]
+    );
+}
+
+#[test]
+fn enospc_refuses_reopens_and_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let full = Arc::new(AtomicBool::new(false));
+    let f2 = Arc::clone(&full);
+    let opener: Opener = Arc::new(move |dir: &Path| {
+        if f2.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(28));
+        }
+        let inner = Box::new(SledEngine::open(dir, 8 << 20)?);
+        Ok(Box::new(FaultyEngine {
+            inner,
+            full: Arc::clone(&f2),
+        }) as Box<dyn Engine>)
+    });
+    let s = Store::open_engine(d.path(), opts(), opener).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20u32 {
+        acked.push((s.append(msg("a", &i.to_be_bytes())).unwrap().id, i));
+    }
+    full.store(true, Ordering::SeqCst);
+    for i in 20..25u32 {
+        let e = s.append(msg("a", &i.to_be_bytes())).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Io(ref io) if io.raw_os_error() == Some(28)),
+            "{e}"
+        );
+    }
+    full.store(false, Ordering::SeqCst);
+    for i in 25..30u32 {
+        acked.push((s.append(msg("a", &i.to_be_bytes())).unwrap().id, i));
+    }
+    drop(s);
+    let s = Store::open(d.path(), opts()).unwrap();
+    for (id, i) in acked {
+        assert_eq!(
+            s.get(id).unwrap().expect("acked message lost").bytes,
+            i.to_be_bytes()
+        );
+    }
+}
+
+#[test]
+fn format_version_is_checked() {
+    let d = tempfile::tempdir().unwrap();
+    drop(Store::open(d.path(), opts()).unwrap());
+    {
+        let e = SledEngine::open(d.path(), 1 << 20).unwrap();
+        e.apply(vec![(
+            keys::VERSION.to_vec(),
+            Some(99u32.to_be_bytes().to_vec()),
+        )])
+        .unwrap();
+        e.sync().unwrap();
+    }
+    match Store::open(d.path(), opts()) {
+        Err(StoreError::UnsupportedFormat {
+            found: 99,
+            supported: 1,
+        }) => {}
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened a store of another format"),
+    }
+}
+
+#[test]
+fn orders_and_token() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let o = |id: &str| NewOrder {
+        id: id.into(),
+        channel: "c".into(),
+        text: format!("O|{id}"),
+    };
+    assert!(s.put_order(o("o1")).unwrap());
+    assert!(s.put_order(o("o2")).unwrap());
+    assert!(!s.put_order(o("o1")).unwrap());
+    assert_eq!(
+        s.next_orders("c", 10)
+            .unwrap()
+            .iter()
+            .map(|o| o.id.as_str())
+            .collect::<Vec<_>>(),
+        ["o1", "o2"]
+    );
+    s.mark_order("o1", OrderOutcome::Retry, Some("busy"))
+        .unwrap();
+    assert_eq!(s.next_orders("c", 10).unwrap()[0].attempts, 1);
+    s.mark_order("o1", OrderOutcome::Delivered, None).unwrap();
+    assert_eq!(s.next_orders("c", 10).unwrap().len(), 1);
+    assert!(
+        !s.put_order(o("o1")).unwrap(),
+        "a delivered order id is still known"
+    );
+    let t = Token {
+        access_token: Secret::new("eyJ.secret"),
+        token_type: "Bearer".into(),
+        expires_at_unix: 42,
+        scope: None,
+    };
+    assert!(!format!("{t:?}").contains("eyJ"));
+    s.save_token(&t).unwrap();
+    drop(s);
+    let s = Store::open(d.path(), opts()).unwrap();
+    assert_eq!(s.load_token().unwrap().unwrap(), t);
+}
+
+#[test]
+fn group_commit_shares_syncs() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let before = s.stats().unwrap().syncs;
+    std::thread::scope(|sc| {
+        for t in 0..8 {
+            let s = s.clone();
+            sc.spawn(move || {
+                for i in 0..50 {
+                    s.append(msg("a", format!("{t}-{i}").as_bytes())).unwrap();
+                }
+            });
+        }
+    });
+    let syncs = s.stats().unwrap().syncs - before;
+    assert!(syncs <= 400, "{syncs} syncs for 400 appends");
+    assert_eq!(s.stats().unwrap().totals.pending, 400);
+}
+
+// ---- property test against a model ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(usize, u8),
+    Confirm(usize, usize),
+    Reject(usize, usize),
+    Retry(usize, usize),
+    PruneNone,
+    PruneAll,
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..2usize, 0..12u8).prop_map(|(c, b)| Op::Append(c, b)),
+        2 => (0..2usize, 0..4usize).prop_map(|(c, k)| Op::Confirm(c, k)),
+        1 => (0..2usize, 0..4usize).prop_map(|(c, k)| Op::Reject(c, k)),
+        1 => (0..2usize, 0..4usize).prop_map(|(c, k)| Op::Retry(c, k)),
+        1 => Just(Op::PruneNone),
+        1 => Just(Op::PruneAll),
+        1 => Just(Op::Restart),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct ModelMsg {
+    id: MessageId,
+    bytes: Vec<u8>,
+    state: State,
+}
+
+const CH: [&str; 2] = ["ch-a", "ch-b"];
+
+fn body(b: u8) -> Vec<u8> {
+    // Some bodies span several chunks.
+    let n = if b % 3 == 0 { 20_000 } else { 10 + b as usize };
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(b).wrapping_add(b))
+        .collect()
+}
+
+fn check(s: &Store, model: &[VecDeque<ModelMsg>; 2]) {
+    let mut totals = Counters::default();
+    for (c, q) in model.iter().enumerate() {
+        let pending: Vec<_> = q.iter().filter(|m| m.state == State::Pending).collect();
+        let got = s.next_pending(CH[c], usize::MAX).unwrap();
+        assert_eq!(
+            got.iter().map(|m| m.info.id).collect::<Vec<_>>(),
+            pending.iter().map(|m| m.id).collect::<Vec<_>>()
+        );
+        for (g, m) in got.iter().zip(&pending) {
+            assert_eq!(g.bytes, m.bytes);
+        }
+        let all = s.list(Some(CH[c]), None, usize::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|i| (i.id, i.state)).collect::<Vec<_>>(),
+            q.iter().map(|m| (m.id, m.state)).collect::<Vec<_>>()
+        );
+        totals.pending += pending.len() as u64;
+        totals.pending_bytes += pending.iter().map(|m| m.bytes.len() as u64).sum::<u64>();
+        totals.delivered += q.iter().filter(|m| m.state == State::Delivered).count() as u64;
+        totals.rejected += q.iter().filter(|m| m.state == State::Rejected).count() as u64;
+    }
+    let st = s.stats().unwrap().totals;
+    assert_eq!(
+        (st.pending, st.pending_bytes, st.delivered, st.rejected),
+        (
+            totals.pending,
+            totals.pending_bytes,
+            totals.delivered,
+            totals.rejected
+        )
+    );
+}
+
+fn nth(q: &VecDeque<ModelMsg>, state: State, k: usize) -> Option<usize> {
+    let idx: Vec<usize> = q
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.state == state)
+        .map(|(i, _)| i)
+        .collect();
+    if idx.is_empty() {
+        None
+    } else {
+        Some(idx[k % idx.len()])
+    }
+}
+
+proptest! {
+    // Deterministic: fixed seed (override with PROPTEST_RNG_SEED / PROPTEST_CASES).
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("PROPTEST_RNG_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x1ab0_a6e7),
+        ),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = Store::open(d.path(), opts()).unwrap();
+        let mut model: [VecDeque<ModelMsg>; 2] = [VecDeque::new(), VecDeque::new()];
+        for op in ops {
+            match op {
+                Op::Append(c, b) => {
+                    let bytes = body(b);
+                    let a = s.append(msg(CH[c], &bytes)).unwrap();
+                    match model[c].iter().find(|m| m.bytes == bytes) {
+                        Some(m) => prop_assert_eq!((a.id, a.duplicate), (m.id, true)),
+                        None => {
+                            prop_assert!(!a.duplicate);
+                            prop_assert!(model.iter().flatten().all(|m| m.id < a.id));
+                            model[c].push_back(ModelMsg { id: a.id, bytes, state: State::Pending });
+                        }
+                    }
+                }
+                Op::Confirm(c, k) => if let Some(i) = nth(&model[c], State::Pending, k) {
+                    s.confirm(model[c][i].id).unwrap();
+                    model[c][i].state = State::Delivered;
+                },
+                Op::Reject(c, k) => if let Some(i) = nth(&model[c], State::Pending, k) {
+                    s.reject(model[c][i].id, "422").unwrap();
+                    model[c][i].state = State::Rejected;
+                },
+                Op::Retry(c, k) => if let Some(i) = nth(&model[c], State::Rejected, k) {
+                    s.retry(model[c][i].id).unwrap();
+                    model[c][i].state = State::Pending;
+                },
+                Op::PruneNone => { prop_assert_eq!(s.prune(SystemTime::now()).unwrap(), 0); }
+                Op::PruneAll => {
+                    let n = s.prune(SystemTime::now() + Duration::from_secs(8 * 86_400)).unwrap();
+                    let before: usize = model.iter().map(|q| q.len()).sum();
+                    for q in model.iter_mut() { q.retain(|m| m.state != State::Delivered); }
+                    prop_assert_eq!(n, before - model.iter().map(|q| q.len()).sum::<usize>());
+                }
+                Op::Restart => {
+                    drop(s);
+                    s = Store::open(d.path(), opts()).unwrap();
+                }
+            }
+            check(&s, &model);
+        }
+    }
+}
+
+#[cfg(feature = "bench-redb")]
+#[test]
+fn redb_engine_same_interface() {
+    let d = tempfile::tempdir().unwrap();
+    let a = {
+        let s = Store::open_with(d.path(), opts(), EngineKind::Redb).unwrap();
+        let a = s.append(msg("a", b"one")).unwrap();
+        assert!(s.append(msg("a", b"one")).unwrap().duplicate);
+        s.append(msg("a", b"two")).unwrap();
+        s.confirm(a.id).unwrap();
+        a
+    };
+    let s = Store::open_with(d.path(), opts(), EngineKind::Redb).unwrap();
+    assert_eq!(s.get(a.id).unwrap().unwrap().info.state, State::Delivered);
+    assert_eq!(s.next_pending("a", 10).unwrap()[0].bytes, b"two");
+}

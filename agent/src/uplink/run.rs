@@ -1,0 +1,439 @@
+//! The drain loop: take the oldest messages of each channel, post them, act on the answer.
+//!
+//! Per channel the loop never moves past a message that is neither confirmed (2xx) nor
+//! parked (400/409/413/415/422 naming that message), so order is kept. Any other outcome
+//! stops the round: the uplink waits (backoff, `Retry-After`, pause) and starts again
+//! from the oldest message, with the same `Idempotency-Key`.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::auth::{AuthError, Authenticator, Credential};
+use super::backoff::{seed, Backoff, Clock, SystemClock};
+use super::http::{HttpClient, NetErrorKind};
+use super::queue::{rfc3339, Outgoing, Queue, TokenCache};
+use super::response::{classify, Action};
+use super::status::{UplinkState, UplinkStatus};
+use super::tls::TlsError;
+use super::{AuthSettings, Format, UplinkSettings};
+
+/// How long an idle uplink waits before looking at the queue again (a wake ends it early).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The uplink cannot be built from these settings.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("{what} {url:?} is plain http: refused unless uplink.allow_plain_http = true")]
+    PlainHttp { what: &'static str, url: String },
+    #[error("{what} {url:?} is not an http(s) URL")]
+    BadUrl { what: &'static str, url: String },
+    #[error("uplink TLS settings: {0}")]
+    Tls(#[from] TlsError),
+    #[error("uplink.auth: {0}")]
+    Auth(&'static str),
+    #[error("cannot start the uplink thread: {0}")]
+    Thread(String),
+}
+
+/// Why a round stopped early.
+enum Stop {
+    /// Wait this long (or as the backoff says, if None), in this state.
+    Wait(Option<Duration>, UplinkState, String),
+}
+
+/// The HTTPS uplink. Build with [`Uplink::new`], run with [`Uplink::spawn`] (production) or
+/// [`Uplink::run`] on a thread of your own.
+pub struct Uplink {
+    settings: UplinkSettings,
+    queue: Arc<dyn Queue>,
+    http: HttpClient,
+    auth: Authenticator,
+    clock: Arc<dyn Clock>,
+    status: watch::Sender<UplinkStatus>,
+    backoff: Backoff,
+}
+
+/// Controls a spawned uplink.
+pub struct UplinkHandle {
+    clock: Arc<dyn Clock>,
+    thread: Option<JoinHandle<()>>,
+    status: watch::Receiver<UplinkStatus>,
+}
+
+impl UplinkHandle {
+    /// New data was queued: look now instead of at the next poll.
+    pub fn wake(&self) {
+        self.clock.wake();
+    }
+    /// The latest status (also: [`UplinkHandle::subscribe`] for changes).
+    pub fn status(&self) -> UplinkStatus {
+        self.status.borrow().clone()
+    }
+    pub fn subscribe(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.clone()
+    }
+    /// Stops the uplink after the request in flight (bounded by `timeout`) and waits for it.
+    pub fn shutdown(mut self) {
+        self.clock.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn check_url(url: &str, what: &'static str, allow_plain: bool) -> Result<(), UplinkError> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") {
+        Ok(())
+    } else if lower.starts_with("http://") {
+        if allow_plain {
+            tracing::warn!(
+                url,
+                "{what} is plain http: credentials and data travel unencrypted"
+            );
+            Ok(())
+        } else {
+            Err(UplinkError::PlainHttp {
+                what,
+                url: url.to_string(),
+            })
+        }
+    } else {
+        Err(UplinkError::BadUrl {
+            what,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Uplink {
+    /// Validates the settings and builds the HTTP agent. `clock`: [`SystemClock::new`] in
+    /// production, a `VirtualClock` in tests.
+    pub fn new(
+        settings: UplinkSettings,
+        auth: AuthSettings,
+        queue: Arc<dyn Queue>,
+        cache: Arc<dyn TokenCache>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, UplinkError> {
+        check_url(&settings.url, "uplink.url", settings.allow_plain_http)?;
+        if auth.method == super::AuthMethod::ClientCredentials {
+            check_url(
+                &auth.token_url,
+                "uplink.auth.token_url",
+                settings.allow_plain_http,
+            )?;
+        }
+        if auth.method != super::AuthMethod::None && auth.secret.is_none() {
+            return Err(UplinkError::Auth("no client secret"));
+        }
+        let http = HttpClient::new(&settings)?;
+        let authn = Authenticator::new(auth, http.clone(), cache, clock.clone());
+        let (status, _) = watch::channel(UplinkStatus::new(authn.mode()));
+        Ok(Uplink {
+            settings,
+            queue,
+            http,
+            auth: authn,
+            clock,
+            status,
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed()),
+        })
+    }
+
+    /// Status updates.
+    pub fn subscribe(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.subscribe()
+    }
+
+    /// Token requests made by this instance.
+    pub fn token_requests(&self) -> u64 {
+        self.auth.token_requests()
+    }
+
+    /// Runs on a dedicated OS thread (blocking HTTP never touches the tokio runtime).
+    pub fn spawn(self) -> Result<UplinkHandle, UplinkError> {
+        let clock = self.clock.clone();
+        let status = self.status.subscribe();
+        let thread = std::thread::Builder::new()
+            .name("uplink".into())
+            .spawn(move || {
+                let mut me = self;
+                me.run();
+            })
+            .map_err(|e| UplinkError::Thread(e.to_string()))?;
+        Ok(UplinkHandle {
+            clock,
+            thread: Some(thread),
+            status,
+        })
+    }
+
+    /// Drains until the clock reports shutdown; waits [`IDLE_POLL`] (or a wake) when empty.
+    pub fn run(&mut self) {
+        let span = tracing::info_span!("uplink", url = %self.settings.url);
+        let _g = span.enter();
+        while !self.clock.is_shutdown() {
+            let alive = match self.round() {
+                Ok(true) => true,
+                Ok(false) => self.clock.sleep(IDLE_POLL),
+                Err(stop) => self.wait(stop),
+            };
+            if !alive {
+                break;
+            }
+        }
+        self.status.send_modify(|s| s.state = UplinkState::Stopped);
+    }
+
+    /// Drains until the queue is empty or the clock reports shutdown (tests, `queue flush`).
+    /// Returns whether the queue was found empty.
+    pub fn drain(&mut self) -> bool {
+        loop {
+            match self.round() {
+                Ok(true) => {}
+                Ok(false) => return true,
+                Err(stop) => {
+                    if !self.wait(stop) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self, stop: Stop) -> bool {
+        let Stop::Wait(hint, state, error) = stop;
+        let wait = hint
+            .unwrap_or_else(|| self.backoff.next_wait())
+            .max(self.auth.retry_in());
+        let state = match state {
+            UplinkState::BackingOff { .. } => UplinkState::BackingOff { wait },
+            s => s,
+        };
+        tracing::warn!(state = %state, error = %error, wait_ms = wait.as_millis() as u64, "uplink waits");
+        self.publish(|s| {
+            s.state = state;
+            s.last_error = Some(error);
+        });
+        self.clock.sleep(wait)
+    }
+
+    fn publish(&self, f: impl FnOnce(&mut UplinkStatus)) {
+        let mode = self.auth.mode();
+        let expiry = self.auth.token_expiry();
+        self.status.send_modify(|s| {
+            s.auth_mode = mode;
+            s.token_expires_at = expiry;
+            f(s);
+        });
+    }
+
+    /// One pass over all channels, one batch each. Ok(true): something was delivered or
+    /// parked; Ok(false): nothing pending.
+    fn round(&mut self) -> Result<bool, Stop> {
+        let max = match self.settings.format {
+            Format::Raw => 1,
+            Format::Json => self.settings.batch_max.max(1),
+        };
+        let mut progressed = false;
+        for channel in self.queue.channels() {
+            let batch = self.queue.next_batch(&channel, max);
+            if batch.is_empty() {
+                continue;
+            }
+            self.deliver(&batch)?;
+            progressed = true;
+        }
+        if progressed {
+            self.backoff.reset();
+            self.publish(|s| {
+                s.state = UplinkState::Ok;
+            });
+        } else {
+            let idle = self.status.borrow().state == UplinkState::Starting;
+            if idle {
+                self.publish(|s| s.state = UplinkState::Ok);
+            }
+        }
+        Ok(progressed)
+    }
+
+    /// Delivers `batch` (one request, or bisection on a 4xx that blames a message). On
+    /// return Ok every message of it is confirmed or parked.
+    fn deliver(&mut self, batch: &[Outgoing]) -> Result<(), Stop> {
+        match self.post(batch)? {
+            Action::Delivered => {
+                let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+                self.queue.confirm(&ids);
+                let now = self.clock.now();
+                self.publish(|s| {
+                    s.delivered += ids.len() as u64;
+                    s.last_delivery = Some(now);
+                });
+                Ok(())
+            }
+            Action::Reject(why) if batch.len() == 1 => {
+                let m = &batch[0];
+                tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message rejected by the server; parked");
+                self.queue.reject(&m.id, &why);
+                self.publish(|s| s.rejected += 1);
+                Ok(())
+            }
+            Action::Reject(why) => {
+                tracing::info!(size = batch.len(), reason = %why, "batch refused; splitting it to find the message at fault");
+                let (a, b) = batch.split_at(batch.len() / 2);
+                self.deliver(a)?;
+                self.deliver(b)
+            }
+            other => Err(self.stop_for(other)),
+        }
+    }
+
+    fn stop_for(&self, action: Action) -> Stop {
+        match action {
+            Action::Pause(reason) => Stop::Wait(
+                None,
+                UplinkState::Paused {
+                    reason: reason.clone(),
+                },
+                reason,
+            ),
+            Action::Unauthorized => {
+                let r = "401 Unauthorized with a fresh credential: check client id, secret and permissions".to_string();
+                Stop::Wait(None, UplinkState::Paused { reason: r.clone() }, r)
+            }
+            Action::RateLimited(hint) => Stop::Wait(
+                hint,
+                UplinkState::BackingOff {
+                    wait: Duration::ZERO,
+                },
+                "rate limited by the server".into(),
+            ),
+            Action::Retry(e) => Stop::Wait(
+                None,
+                UplinkState::BackingOff {
+                    wait: Duration::ZERO,
+                },
+                e,
+            ),
+            Action::Delivered | Action::Reject(_) => unreachable_stop(),
+        }
+    }
+
+    /// One POST of `batch`, with one new token and one retry after a 401.
+    fn post(&mut self, batch: &[Outgoing]) -> Result<Action, Stop> {
+        let (body, content_type) = match self.settings.format {
+            Format::Raw => (
+                batch[0].text.clone().into_bytes(),
+                batch[0].protocol.content_type(),
+            ),
+            Format::Json => (self.envelopes(batch), "application/json"),
+        };
+        let mut retried = false;
+        loop {
+            let cred = self.auth.credential().map_err(auth_stop)?;
+            let received_at;
+            let mut headers: Vec<(&str, &str)> = vec![("Content-Type", content_type)];
+            if let Some(v) = cred.header_value() {
+                headers.push(("Authorization", v));
+            }
+            if self.settings.format == Format::Raw {
+                let m = &batch[0];
+                received_at = rfc3339(m.received_at);
+                headers.extend([
+                    ("Idempotency-Key", m.id.as_str()),
+                    ("X-Labagent-Agent", self.settings.agent_id.as_str()),
+                    ("X-Labagent-Channel", m.channel.as_str()),
+                    ("X-Labagent-Protocol", m.protocol.as_str()),
+                    ("X-Labagent-Received-At", received_at.as_str()),
+                ]);
+            } else {
+                headers.push(("X-Labagent-Agent", self.settings.agent_id.as_str()));
+            }
+            let reply = match self.http.post(&self.settings.url, &headers, &body) {
+                Ok(r) => r,
+                Err(e) => {
+                    let state = match e.kind {
+                        NetErrorKind::Tls => UplinkState::Paused {
+                            reason: format!("TLS: {}", e.detail),
+                        },
+                        _ => UplinkState::BackingOff {
+                            wait: Duration::ZERO,
+                        },
+                    };
+                    return Err(Stop::Wait(None, state, e.detail));
+                }
+            };
+            let action = classify(reply.status, &reply.hints, self.clock.now());
+            if action == Action::Unauthorized && !retried && matches!(cred, Credential::Bearer(_)) {
+                retried = true;
+                self.auth.invalidate(&cred);
+                continue;
+            }
+            return Ok(action);
+        }
+    }
+
+    fn envelopes(&self, batch: &[Outgoing]) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            id: &'a str,
+            agent: &'a str,
+            channel: &'a str,
+            protocol: &'a str,
+            received_at: String,
+            clock_synced: bool,
+            text: &'a str,
+            meta: &'a serde_json::Value,
+        }
+        let list: Vec<Envelope<'_>> = batch
+            .iter()
+            .map(|m| Envelope {
+                id: &m.id,
+                agent: &self.settings.agent_id,
+                channel: &m.channel,
+                protocol: m.protocol.as_str(),
+                received_at: rfc3339(m.received_at),
+                clock_synced: m.clock_synced,
+                text: &m.text,
+                meta: &m.meta,
+            })
+            .collect();
+        serde_json::to_vec(&list).unwrap_or_default()
+    }
+}
+
+fn unreachable_stop() -> Stop {
+    // `deliver` handles both before calling `stop_for`; keep going rather than panic.
+    Stop::Wait(
+        None,
+        UplinkState::BackingOff {
+            wait: Duration::ZERO,
+        },
+        "internal: unexpected action".into(),
+    )
+}
+
+fn auth_stop(e: AuthError) -> Stop {
+    let detail = e.to_string();
+    let state = match &e {
+        AuthError::Credentials(d) => UplinkState::CredentialsProblem { detail: d.clone() },
+        AuthError::GrantRefused(_) | AuthError::Tls(_) => UplinkState::Paused {
+            reason: detail.clone(),
+        },
+        AuthError::RateLimited | AuthError::Endpoint(_) => UplinkState::BackingOff {
+            wait: Duration::ZERO,
+        },
+    };
+    Stop::Wait(None, state, detail)
+}
+
+/// The production clock, for callers that do not inject one.
+pub fn system_clock() -> Arc<dyn Clock> {
+    SystemClock::new()
+}

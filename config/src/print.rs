@@ -1,0 +1,192 @@
+//! [`Config::effective_toml`]: the effective settings, every default filled in.
+//!
+//! The output is itself a valid config: loading it gives an equal [`Config`] provided the
+//! same secret source is available. A secret file is printed as the real
+//! `client_secret_file` key (a path is not a secret); any other source is printed as a
+//! comment only, so the secret itself never appears and an inline secret is not copied.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::model::{Channel, Config, Encoding, ProtocolSettings, Transport};
+use crate::secret::SecretSource;
+use crate::units::{format_duration as dur, format_size as size};
+
+/// A TOML basic string.
+fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn qp(p: &Path) -> String {
+    q(&p.to_string_lossy())
+}
+
+fn byte_list(bytes: &[u8]) -> String {
+    let items: Vec<String> = bytes.iter().map(|b| format!("0x{b:02X}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl Config {
+    /// The effective settings as TOML (see the module doc of `print`).
+    pub fn effective_toml(&self) -> String {
+        let mut o = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_toml(&mut o);
+        o
+    }
+
+    fn write_toml(&self, o: &mut String) -> std::fmt::Result {
+        let a = &self.agent;
+        writeln!(o, "[agent]")?;
+        writeln!(o, "id = {}", q(&a.id))?;
+        writeln!(o, "state_dir = {}", qp(&a.state_dir))?;
+        writeln!(o, "log = {}", q(a.log.as_str()))?;
+        writeln!(o, "status_socket = {}", qp(&a.status_socket))?;
+        match a.metrics {
+            Some(m) => writeln!(o, "metrics = {}", q(&m.to_string()))?,
+            None => writeln!(o, "# metrics: off")?,
+        }
+
+        let b = &self.buffer;
+        writeln!(o, "\n[buffer]")?;
+        writeln!(o, "max_bytes = {}", q(&size(b.max_bytes)))?;
+        writeln!(o, "min_free = {}", q(&size(b.min_free)))?;
+        writeln!(o, "when_full = {}", q(b.when_full.as_str()))?;
+        writeln!(o, "keep_delivered = {}", q(&dur(b.keep_delivered)))?;
+
+        let u = &self.uplink;
+        writeln!(o, "\n[uplink]")?;
+        writeln!(o, "kind = {}", q(u.kind.as_str()))?;
+        if let Some(url) = &u.url {
+            writeln!(o, "url = {}", q(url))?;
+        }
+        writeln!(o, "format = {}", q(u.format.as_str()))?;
+        writeln!(o, "batch_max = {}", u.batch_max)?;
+        writeln!(o, "timeout = {}", q(&dur(u.timeout)))?;
+        match &u.ca_file {
+            Some(p) => writeln!(o, "ca_file = {}", qp(p))?,
+            None => writeln!(o, "# ca_file: system roots")?,
+        }
+        match (&u.client_cert, &u.client_key) {
+            (Some(c), Some(k)) => {
+                writeln!(o, "client_cert = {}", qp(c))?;
+                writeln!(o, "client_key = {}", qp(k))?;
+            }
+            _ => writeln!(o, "# client_cert, client_key: none (no mutual TLS)")?,
+        }
+        writeln!(o, "allow_plain_http = {}", u.allow_plain_http)?;
+
+        let au = &u.auth;
+        writeln!(o, "\n[uplink.auth]")?;
+        writeln!(o, "method = {}", q(au.method.as_str()))?;
+        if let Some(t) = &au.token_url {
+            writeln!(o, "token_url = {}", q(t))?;
+        }
+        if let Some(c) = &au.client_id {
+            writeln!(o, "client_id = {}", q(c))?;
+        }
+        match &au.secret_source {
+            Some(SecretSource::File(p)) => writeln!(o, "client_secret_file = {}", qp(p))?,
+            Some(src) => writeln!(o, "# client_secret: [from {src}]")?,
+            None => {}
+        }
+        match &au.scope {
+            Some(s) => writeln!(o, "scope = {}", q(s))?,
+            None => writeln!(o, "# scope: none")?,
+        }
+        writeln!(o, "client_auth = {}", q(au.client_auth.as_str()))?;
+        writeln!(o, "strict_scope = {}", au.strict_scope)?;
+        writeln!(o, "fallback = {}", q(au.fallback.as_str()))?;
+
+        if let Some(m) = &u.mqtt {
+            writeln!(o, "\n[uplink.mqtt]")?;
+            writeln!(o, "url = {}", q(&m.url))?;
+            writeln!(o, "allow_plain_mqtt = {}", m.allow_plain_mqtt)?;
+            writeln!(o, "client_id = {}", q(&m.client_id))?;
+            writeln!(o, "topic_prefix = {}", q(&m.topic_prefix))?;
+            writeln!(o, "orders = {}", m.orders)?;
+            writeln!(o, "qos = {}", m.qos)?;
+        }
+
+        for c in &self.channels {
+            write_channel(o, c)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_channel(o: &mut String, c: &Channel) -> std::fmt::Result {
+    writeln!(o, "\n[[channel]]")?;
+    writeln!(o, "name = {}", q(&c.name))?;
+    writeln!(o, "protocol = {}", q(c.protocol().as_str()))?;
+    match &c.transport {
+        Transport::Serial {
+            path,
+            baud,
+            data_bits,
+            parity,
+            stop_bits,
+            flow_control,
+        } => {
+            writeln!(o, "serial = {}", qp(path))?;
+            writeln!(o, "baud = {baud}")?;
+            writeln!(o, "data_bits = {}", data_bits.get())?;
+            writeln!(o, "parity = {}", q(parity.as_str()))?;
+            writeln!(o, "stop_bits = {}", stop_bits.get())?;
+            writeln!(o, "flow_control = {}", q(flow_control.as_str()))?;
+        }
+        Transport::Listen(a) => writeln!(o, "listen = {}", q(&a.to_string()))?,
+        Transport::Connect(h) => writeln!(o, "connect = {}", q(h))?,
+    }
+    writeln!(
+        o,
+        "encoding = {}",
+        q(match &c.encoding {
+            Encoding::Auto => "auto",
+            Encoding::Label(l) => l,
+        })
+    )?;
+    match &c.settings {
+        ProtocolSettings::Astm(a) => {
+            writeln!(o, "\n[channel.astm]")?;
+            writeln!(o, "receive_timeout = {}", q(&dur(a.receive_timeout)))?;
+            writeln!(o, "ack_timeout = {}", q(&dur(a.ack_timeout)))?;
+            writeln!(o, "max_retries = {}", a.max_retries)?;
+            writeln!(o, "max_frame = {}", q(&size(a.max_frame)))?;
+            writeln!(o, "max_message = {}", q(&size(a.max_message)))?;
+        }
+        ProtocolSettings::Hl7(h) => {
+            writeln!(o, "\n[channel.hl7]")?;
+            writeln!(o, "ack = {}", q(h.ack.as_str()))?;
+            writeln!(o, "max_message = {}", q(&size(h.max_message)))?;
+            if matches!(c.transport, Transport::Listen(_)) {
+                writeln!(o, "max_connections = {}", h.max_connections)?;
+            }
+            writeln!(o, "idle_timeout = {}", q(&dur(h.idle_timeout)))?;
+        }
+        ProtocolSettings::Raw(r) => {
+            writeln!(o, "\n[channel.raw]")?;
+            writeln!(o, "start = {}", byte_list(&r.start))?;
+            writeln!(o, "end = {}", byte_list(&r.end))?;
+            match &r.reply {
+                Some(reply) => writeln!(o, "reply = {}", byte_list(reply))?,
+                None => writeln!(o, "# reply: none")?,
+            }
+            writeln!(o, "max_message = {}", q(&size(r.max_message)))?;
+        }
+    }
+    Ok(())
+}
