@@ -16,7 +16,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::CONFIG } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            });
         }
     };
     ExitCode::from(match cli.command {
@@ -34,20 +38,18 @@ fn main() -> ExitCode {
 
 /// Loads and validates the config, printing warnings and errors in `FILE:LINE:COL: ...`
 /// form. `None` means the caller should exit with [`exit::CONFIG`].
-fn load_config(path: &Path) -> Option<Loaded> {
-    // TEMPORARY while the config crate is being written: every file is refused.
-    eprintln!("{}: configuration loading is not built yet", path.display());
-    None
-}
-
-/// TEMPORARY stand-in for `labagent_config::Loaded`.
-struct Loaded {
-    config: Stand,
-}
-struct Stand;
-impl Stand {
-    fn effective_toml(&self) -> String {
-        String::new()
+fn load_config(path: &Path) -> Option<labagent_config::Loaded> {
+    match labagent_config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            Some(loaded)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            None
+        }
     }
 }
 
@@ -55,7 +57,10 @@ fn check_config(path: &Path) -> u8 {
     let Some(loaded) = load_config(path) else {
         return exit::CONFIG;
     };
-    println!("# {}: configuration is valid; effective settings:", path.display());
+    println!(
+        "# {}: configuration is valid; effective settings:",
+        path.display()
+    );
     print!("{}", loaded.config.effective_toml());
     exit::OK
 }

@@ -67,7 +67,8 @@ fn check_config_accepts_the_shipped_example() {
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(r.stdout.contains("[agent]"), "{r:?}");
     assert!(
-        !r.stdout.contains("not-a-real-secret-7f3a") && !r.stderr.contains("not-a-real-secret-7f3a"),
+        !r.stdout.contains("not-a-real-secret-7f3a")
+            && !r.stderr.contains("not-a-real-secret-7f3a"),
         "the secret must never be printed: {r:?}"
     );
 }
@@ -79,7 +80,12 @@ fn check_config_prints_defaults_filled_in() {
     let r = run(labagent().arg("check-config").arg("--config").arg(&cfg));
     assert_eq!(r.code, Some(0), "{r:?}");
     // Defaults from CONFIG.md that the file did not set.
-    for needle in ["baud = 9600", "when_full = \"refuse\"", "keep_delivered", "receive_timeout"] {
+    for needle in [
+        "baud = 9600",
+        "when_full = \"refuse\"",
+        "keep_delivered",
+        "receive_timeout",
+    ] {
         assert!(r.stdout.contains(needle), "missing {needle:?}: {r:?}");
     }
 }
@@ -91,7 +97,11 @@ fn check_config_on_a_typo_names_file_line_column_and_the_closest_key() {
     let cfg = write_config(dir.path(), &text);
     let r = run(labagent().arg("check-config").arg("--config").arg(&cfg));
     assert_eq!(r.code, Some(2), "{r:?}");
-    let line = text.lines().position(|l| l.starts_with("baud_rate")).unwrap() + 1;
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("baud_rate"))
+        .unwrap()
+        + 1;
     let prefix = format!("{}:{line}:1: ", cfg.display());
     assert!(r.stderr.contains(&prefix), "expected {prefix:?} in {r:?}");
     assert!(r.stderr.contains("did you mean \"baud\"?"), "{r:?}");
@@ -128,7 +138,10 @@ fn check_config_refuses_a_world_readable_secret_file() {
     let r = run(labagent().arg("check-config").arg("--config").arg(&cfg));
     assert_eq!(r.code, Some(0), "{r:?}");
     assert!(!r.stdout.contains("s3cr3t-value"), "{r:?}");
-    assert!(r.stdout.contains(&secret.display().to_string()), "source shown: {r:?}");
+    assert!(
+        r.stdout.contains(&secret.display().to_string()),
+        "source shown: {r:?}"
+    );
 }
 
 #[test]

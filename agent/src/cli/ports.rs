@@ -209,7 +209,9 @@ mod tests {
         );
         assert_eq!(ports[1].dev, dev.join("ttyUSB0"));
         match &ports[1].kind {
-            PortKind::Usb { vid, pid, serial, .. } => {
+            PortKind::Usb {
+                vid, pid, serial, ..
+            } => {
                 assert_eq!((vid.as_str(), pid.as_str()), ("0403", "6001"));
                 assert_eq!(serial.as_deref(), Some("A50285BI"));
             }
@@ -217,8 +219,14 @@ mod tests {
         }
         assert_eq!(ports[1].by_id.len(), 1);
         let text = render(&ports);
-        assert!(text.contains("usb 0403:6001 serial=A50285BI (FTDI FT232R USB UART)"), "{text}");
-        assert!(text.contains("usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"), "{text}");
+        assert!(
+            text.contains("usb 0403:6001 serial=A50285BI (FTDI FT232R USB UART)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -357,7 +357,11 @@ impl Receiver {
             candidate.push(CR);
         }
         // Records before the last CR of the committed partial are known not to be L.
-        let scan_from = self.partial.iter().rposition(|&b| b == CR).map_or(0, |i| i + 1);
+        let scan_from = self
+            .partial
+            .iter()
+            .rposition(|&b| b == CR)
+            .map_or(0, |i| i + 1);
         let (completed, partial) = split_messages(candidate, scan_from);
         let too_long = partial.len() > self.cfg.max_message
             || completed
