@@ -81,7 +81,6 @@ fn check_config_prints_defaults_filled_in() {
     assert_eq!(r.code, Some(0), "{r:?}");
     // Defaults from CONFIG.md that the file did not set.
     for needle in [
-        "baud = 9600",
         "when_full = \"refuse\"",
         "keep_delivered",
         "receive_timeout",
