@@ -38,7 +38,6 @@ pub mod run;
 pub mod status;
 pub mod tls;
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -163,33 +162,9 @@ impl AuthSettings {
     }
 }
 
-/// A secret (client secret, access token). Debug and Display print `[redacted]`; the
-/// value is reachable only through [`Secret::expose`], so it cannot slip into a log line
-/// by formatting.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+/// A secret (client secret, access token): the config crate's type, whose Debug and
+/// Display print `[redacted]`; the value is reachable only through `Secret::expose`.
+pub use labagent_config::Secret;
 
 #[cfg(test)]
 mod tests {
