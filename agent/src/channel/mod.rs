@@ -1,0 +1,202 @@
+//! Channel drivers: a hal protocol session on a [`Conn`], the store behind it.
+//!
+//! One driver per protocol (`astm`, `hl7`, `raw`), each a function
+//! `serve(conn, ctx) -> io::Result<()>` that runs one connection until it ends. The
+//! supervisor ([`run_channel`]) asks the channel's [`Link`] for connections and runs the
+//! driver on each (concurrently for `listen`).
+//!
+//! Rules every driver keeps (ARCHITECTURE.md, "Durability"):
+//! - nothing is acknowledged to an instrument before the store said `Ok` (the store call
+//!   returns after the fsync); a store error is answered negatively (NAK, AR/CE, no reply);
+//! - store calls block: they run in `spawn_blocking` ([`ChannelCtx::store_call`]);
+//! - after a stored message, [`ChannelCtx::notify_stored`] wakes the uplink;
+//! - every byte read and written goes to [`ChannelCtx::tap`] for `labagent monitor`;
+//! - no patient data in logs at info or above: ids, lengths, counts only.
+
+pub mod astm;
+pub mod stats;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::source::{Conn, Link};
+use crate::store::{Appended, NewMessage, Store, StoreError};
+pub use stats::{ChannelCounters, ChannelSnapshot};
+
+/// Direction of wire bytes, for the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dir {
+    /// Instrument → agent.
+    In,
+    /// Agent → instrument.
+    Out,
+}
+
+/// Bytes seen on the wire of a channel.
+#[derive(Debug, Clone)]
+pub struct WireEvent {
+    pub at: SystemTime,
+    pub dir: Dir,
+    pub bytes: Arc<[u8]>,
+}
+
+/// Called after a message became durable (wakes the uplink).
+pub type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// Everything a driver needs, shared by all connections of a channel.
+pub struct ChannelCtx {
+    pub config: labagent_config::Channel,
+    pub store: Store,
+    pub counters: Arc<ChannelCounters>,
+    /// Whether the system clock is synchronized (stored with each message).
+    pub clock_synced: Arc<AtomicBool>,
+    notify: Notify,
+    tap: broadcast::Sender<WireEvent>,
+    /// Becomes true when the agent is stopping: refuse new transmissions politely.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl ChannelCtx {
+    pub fn new(
+        config: labagent_config::Channel,
+        store: Store,
+        notify: Notify,
+        stopping: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let (tap, _) = broadcast::channel(1024);
+        Arc::new(ChannelCtx {
+            config,
+            store,
+            counters: Arc::new(ChannelCounters::default()),
+            clock_synced: Arc::new(AtomicBool::new(true)),
+            notify,
+            tap,
+            stopping,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
+    pub fn subscribe_wire(&self) -> broadcast::Receiver<WireEvent> {
+        self.tap.subscribe()
+    }
+
+    /// Records wire bytes for the monitor (cheap when nobody listens).
+    pub fn tap(&self, dir: Dir, bytes: &[u8]) {
+        if bytes.is_empty() || self.tap.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.tap.send(WireEvent {
+            at: SystemTime::now(),
+            dir,
+            bytes: bytes.into(),
+        });
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Runs a blocking store call off the runtime.
+    pub async fn store_call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Io(io::Error::other(format!(
+                "store task failed: {e}"
+            )))),
+        }
+    }
+
+    /// A new message for this channel, stamped now.
+    pub fn new_message(&self, bytes: Vec<u8>, meta: serde_json::Value) -> NewMessage {
+        NewMessage {
+            channel: self.config.name.clone(),
+            protocol: self.config.protocol().as_str().to_string(),
+            received_at: SystemTime::now(),
+            clock_synced: self.clock_synced.load(Ordering::Relaxed),
+            bytes,
+            meta,
+        }
+    }
+
+    /// Stores a complete message (durable on `Ok`), counting and logging the outcome.
+    pub async fn store_message(
+        &self,
+        bytes: Vec<u8>,
+        meta: serde_json::Value,
+    ) -> Result<Appended, StoreError> {
+        let m = self.new_message(bytes, meta);
+        let len = m.bytes.len();
+        let r = self.store_call(move |s| s.append(m)).await;
+        self.after_store(&r, len);
+        r
+    }
+
+    /// Bookkeeping after a store attempt: counters, log line (never data), uplink wake.
+    pub fn after_store(&self, r: &Result<Appended, StoreError>, len: usize) {
+        match r {
+            Ok(a) if a.duplicate => {
+                self.counters.duplicate();
+                tracing::info!(channel = %self.name(), id = %a.id, len, "duplicate message, already stored");
+            }
+            Ok(a) => {
+                self.counters.stored(len);
+                tracing::info!(channel = %self.name(), id = %a.id, len, "message stored");
+                (self.notify)();
+            }
+            Err(e) => {
+                self.counters.refused(&e.to_string());
+                tracing::error!(channel = %self.name(), len, error = %e, "message refused by the store; instrument answered negatively");
+            }
+        }
+    }
+}
+
+/// Supervises one channel: connection after connection, a driver session on each, until
+/// `stopping` turns true.
+pub async fn run_channel(ctx: Arc<ChannelCtx>, mut link: Link) {
+    let mut stopping = ctx.stopping.clone();
+    let concurrent = link.concurrent();
+    let mut sessions = tokio::task::JoinSet::new();
+    loop {
+        let conn = tokio::select! {
+            c = link.next_connection() => c,
+            _ = stopping.wait_for(|s| *s) => break,
+        };
+        if concurrent {
+            sessions.spawn(serve(conn, ctx.clone()));
+            while sessions.try_join_next().is_some() {}
+        } else {
+            serve(conn, ctx.clone()).await;
+        }
+    }
+    while sessions.join_next().await.is_some() {}
+}
+
+/// One connection with the channel's protocol driver; logs how it ended.
+pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
+    let label = conn.label().to_string();
+    let r = match &ctx.config.settings {
+        labagent_config::ProtocolSettings::Astm(_) => astm::serve(conn, ctx.clone()).await,
+        labagent_config::ProtocolSettings::Hl7(_) | labagent_config::ProtocolSettings::Raw(_) => {
+            Err(io::Error::other("protocol driver not built yet"))
+        }
+    };
+    if let Err(e) = r {
+        ctx.counters.set_error(&e.to_string());
+        tracing::debug!(channel = %ctx.name(), conn = %label, error = %e, "session ended");
+    }
+}
