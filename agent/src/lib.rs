@@ -1,6 +1,8 @@
 //! labagent library: IO drivers, the durable store, uplinks. The binary in `main.rs` is the
 //! CLI on top of it.
 pub mod channel;
+pub mod service;
+pub mod simulate;
 pub mod source;
 pub mod store;
 pub mod uplink;

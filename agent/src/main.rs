@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     ExitCode::from(match cli.command {
         Command::CheckConfig => check_config(&cli.config),
         Command::Run => run(&cli.config),
+        Command::Simulate(args) => cli::simulate::run(&args),
         Command::Ports => {
             print!(
                 "{}",
@@ -66,13 +67,37 @@ fn check_config(path: &Path) -> u8 {
 }
 
 fn run(path: &Path) -> u8 {
-    let Some(_loaded) = load_config(path) else {
+    let Some(loaded) = load_config(path) else {
         return exit::CONFIG;
     };
-    eprintln!(
-        "labagent run: the configuration is valid, but this build does not run channels or \
-         uplinks yet (serial/TCP sources, ASTM/HL7/raw sessions, the store, HTTPS and MQTT \
-         uploads are being built). Nothing is received, acknowledged or uploaded. See README.md."
-    );
-    exit::UNAVAILABLE
+    cli::logging::init(loaded.config.agent.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("labagent: cannot start the runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        match labagent::service::Agent::start(loaded.config).await {
+            Ok(agent) => {
+                agent.run_until(labagent::service::termination()).await;
+                exit::OK
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("labagent: {e}");
+                match e {
+                    labagent::service::RunError::Store { .. }
+                    | labagent::service::RunError::StateDir { .. } => exit::STORE,
+                    labagent::service::RunError::Uplink(_) => exit::CONFIG,
+                    labagent::service::RunError::Unavailable(_) => exit::UNAVAILABLE,
+                }
+            }
+        }
+    })
 }

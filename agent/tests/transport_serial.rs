@@ -3,9 +3,7 @@
 //! up again behind the same path. Backoff runs on tokio's paused clock, so it costs no
 //! real time and attempt counts are exact functions of virtual time.
 
-#[allow(dead_code)]
-#[path = "../../tests/src/pty.rs"]
-mod pty;
+use labagent::simulate::pty;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! the README's test command builds every binary first and we find it next to our own
 //! test executable (`target/<profile>/deps/..`).
 
+/// The pty helper is product code (`labagent simulate --pty-link`); tests use the same file.
+#[path = "../../agent/src/simulate/pty.rs"]
 pub mod pty;
 
 use std::path::{Path, PathBuf};

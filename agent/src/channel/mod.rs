@@ -48,6 +48,34 @@ pub struct WireEvent {
 /// Called after a message became durable (wakes the uplink).
 pub type Notify = Arc<dyn Fn() + Send + Sync>;
 
+/// The fate of an order, for `{prefix}/{agent}/{channel}/orders/status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OrderReport {
+    pub channel: String,
+    pub id: String,
+    /// `delivered` or `failed`.
+    pub state: String,
+    pub detail: String,
+}
+
+/// Where a channel reports to: the uplink(s).
+#[derive(Clone)]
+pub struct Hooks {
+    /// A message became durable: wake the uplink.
+    pub stored: Notify,
+    /// An order was delivered to the instrument or given up.
+    pub order: Arc<dyn Fn(OrderReport) + Send + Sync>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            stored: Arc::new(|| {}),
+            order: Arc::new(|_| {}),
+        }
+    }
+}
+
 /// Everything a driver needs, shared by all connections of a channel.
 pub struct ChannelCtx {
     pub config: labagent_config::Channel,
@@ -55,8 +83,10 @@ pub struct ChannelCtx {
     pub counters: Arc<ChannelCounters>,
     /// Whether the system clock is synchronized (stored with each message).
     pub clock_synced: Arc<AtomicBool>,
-    notify: Notify,
+    hooks: Hooks,
     tap: broadcast::Sender<WireEvent>,
+    /// Signalled when an order for this channel was stored (the driver looks at the outbox).
+    pub orders: tokio::sync::Notify,
     /// Becomes true when the agent is stopping: refuse new transmissions politely.
     pub stopping: watch::Receiver<bool>,
 }
@@ -65,7 +95,7 @@ impl ChannelCtx {
     pub fn new(
         config: labagent_config::Channel,
         store: Store,
-        notify: Notify,
+        hooks: Hooks,
         stopping: watch::Receiver<bool>,
     ) -> Arc<Self> {
         let (tap, _) = broadcast::channel(1024);
@@ -74,8 +104,9 @@ impl ChannelCtx {
             store,
             counters: Arc::new(ChannelCounters::default()),
             clock_synced: Arc::new(AtomicBool::new(true)),
-            notify,
+            hooks,
             tap,
+            orders: tokio::sync::Notify::new(),
             stopping,
         })
     }
@@ -99,6 +130,11 @@ impl ChannelCtx {
             dir,
             bytes: bytes.into(),
         });
+    }
+
+    /// Reports an order's fate to the uplink.
+    pub fn report_order(&self, r: OrderReport) {
+        (self.hooks.order)(r)
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -155,7 +191,7 @@ impl ChannelCtx {
             Ok(a) => {
                 self.counters.stored(len);
                 tracing::info!(channel = %self.name(), id = %a.id, len, "message stored");
-                (self.notify)();
+                (self.hooks.stored)();
             }
             Err(e) => {
                 self.counters.refused(&e.to_string());

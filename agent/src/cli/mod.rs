@@ -1,6 +1,8 @@
 //! The command line: parsed by clap, then each command runs against the validated config.
 
+pub mod logging;
 pub mod ports;
+pub mod simulate;
 
 use std::path::PathBuf;
 
@@ -8,7 +10,6 @@ use clap::{Parser, Subcommand};
 
 /// Exit codes, documented in `--help` so a systemd unit can act on them
 /// (`RestartPreventExitStatus=2` stops restart loops on a broken config).
-#[allow(dead_code)] // FAILURE and STORE are used once `run` drives channels.
 pub mod exit {
     /// Success.
     pub const OK: u8 = 0;
@@ -62,4 +63,7 @@ pub enum Command {
     CheckConfig,
     /// List the serial ports of this host, with USB vendor, product and serial number.
     Ports,
+    /// Play an instrument (ASTM or HL7 sender) on a serial port, a virtual serial port or
+    /// TCP, to test a cable and a config.
+    Simulate(simulate::SimulateArgs),
 }

@@ -80,6 +80,14 @@ impl Conn {
         (conn, tracker)
     }
 
+    /// A connection made outside a link (tests, the simulator, an accepted socket of your
+    /// own): no port status is reported, no slot is held.
+    pub fn detached(label: impl Into<String>, io: Box<dyn AsyncStream>) -> Conn {
+        let label = label.into();
+        let status = StatusTx::new(label.clone());
+        Conn::new(label, io, status, false, None).0
+    }
+
     /// The device (`path -> /dev/ttyUSB0`) or the peer address, for logs and status.
     pub fn label(&self) -> &str {
         &self.label

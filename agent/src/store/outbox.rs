@@ -36,6 +36,9 @@ pub struct Token {
     /// Unix seconds.
     pub expires_at_unix: u64,
     pub scope: Option<String>,
+    /// Unix seconds when it was obtained (0 in stores written before this field existed).
+    #[serde(default)]
+    pub obtained_at_unix: u64,
 }
 
 /// An order from the downlink, to be sent to an instrument.

@@ -321,6 +321,7 @@ fn orders_and_token() {
         access_token: Secret::new("eyJ.secret"),
         token_type: "Bearer".into(),
         expires_at_unix: 42,
+        obtained_at_unix: 7,
         scope: None,
     };
     assert!(!format!("{t:?}").contains("eyJ"));

@@ -69,6 +69,11 @@ impl UplinkHandle {
     pub fn wake(&self) {
         self.clock.wake();
     }
+    /// A function that wakes the uplink, for the channel drivers.
+    pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
+        let clock = self.clock.clone();
+        move || clock.wake()
+    }
     /// The latest status (also: [`UplinkHandle::subscribe`] for changes).
     pub fn status(&self) -> UplinkStatus {
         self.status.borrow().clone()

@@ -13,8 +13,9 @@
 //! error cannot happen, and 9600 baud is as fast as memory. Software flow control (IXON) *does* act on a pty: XOFF (0x13) written by the
 //! master pauses the slave's output until XON (0x11).
 //!
-//! This file is the one implementation: `agent/tests` includes it with `#[path]`, so it
-//! may use only `std` and `rustix` (features `pty`, `termios`, `fs`, `event`).
+//! This file is the one implementation: `labagent simulate --pty-link` uses it, and the
+//! `labagent-tests` crate includes it with `#[path]`, so it may use only `std` and `rustix`
+//! (features `pty`, `termios`, `fs`, `event`).
 //! No `sleep` waits for an event except where Linux offers none: a master whose slave is
 //! not open reports POLLHUP continuously, so waiting through that state is a bounded poll
 //! in short steps.

@@ -1,0 +1,211 @@
+//! `labagent simulate`: play an instrument on a serial port, a virtual serial port (pty),
+//! or a TCP connection. Prints one line per message; exit 0 when every message was
+//! acknowledged.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use labagent::simulate::wire::{PtyWire, SerialWire, Wire};
+use labagent::simulate::{self, AstmInstrument, Pacer, Sent};
+
+use super::exit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Astm,
+    Hl7,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The protocol the instrument speaks.
+    #[arg(long, value_enum, default_value = "astm")]
+    pub protocol: Proto,
+    /// A serial port to send on (the agent listens on the other end of the cable).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["connect", "pty_link"])]
+    pub serial: Option<PathBuf>,
+    /// Create a virtual serial port (a pty) reachable at PATH (a symlink) and play the
+    /// instrument on it; point a channel's `serial` at PATH.
+    #[arg(long, value_name = "PATH", conflicts_with = "connect")]
+    pub pty_link: Option<PathBuf>,
+    /// Connect to the agent's TCP `listen` address (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect: Option<String>,
+    /// Line speed: bytes are paced at BAUD/10 per second, like a UART (also on a pty).
+    #[arg(long, default_value_t = 9600)]
+    pub baud: u32,
+    /// Do not pace: send as fast as the line takes bytes.
+    #[arg(long)]
+    pub no_pacing: bool,
+    /// Send the files this many times.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// After sending, listen this many seconds for orders from the agent and print them.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub wait_orders: u64,
+    /// How long to wait for the agent to open the port or accept the connection.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub open_timeout: u64,
+    /// Files of records (ASTM: H…L, one record per line; HL7: segments, a message per
+    /// MSH). None: the bundled samples.
+    pub files: Vec<PathBuf>,
+}
+
+fn load(args: &SimulateArgs) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    if args.files.is_empty() {
+        let samples = match args.protocol {
+            Proto::Astm => simulate::ASTM_SAMPLES,
+            Proto::Hl7 => simulate::HL7_SAMPLES,
+        };
+        files.extend(samples.iter().map(|(n, b)| (n.to_string(), b.to_vec())));
+    } else {
+        for f in &args.files {
+            let b = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            files.push((f.display().to_string(), b));
+        }
+    }
+    let mut out = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        for (name, bytes) in &files {
+            let msgs = match args.protocol {
+                Proto::Astm => simulate::astm_messages(bytes),
+                Proto::Hl7 => simulate::hl7_messages(bytes),
+            };
+            if msgs.is_empty() {
+                return Err(format!("{name}: no messages found"));
+            }
+            out.extend(msgs.into_iter().map(|m| (name.clone(), m)));
+        }
+    }
+    Ok(out)
+}
+
+fn open_wire(args: &SimulateArgs) -> Result<Box<dyn Wire>, String> {
+    let timeout = Duration::from_secs(args.open_timeout);
+    if let Some(link) = &args.pty_link {
+        let w = PtyWire::create(Some(link)).map_err(|e| format!("cannot create a pty: {e}"))?;
+        eprintln!(
+            "virtual serial port ready at {} ({}); waiting for the agent to open it",
+            link.display(),
+            w.pty().slave_path().display()
+        );
+        w.wait_open(timeout)
+            .map_err(|e| format!("the agent did not open {}: {e}", link.display()))?;
+        eprintln!("port opened by the agent");
+        return Ok(Box::new(w));
+    }
+    if let Some(path) = &args.serial {
+        return Ok(Box::new(
+            SerialWire::open(path, args.baud).map_err(|e| e.to_string())?,
+        ));
+    }
+    if let Some(addr) = &args.connect {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok(Box::new(s));
+                }
+                Err(e) if Instant::now() >= deadline => return Err(format!("{addr}: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+    Err("say where the instrument is: --pty-link PATH, --serial PATH or --connect HOST:PORT".into())
+}
+
+fn line(i: usize, n: usize, name: &str, s: &Sent) -> String {
+    format!(
+        "message {}/{} ({name}, {} bytes): {} in {:.2} s",
+        i + 1,
+        n,
+        s.bytes,
+        s.detail,
+        s.elapsed.as_secs_f64()
+    )
+}
+
+pub fn run(args: &SimulateArgs) -> u8 {
+    let messages = match load(args) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("labagent simulate: {e}");
+            return exit::CONFIG;
+        }
+    };
+    let mut wire = match open_wire(args) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("labagent simulate: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let baud = (!args.no_pacing).then_some(args.baud);
+    let names: Vec<String> = messages.iter().map(|(n, _)| n.clone()).collect();
+    let bodies: Vec<Vec<u8>> = messages.into_iter().map(|(_, m)| m).collect();
+    let n = bodies.len();
+    let start = Instant::now();
+    let mut i = 0;
+    let result = match args.protocol {
+        Proto::Astm => {
+            let mut inst = AstmInstrument::new(baud);
+            inst.on_sent = Some(Box::new(move |s: &Sent| {
+                println!("{}", line(i, n, &names[i], s));
+                i += 1;
+            }));
+            let r = inst.send_all(&mut *wire, &bodies);
+            if r.is_ok() && args.wait_orders > 0 {
+                let deadline = Instant::now() + Duration::from_secs(args.wait_orders);
+                match inst.receive(&mut *wire, usize::MAX, deadline) {
+                    Ok(_) => {
+                        for m in &inst.received.messages {
+                            println!("order received ({} bytes):", m.len());
+                            for rec in m.split(|&b| b == b'\r').filter(|r| !r.is_empty()) {
+                                println!("  {}", String::from_utf8_lossy(rec));
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("labagent simulate: {e}"),
+                }
+            }
+            r
+        }
+        Proto::Hl7 => {
+            let mut pacer = Pacer::new(baud);
+            simulate::send_hl7(
+                &mut *wire,
+                &mut pacer,
+                &bodies,
+                Duration::from_secs(30),
+                |s| {
+                    println!("{}", line(i, n, &names[i], s));
+                    i += 1;
+                },
+            )
+        }
+    };
+    match result {
+        Ok(sent) => {
+            let ok = sent.iter().filter(|s| s.delivered).count();
+            let bytes: usize = sent.iter().map(|s| s.bytes).sum();
+            println!(
+                "{ok} of {} messages acknowledged, {bytes} bytes in {:.2} s",
+                sent.len(),
+                start.elapsed().as_secs_f64()
+            );
+            if ok == sent.len() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("labagent simulate: line error: {e}");
+            exit::FAILURE
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The store seen by the uplinks: [`Queue`] and [`TokenCache`] over [`Store`].
+//!
+//! Both are blocking (sled) and called from the uplink's own thread. Text for upload is
+//! decoded from the stored wire bytes with the encoding the driver recorded in the
+//! message's meta (`encoding`), so what arrives upstream is correct UTF-8 while the store
+//! keeps the bytes exactly as the instrument sent them.
+
+use crate::store::{self, Message, MessageId, Store};
+use crate::uplink::{Outgoing, Protocol, Queue, Secret, StoredToken, TokenCache};
+
+/// Decodes `bytes` per an encoding label (WHATWG labels: `utf-8`, `latin1`,
+/// `windows-1252`, `iso-8859-15`, ...). Unknown labels and invalid sequences fall back to
+/// UTF-8 with replacement characters; nothing is dropped silently.
+pub fn decode(bytes: &[u8], label: &str) -> String {
+    let enc =
+        encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
+    let (text, _, _) = enc.decode(bytes);
+    text.into_owned()
+}
+
+fn protocol(p: &str) -> Protocol {
+    match p {
+        "hl7" => Protocol::Hl7,
+        "raw" => Protocol::Raw,
+        _ => Protocol::Astm,
+    }
+}
+
+/// One stored message as the uplinks send it.
+pub fn outgoing(m: Message) -> Outgoing {
+    let label = m
+        .info
+        .meta
+        .get("encoding")
+        .and_then(|v| v.as_str())
+        .unwrap_or("utf-8")
+        .to_string();
+    Outgoing {
+        id: m.info.id.to_string(),
+        channel: m.info.channel,
+        protocol: protocol(&m.info.protocol),
+        received_at: m.info.received_at,
+        clock_synced: m.info.clock_synced,
+        text: decode(&m.bytes, &label),
+        meta: m.info.meta,
+    }
+}
+
+/// The store's inbox as the uplink's queue.
+#[derive(Clone)]
+pub struct StoreQueue {
+    store: Store,
+}
+
+impl StoreQueue {
+    pub fn new(store: Store) -> Self {
+        StoreQueue { store }
+    }
+}
+
+fn parse_id(id: &str) -> Option<MessageId> {
+    match id.parse() {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::error!(error = %e, "uplink returned an id the store does not know");
+            None
+        }
+    }
+}
+
+impl Queue for StoreQueue {
+    fn channels(&self) -> Vec<String> {
+        self.store.channels()
+    }
+
+    fn next_batch(&self, channel: &str, max: usize) -> Vec<Outgoing> {
+        match self.store.next_pending(channel, max) {
+            Ok(v) => v.into_iter().map(outgoing).collect(),
+            Err(e) => {
+                tracing::error!(channel, error = %e, "cannot read the queue");
+                Vec::new()
+            }
+        }
+    }
+
+    fn confirm(&self, ids: &[String]) {
+        for id in ids.iter().filter_map(|i| parse_id(i)) {
+            if let Err(e) = self.store.confirm(id) {
+                // Not fatal: the message stays pending and is sent again with the same id.
+                tracing::error!(%id, error = %e, "cannot mark a delivered message");
+            }
+        }
+    }
+
+    fn reject(&self, id: &str, reason: &str) {
+        if let Some(id) = parse_id(id) {
+            if let Err(e) = self.store.reject(id, reason) {
+                tracing::error!(%id, error = %e, "cannot park a rejected message");
+            }
+        }
+    }
+}
+
+/// The store's token slot as the uplink's token cache.
+#[derive(Clone)]
+pub struct StoreTokenCache {
+    store: Store,
+}
+
+impl StoreTokenCache {
+    pub fn new(store: Store) -> Self {
+        StoreTokenCache { store }
+    }
+}
+
+impl TokenCache for StoreTokenCache {
+    fn load(&self) -> Option<StoredToken> {
+        match self.store.load_token() {
+            Ok(Some(t)) => Some(StoredToken {
+                access_token: Secret::new(t.access_token.expose()),
+                token_type: t.token_type,
+                expires_at: t.expires_at_unix,
+                obtained_at: t.obtained_at_unix,
+                scope: t.scope,
+            }),
+            // An empty token is what `clear` leaves.
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the saved token; a new one will be requested");
+                None
+            }
+        }
+        .filter(|t| !t.access_token.expose().is_empty())
+    }
+
+    fn save(&self, t: &StoredToken) {
+        let token = store::Token {
+            access_token: store::Secret::new(t.access_token.expose()),
+            token_type: t.token_type.clone(),
+            expires_at_unix: t.expires_at,
+            obtained_at_unix: t.obtained_at,
+            scope: t.scope.clone(),
+        };
+        if let Err(e) = self.store.save_token(&token) {
+            tracing::warn!(error = %e, "cannot save the token; it will be requested again after a restart");
+        }
+    }
+
+    fn clear(&self) {
+        let empty = store::Token {
+            access_token: store::Secret::new(""),
+            token_type: String::new(),
+            expires_at_unix: 0,
+            obtained_at_unix: 0,
+            scope: None,
+        };
+        if let Err(e) = self.store.save_token(&empty) {
+            tracing::warn!(error = %e, "cannot clear the saved token");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! `labagent simulate`: an instrument on the other end of a line, for a technician testing
+//! a cable and a config, and for the tests and the demo.
+//!
+//! The instrument side is deliberately blocking and single-threaded: one session, one
+//! line, timers from `poll`/read timeouts. It runs the same hal sessions as the agent (an
+//! E1381 [`Sender`] for results, a [`Receiver`] for orders the agent sends back), so what it
+//! puts on the wire is what a conforming instrument would, and it honours ACK/NAK/EOT.
+//!
+//! **Pacing.** With `baud` set, bytes leave no faster than a UART would send them at that
+//! rate (10 bits per byte: start, 8 data, stop), so a pty — which has no UART and moves
+//! bytes as fast as memory — behaves like a line and throughput can be compared with line
+//! rate.
+
+pub mod pty;
+pub mod wire;
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use labagent_hal::astm::receiver::{Event as RxEvent, Receiver, ReceiverConfig};
+use labagent_hal::astm::record::split_messages;
+use labagent_hal::astm::sender::{Event as TxEvent, Sender, SenderConfig};
+use labagent_hal::time::Instant as HalInstant;
+
+pub use wire::{PtyWire, Wire};
+
+/// Bundled ASTM samples (written for labagent; no patient data): what `simulate` sends
+/// when no file is given.
+pub const ASTM_SAMPLES: &[(&str, &[u8])] = &[
+    ("chemistry.astm", include_bytes!("samples/chemistry.astm")),
+    (
+        "immunoassay.astm",
+        include_bytes!("samples/immunoassay.astm"),
+    ),
+    ("hematology.astm", include_bytes!("samples/hematology.astm")),
+];
+
+/// Bundled HL7 v2 samples (written for labagent; no patient data).
+pub const HL7_SAMPLES: &[(&str, &[u8])] = &[
+    ("oru_r01.hl7", include_bytes!("samples/oru_r01.hl7")),
+    (
+        "oru_r01_latin1_note.hl7",
+        include_bytes!("samples/oru_r01_note.hl7"),
+    ),
+];
+
+/// Splits a file of ASTM records (CR, LF or CR LF separated) into messages (H…L), each
+/// with CR record terminators, as a sender puts them in frames.
+pub fn astm_messages(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut records = Vec::with_capacity(text.len() + 1);
+    for line in text.split(|&b| b == b'\r' || b == b'\n') {
+        if !line.is_empty() {
+            records.extend_from_slice(line);
+            records.push(b'\r');
+        }
+    }
+    split_messages(&records)
+        .into_iter()
+        .filter(|m| !m.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// One message's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub bytes: usize,
+    pub delivered: bool,
+    pub detail: String,
+    pub elapsed: Duration,
+}
+
+/// What the instrument received from the agent (orders).
+#[derive(Debug, Default, Clone)]
+pub struct Received {
+    pub messages: Vec<Vec<u8>>,
+}
+
+/// Writes at most `baud / 10` bytes per second.
+pub struct Pacer {
+    byte_time: Option<Duration>,
+    next: Instant,
+}
+
+impl Pacer {
+    pub fn new(baud: Option<u32>) -> Self {
+        Pacer {
+            byte_time: baud
+                .filter(|b| *b > 0)
+                .map(|b| Duration::from_nanos(10_000_000_000 / b as u64)),
+            next: Instant::now(),
+        }
+    }
+
+    /// Writes `bytes`, sleeping so that each byte leaves no earlier than a UART would
+    /// have sent it. Chunks of up to 16 bytes keep the sleeps above timer resolution.
+    pub fn write(&mut self, w: &mut dyn Wire, bytes: &[u8]) -> io::Result<()> {
+        let Some(bt) = self.byte_time else {
+            return w.write_all(bytes);
+        };
+        let now = Instant::now();
+        if self.next < now {
+            self.next = now;
+        }
+        for chunk in bytes.chunks(16) {
+            let wait = self.next.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+            w.write_all(chunk)?;
+            self.next += bt * chunk.len() as u32;
+        }
+        Ok(())
+    }
+
+    /// When the last written byte has left the (simulated) UART.
+    pub fn drained_at(&self) -> Instant {
+        self.next
+    }
+}
+
+/// Called with each message's fate.
+pub type OnSent = Box<dyn FnMut(&Sent) + Send>;
+
+/// An ASTM instrument: sends messages with the E1381 sender, answers the agent's orders
+/// with the receiver.
+pub struct AstmInstrument {
+    pub sender: SenderConfig,
+    pub receiver: ReceiverConfig,
+    pub pacer: Pacer,
+    start: Instant,
+    /// Called with each message as it is delivered or fails.
+    pub on_sent: Option<OnSent>,
+    pub received: Received,
+}
+
+impl AstmInstrument {
+    pub fn new(baud: Option<u32>) -> Self {
+        AstmInstrument {
+            sender: SenderConfig::default(),
+            receiver: ReceiverConfig::default(),
+            pacer: Pacer::new(baud),
+            start: Instant::now(),
+            on_sent: None,
+            received: Received::default(),
+        }
+    }
+
+    fn now(&self) -> HalInstant {
+        HalInstant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn until(&self, t: Option<HalInstant>) -> Duration {
+        match t {
+            Some(t) => {
+                let at = self.start + Duration::from_millis(t.as_millis());
+                at.saturating_duration_since(Instant::now())
+            }
+            None => Duration::from_millis(200),
+        }
+    }
+
+    /// Sends every message in order; returns each one's fate. Stops at a line error.
+    pub fn send_all(&mut self, w: &mut dyn Wire, messages: &[Vec<u8>]) -> io::Result<Vec<Sent>> {
+        let mut tx = Sender::new(self.sender.clone());
+        let mut rx = Receiver::new(self.receiver.clone());
+        let mut out = vec![0u8; tx.max_transmit()];
+        let mut buf = [0u8; 1024];
+        let mut results = Vec::new();
+        for m in messages {
+            let t0 = Instant::now();
+            if let Err(e) = tx.send(m, self.now()) {
+                let s = Sent {
+                    bytes: m.len(),
+                    delivered: false,
+                    detail: format!("not sent: {e:?}"),
+                    elapsed: Duration::ZERO,
+                };
+                self.report(&s);
+                results.push(s);
+                continue;
+            }
+            let outcome = loop {
+                let mut done = None;
+                while let Some(ev) = tx.poll_event() {
+                    match ev {
+                        TxEvent::Contention => {
+                            rx.handle_input(&[labagent_hal::astm::ENQ], self.now())
+                        }
+                        TxEvent::Delivered => done = Some((true, "delivered".to_string())),
+                        TxEvent::Interrupted => {
+                            done = Some((false, "interrupted by the receiver".into()))
+                        }
+                        TxEvent::Failed(f) => done = Some((false, format!("failed: {f:?}"))),
+                    }
+                }
+                self.pump_receiver(&mut rx, w)?;
+                while let Some(n) = tx.poll_transmit(&mut out) {
+                    self.pacer.write(w, &out[..n])?;
+                }
+                if let Some(d) = done {
+                    break d;
+                }
+                let wait = self.until(tx.poll_timeout().min_opt(rx.poll_timeout()));
+                let n = w.read_timeout(&mut buf, wait.max(Duration::from_millis(1)))?;
+                let now = self.now();
+                if n > 0 {
+                    if tx.is_idle() {
+                        rx.handle_input(&buf[..n], now);
+                    } else {
+                        tx.handle_input(&buf[..n], now);
+                    }
+                }
+                tx.handle_timeout(now);
+                rx.handle_timeout(now);
+            };
+            let s = Sent {
+                bytes: m.len(),
+                delivered: outcome.0,
+                detail: outcome.1,
+                elapsed: t0.elapsed(),
+            };
+            self.report(&s);
+            results.push(s);
+        }
+        Ok(results)
+    }
+
+    /// Listens for the agent's orders until `deadline` (or `max` messages), ACKing frames.
+    pub fn receive(
+        &mut self,
+        w: &mut dyn Wire,
+        max: usize,
+        deadline: Instant,
+    ) -> io::Result<usize> {
+        let mut rx = Receiver::new(self.receiver.clone());
+        let mut buf = [0u8; 1024];
+        let before = self.received.messages.len();
+        while self.received.messages.len() - before < max && Instant::now() < deadline {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let n = w.read_timeout(
+                &mut buf,
+                wait.min(Duration::from_millis(200))
+                    .max(Duration::from_millis(1)),
+            )?;
+            if n > 0 {
+                rx.handle_input(&buf[..n], self.now());
+            }
+            rx.handle_timeout(self.now());
+            self.pump_receiver(&mut rx, w)?;
+        }
+        Ok(self.received.messages.len() - before)
+    }
+
+    fn pump_receiver(&mut self, rx: &mut Receiver, w: &mut dyn Wire) -> io::Result<()> {
+        loop {
+            let mut any = false;
+            while let Some(ev) = rx.poll_event() {
+                any = true;
+                match ev {
+                    // The simulator keeps orders in memory: "durable" at once.
+                    RxEvent::NeedsCommit(_) => rx.commit_ok(),
+                    RxEvent::MessageComplete(m) => self.received.messages.push(m.text),
+                    _ => {}
+                }
+            }
+            let mut out = [0u8; 64];
+            while let Some(n) = rx.poll_transmit(&mut out) {
+                any = true;
+                self.pacer.write(w, &out[..n])?;
+            }
+            if !any {
+                return Ok(());
+            }
+        }
+    }
+
+    fn report(&mut self, s: &Sent) {
+        if let Some(f) = self.on_sent.as_mut() {
+            f(s);
+        }
+    }
+}
+
+trait MinOpt {
+    fn min_opt(self, other: Self) -> Self;
+}
+
+impl MinOpt for Option<HalInstant> {
+    fn min_opt(self, other: Self) -> Self {
+        match (self, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, None) => a,
+            (None, b) => b,
+        }
+    }
+}
+
+/// Sends HL7 messages over MLLP, each awaiting its ACK (`timeout` per message). Returns
+/// the ACK code (MSA-1) of each, or an error text.
+pub fn send_hl7(
+    w: &mut dyn Wire,
+    pacer: &mut Pacer,
+    messages: &[Vec<u8>],
+    timeout: Duration,
+    mut on_sent: impl FnMut(&Sent),
+) -> io::Result<Vec<Sent>> {
+    use labagent_hal::hl7::mllp::{encode, MllpEvent, MllpFramer};
+    let mut framer = MllpFramer::new(1 << 20);
+    let mut results = Vec::new();
+    let mut buf = [0u8; 4096];
+    for m in messages {
+        let t0 = Instant::now();
+        pacer.write(w, &encode(m))?;
+        let deadline = Instant::now() + timeout;
+        let mut ack = None;
+        while ack.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let n = w.read_timeout(&mut buf, left)?;
+            framer.feed(&buf[..n], |ev| {
+                if let MllpEvent::Message(body) = ev {
+                    ack = Some(msa1(&body));
+                }
+            });
+        }
+        let (delivered, detail) = match ack {
+            Some(code) => (code == "AA" || code == "CA", code),
+            None => (false, "no ACK".to_string()),
+        };
+        let s = Sent {
+            bytes: m.len(),
+            delivered,
+            detail,
+            elapsed: t0.elapsed(),
+        };
+        on_sent(&s);
+        results.push(s);
+    }
+    Ok(results)
+}
+
+/// MSA-1 of an ACK message, or `?` when it has none.
+fn msa1(ack: &[u8]) -> String {
+    let field_sep = ack.get(3).copied().unwrap_or(b'|');
+    ack.split(|&b| b == b'\r' || b == b'\n')
+        .find(|seg| seg.starts_with(b"MSA"))
+        .and_then(|seg| seg.split(|&b| b == field_sep).nth(1))
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Splits a file of HL7 messages (segments separated by CR, LF or CR LF; a new message at
+/// each MSH) into messages with CR segment terminators.
+pub fn hl7_messages(text: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for seg in text.split(|&b| b == b'\r' || b == b'\n') {
+        if seg.is_empty() {
+            continue;
+        }
+        if seg.starts_with(b"MSH") || out.is_empty() {
+            out.push(Vec::new());
+        }
+        let m = out.last_mut().expect("pushed above");
+        m.extend_from_slice(seg);
+        m.push(b'\r');
+    }
+    out
+}
