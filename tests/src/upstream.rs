@@ -1,0 +1,162 @@
+//! A plain-HTTP upstream on loopback that records every POST, for end-to-end tests: what
+//! the agent delivered, with which `Idempotency-Key`. Status codes can be scripted
+//! (e.g. 503 while "down").
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The status answered.
+    pub status: u16,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Default)]
+struct State {
+    requests: Vec<Request>,
+    /// Statuses to answer next, in order; then 200.
+    script: VecDeque<u16>,
+}
+
+/// The server; runs until dropped (its thread exits with the process).
+pub struct Upstream {
+    addr: SocketAddr,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+impl Upstream {
+    pub fn start() -> Upstream {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = l.local_addr().unwrap();
+        let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || serve(s, st));
+            }
+        });
+        Upstream { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Answer the next `n` requests with `status`.
+    pub fn script(&self, status: u16, n: usize) {
+        let mut s = self.state.0.lock().unwrap();
+        s.script.extend(std::iter::repeat(status).take(n));
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.0.lock().unwrap().requests.clone()
+    }
+
+    /// Requests answered 2xx.
+    pub fn accepted(&self) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the accepted requests, or panics after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, pred: impl Fn(&[Request]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        loop {
+            let ok: Vec<Request> = s
+                .requests
+                .iter()
+                .filter(|r| (200..300).contains(&r.status))
+                .cloned()
+                .collect();
+            if pred(&ok) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "upstream: timed out waiting for {what}; got {} accepted requests",
+                ok.len()
+            );
+            s = cv.wait_timeout(s, left).unwrap().0;
+        }
+    }
+}
+
+fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let (m, cv) = &*st;
+        let status = {
+            let mut s = m.lock().unwrap();
+            let status = s.script.pop_front().unwrap_or(200);
+            s.requests.push(Request {
+                method,
+                path,
+                headers,
+                body,
+                status,
+            });
+            status
+        };
+        cv.notify_all();
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+        );
+        if w.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
