@@ -1,0 +1,45 @@
+//! End-to-end benchmarks of the real agent: `cargo run --profile bench -p labagent-tests
+//! --bin bench -- [SECTION...]` prints one table per section (all sections without
+//! arguments). Figures go to docs/PERFORMANCE.md with the command that produced them;
+//! compare ratios within one run, not absolute numbers across runs.
+//!
+//! Each section lives in `tests/src/bench/<name>.rs` and exposes `run() -> Vec<Row>`.
+
+mod fsync;
+mod table;
+
+use table::Row;
+
+type Section = (&'static str, &'static str, fn() -> Vec<Row>);
+
+/// (name, what it measures, runner)
+const SECTIONS: &[Section] = &[(
+    "fsync",
+    "the disk's own append + fdatasync rate",
+    fsync::run,
+)];
+
+fn main() {
+    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    if wanted.iter().any(|a| a == "--help" || a == "-h") {
+        println!("usage: bench [SECTION...]; sections:");
+        for (name, what, _) in SECTIONS {
+            println!("  {name:<10} {what}");
+        }
+        return;
+    }
+    for w in &wanted {
+        if !SECTIONS.iter().any(|(n, _, _)| n == w) {
+            eprintln!("unknown section {w:?}; try --help");
+            std::process::exit(2);
+        }
+    }
+    for (name, what, run) in SECTIONS {
+        if !wanted.is_empty() && !wanted.iter().any(|w| w == name) {
+            continue;
+        }
+        println!("## {name}: {what}\n");
+        table::print(&run());
+        println!();
+    }
+}
