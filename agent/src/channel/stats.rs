@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Counters of one channel since the agent started.
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ pub struct ChannelCounters {
 }
 
 /// A copy of the counters, for `labagent status` and metrics.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChannelSnapshot {
     pub received: u64,
     pub acknowledged: u64,

@@ -6,27 +6,36 @@
 //! finishes its request in flight → the store is synced and closed.
 
 pub mod adapters;
+pub mod control;
+pub mod metrics;
+pub mod notify;
 pub mod settings;
+pub mod status;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use labagent_config::{Config, UplinkKind};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
-use crate::channel::{run_channel, ChannelCtx, Hooks};
+use crate::channel::{run_channel, ChannelCtx, Hooks, OrderReport};
 use crate::source::Link;
 use crate::store::{Store, StoreError};
 use crate::uplink::{SystemClock, Uplink, UplinkError, UplinkHandle};
 use adapters::{StoreQueue, StoreTokenCache};
+pub use notify::Notifier;
+use status::{ChannelEntry, Registry, UplinkEntry};
 
 /// How long channels may take to finish a transmission in progress after a stop request.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How often delivered messages older than `keep_delivered` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long the store may take to answer the watchdog's health probe.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -38,15 +47,55 @@ pub enum RunError {
     Uplink(#[from] UplinkError),
     #[error("{0}")]
     Unavailable(String),
+    #[error("cannot open the status socket {path}: {source}")]
+    StatusSocket {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Metrics {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// The running uplink, whichever kind.
+enum UplinkRun {
+    Http(UplinkHandle),
+}
+
+impl UplinkRun {
+    async fn shutdown(self) {
+        match self {
+            UplinkRun::Http(h) => {
+                let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
+            }
+        }
+    }
+}
+
+/// One running channel.
+struct RunningChannel {
+    config: labagent_config::Channel,
+    ctx: Arc<ChannelCtx>,
+    port: watch::Receiver<crate::source::PortStatus>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
 }
 
 /// A running agent.
 pub struct Agent {
     pub store: Store,
-    pub channels: Vec<Arc<ChannelCtx>>,
-    uplink: Option<UplinkHandle>,
+    config: Config,
+    registry: Arc<Registry>,
+    /// What channels call into; swapped when the uplink is rebuilt.
+    hooks: Arc<RwLock<Hooks>>,
+    uplink: Option<UplinkRun>,
+    channels: BTreeMap<String, RunningChannel>,
+    /// Stops the helpers (prune, status socket, metrics).
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    notifier: Arc<Notifier>,
 }
 
 /// Creates the state directory (0700) if needed.
@@ -80,14 +129,14 @@ pub fn open_store(config: &Config) -> Result<Store, RunError> {
 }
 
 impl Agent {
-    /// Opens the store, starts the uplink and every channel. Must run inside tokio.
+    /// Opens the store, starts the uplink, every channel, the status socket and metrics.
+    /// Must run inside tokio. Does not notify systemd (see [`Agent::serve`]).
     pub async fn start(config: Config) -> Result<Agent, RunError> {
         let c = config.clone();
         let store = tokio::task::spawn_blocking(move || open_store(&c))
             .await
             .map_err(|e| RunError::Unavailable(format!("store task: {e}")))??;
-        let stats = store.stats().ok();
-        if let Some(s) = &stats {
+        if let Ok(s) = store.stats() {
             tracing::info!(
                 backlog = s.totals.pending,
                 incomplete = s.totals.incomplete,
@@ -95,49 +144,52 @@ impl Agent {
                 "store open"
             );
         }
-
-        let mut hooks = Hooks::default();
-        let uplink = match config.uplink.kind {
-            UplinkKind::Http => {
-                let (us, auth) = settings::http_uplink(&config)
-                    .ok_or_else(|| RunError::Unavailable("uplink.url is not set".into()))?;
-                let up = Uplink::new(
-                    us,
-                    auth,
-                    Arc::new(StoreQueue::new(store.clone())),
-                    Arc::new(StoreTokenCache::new(store.clone())),
-                    SystemClock::new(),
-                )?;
-                let handle = up.spawn()?;
-                let waker = handle.waker();
-                hooks.stored = Arc::new(waker);
-                Some(handle)
-            }
-            UplinkKind::Mqtt => {
-                return Err(RunError::Unavailable(
-                    "uplink.kind = \"mqtt\" is not built into this version yet; use \"http\""
-                        .into(),
-                ))
-            }
-        };
-
+        let registry = Registry::new(config.agent.id.clone(), store.clone());
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let mut channels = Vec::new();
-        for ch in &config.channels {
-            let ctx = ChannelCtx::new(ch.clone(), store.clone(), hooks.clone(), stopping.clone());
-            let link = Link::new(
-                settings::endpoint(&ch.transport),
-                settings::link_options(ch),
-            );
-            let span = tracing::info_span!("channel", name = %ch.name);
-            let c = ctx.clone();
-            tasks.spawn(tracing::Instrument::instrument(run_channel(c, link), span));
-            channels.push(ctx);
+
+        let sock = &config.agent.status_socket;
+        let listener = control::bind(sock).map_err(|source| RunError::StatusSocket {
+            path: sock.display().to_string(),
+            source,
+        })?;
+        tasks.spawn(control::serve(
+            listener,
+            sock.clone(),
+            registry.clone(),
+            stopping.clone(),
+        ));
+        if let Some(addr) = config.agent.metrics {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Metrics {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(%addr, "metrics listening");
+            tasks.spawn(metrics::serve(l, registry.clone(), stopping.clone()));
         }
+
+        let mut agent = Agent {
+            store: store.clone(),
+            config: config.clone(),
+            registry,
+            hooks: Arc::new(RwLock::new(Hooks::default())),
+            uplink: None,
+            channels: BTreeMap::new(),
+            stop,
+            tasks,
+            notifier: Arc::new(Notifier::disabled()),
+        };
+        agent.start_uplink().await?;
+        for ch in config.channels.clone() {
+            agent.start_channel(ch);
+        }
+        agent.publish_channels();
+
         let s = store.clone();
         let mut prune_stop = stopping.clone();
-        tasks.spawn(async move {
+        agent.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(PRUNE_EVERY) => {}
@@ -155,27 +207,271 @@ impl Agent {
                 }
             }
         });
-        tracing::info!(channels = channels.len(), "agent running");
-        Ok(Agent {
-            store,
-            channels,
-            uplink,
-            stop,
-            tasks,
-        })
+        tracing::info!(channels = agent.channels.len(), "agent running");
+        Ok(agent)
+    }
+
+    /// The live status (what `labagent status` shows).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// The channel contexts, in name order.
+    pub fn channels(&self) -> Vec<Arc<ChannelCtx>> {
+        self.channels.values().map(|c| c.ctx.clone()).collect()
+    }
+
+    /// Hooks handed to channels: they call through the slot, so a rebuilt uplink is
+    /// reached without restarting channels.
+    fn channel_hooks(&self) -> Hooks {
+        let a = self.hooks.clone();
+        let b = self.hooks.clone();
+        Hooks {
+            stored: Arc::new(move || {
+                let h = a.read().unwrap_or_else(|e| e.into_inner()).stored.clone();
+                h()
+            }),
+            order: Arc::new(move |r: OrderReport| {
+                let h = b.read().unwrap_or_else(|e| e.into_inner()).order.clone();
+                h(r)
+            }),
+        }
+    }
+
+    async fn start_uplink(&mut self) -> Result<(), RunError> {
+        let config = &self.config;
+        let mut hooks = Hooks::default();
+        let (run, entry) = match config.uplink.kind {
+            UplinkKind::Http => {
+                let (us, auth) = settings::http_uplink(config)
+                    .ok_or_else(|| RunError::Unavailable("uplink.url is not set".into()))?;
+                let target = us.url.clone();
+                let up = Uplink::new(
+                    us,
+                    auth,
+                    Arc::new(StoreQueue::new(self.store.clone())),
+                    Arc::new(StoreTokenCache::new(self.store.clone())),
+                    SystemClock::new(),
+                )?;
+                let handle = up.spawn()?;
+                hooks.stored = Arc::new(handle.waker());
+                let entry = UplinkEntry {
+                    kind: "http",
+                    target,
+                    status: handle.subscribe(),
+                };
+                (UplinkRun::Http(handle), entry)
+            }
+            UplinkKind::Mqtt => {
+                return Err(RunError::Unavailable(
+                    "uplink.kind = \"mqtt\" is not built into this version yet; use \"http\""
+                        .into(),
+                ))
+            }
+        };
+        *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = hooks;
+        self.registry.set_uplink(Some(entry));
+        self.uplink = Some(run);
+        Ok(())
+    }
+
+    fn start_channel(&mut self, ch: labagent_config::Channel) {
+        let (stop, stopping) = watch::channel(false);
+        let ctx = ChannelCtx::new(
+            ch.clone(),
+            self.store.clone(),
+            self.channel_hooks(),
+            stopping,
+        );
+        let link = Link::new(
+            settings::endpoint(&ch.transport),
+            settings::link_options(&ch),
+        );
+        let port = link.status();
+        let span = tracing::info_span!("channel", name = %ch.name);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            run_channel(ctx.clone(), link),
+            span,
+        ));
+        self.channels.insert(
+            ch.name.clone(),
+            RunningChannel {
+                config: ch,
+                ctx,
+                port,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// Stops one channel: it stops accepting and finishes its transmission, bounded by
+    /// [`STOP_DEADLINE`]. Its stored backlog stays and keeps draining.
+    async fn stop_channel(&mut self, name: &str) {
+        let Some(c) = self.channels.remove(name) else {
+            return;
+        };
+        let _ = c.stop.send(true);
+        let mut task = c.task;
+        if tokio::time::timeout(STOP_DEADLINE, &mut task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                channel = name,
+                "channel did not finish within the stop deadline"
+            );
+            task.abort();
+        }
+    }
+
+    fn publish_channels(&self) {
+        self.registry.set_channels(
+            self.channels
+                .values()
+                .map(|c| ChannelEntry {
+                    ctx: c.ctx.clone(),
+                    port: c.port.clone(),
+                    transport: status::describe_transport(&c.config.transport),
+                })
+                .collect(),
+        );
+    }
+
+    /// Applies a new configuration (SIGHUP): channels added, removed or changed are
+    /// started, stopped or restarted; the others keep running. `[uplink]` changes rebuild
+    /// the uplink. Returns what it could not apply (needs a restart).
+    pub async fn reload(&mut self, new: Config) -> Vec<String> {
+        let mut needs_restart = Vec::new();
+        if new.agent.state_dir != self.config.agent.state_dir {
+            needs_restart.push("agent.state_dir".to_string());
+        }
+        if new.agent.status_socket != self.config.agent.status_socket {
+            needs_restart.push("agent.status_socket".to_string());
+        }
+        if new.agent.metrics != self.config.agent.metrics {
+            needs_restart.push("agent.metrics".to_string());
+        }
+        if new.agent.id != self.config.agent.id {
+            needs_restart.push("agent.id".to_string());
+        }
+        if new.buffer != self.config.buffer {
+            needs_restart.push("[buffer]".to_string());
+        }
+        let old_channels: Vec<String> = self.channels.keys().cloned().collect();
+        let mut removed = 0;
+        let mut restarted = 0;
+        let mut added = 0;
+        for name in &old_channels {
+            match new.channel(name) {
+                None => {
+                    self.stop_channel(name).await;
+                    tracing::info!(channel = %name, "channel removed (its stored backlog keeps draining)");
+                    removed += 1;
+                }
+                Some(c) if *c != self.channels[name].config => {
+                    self.stop_channel(name).await;
+                    self.start_channel(c.clone());
+                    tracing::info!(channel = %name, "channel changed: restarted");
+                    restarted += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        for c in &new.channels {
+            if !self.channels.contains_key(&c.name) {
+                self.start_channel(c.clone());
+                tracing::info!(channel = %c.name, "channel added");
+                added += 1;
+            }
+        }
+        let uplink_changed = new.uplink != self.config.uplink;
+        let keep = Config {
+            agent: self.config.agent.clone(),
+            buffer: self.config.buffer.clone(),
+            uplink: new.uplink.clone(),
+            channels: new.channels.clone(),
+        };
+        let old_uplink = std::mem::replace(&mut self.config, keep);
+        if uplink_changed {
+            if let Some(u) = self.uplink.take() {
+                u.shutdown().await;
+            }
+            match self.start_uplink().await {
+                Ok(()) => tracing::info!("uplink rebuilt"),
+                Err(e) => {
+                    tracing::error!(error = %e, "new uplink settings cannot be used; keeping messages stored until it is fixed");
+                    *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = Hooks::default();
+                    self.registry.set_uplink(None);
+                    let _ = old_uplink;
+                }
+            }
+        }
+        self.publish_channels();
+        tracing::info!(
+            added,
+            removed,
+            restarted,
+            uplink_rebuilt = uplink_changed,
+            "configuration reloaded"
+        );
+        for k in &needs_restart {
+            tracing::warn!(key = %k, "this setting changed but takes effect only after a restart");
+        }
+        needs_restart
+    }
+
+    /// Health for the watchdog: the store answers and every channel task is alive.
+    /// A dead uplink is not unhealthy: buffering is the job.
+    pub async fn healthy(&self) -> Result<(), String> {
+        for (name, c) in &self.channels {
+            if c.task.is_finished() {
+                return Err(format!("channel {name} task ended"));
+            }
+        }
+        let s = self.store.clone();
+        match tokio::time::timeout(
+            HEALTH_TIMEOUT,
+            tokio::task::spawn_blocking(move || s.stats()),
+        )
+        .await
+        {
+            Ok(Ok(Ok(_))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("store: {e}")),
+            Ok(Err(e)) => Err(format!("store task: {e}")),
+            Err(_) => Err("store did not answer".into()),
+        }
     }
 
     /// Stops accepting, lets channels finish (bounded by [`STOP_DEADLINE`]), stops the
     /// uplink, syncs the store.
     pub async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        self.notifier.stopping();
+        let names: Vec<String> = self.channels.keys().cloned().collect();
+        for c in self.channels.values() {
+            let _ = c.stop.send(true);
+        }
+        let mut joins = Vec::new();
+        for n in names {
+            if let Some(c) = self.channels.remove(&n) {
+                joins.push(c.task);
+            }
+        }
+        let drain = async {
+            for j in &mut joins {
+                let _ = j.await;
+            }
+        };
         if tokio::time::timeout(STOP_DEADLINE, drain).await.is_err() {
             tracing::warn!("channels did not finish within the stop deadline; stopping anyway");
-            self.tasks.abort_all();
+            for j in &joins {
+                j.abort();
+            }
         }
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
         if let Some(u) = self.uplink.take() {
-            let _ = tokio::task::spawn_blocking(move || u.shutdown()).await;
+            u.shutdown().await;
         }
         let s = self.store.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.sync()).await {
@@ -184,11 +480,83 @@ impl Agent {
         tracing::info!("agent stopped");
     }
 
-    /// Runs until `shutdown` completes, then stops.
+    /// Runs until `shutdown` completes, then stops (no signals, no systemd; tests, demo).
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
         tracing::info!("stop requested");
         self.stop().await;
+    }
+
+    /// The service loop of `labagent run`: tells systemd READY, feeds the watchdog while
+    /// healthy, updates STATUS, reloads `config_path` on SIGHUP, stops on SIGTERM/SIGINT.
+    pub async fn serve(mut self, config_path: PathBuf, notifier: Notifier) {
+        use tokio::signal::unix::{signal, SignalKind};
+        self.notifier = Arc::new(notifier);
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        let summary = self.summary().await;
+        self.notifier.ready(&summary);
+        let watchdog = self.notifier.watchdog_every().is_some();
+        // Without a watchdog the same tick refreshes STATUS= and logs ill health.
+        let every = self
+            .notifier
+            .watchdog_every()
+            .unwrap_or(Duration::from_secs(30));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_status = summary;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    self.notifier.reloading();
+                    self.reload_from(&config_path).await;
+                    let s = self.summary().await;
+                    self.notifier.ready(&s);
+                    last_status = s;
+                }
+                _ = tick.tick() => {
+                    match self.healthy().await {
+                        Ok(()) if watchdog => self.notifier.watchdog(),
+                        Ok(()) => {}
+                        Err(why) => tracing::error!(%why, "unhealthy: not feeding the watchdog"),
+                    }
+                    let s = self.summary().await;
+                    if s != last_status {
+                        self.notifier.status(&s);
+                        last_status = s;
+                    }
+                }
+            }
+        }
+        tracing::info!("stop requested");
+        self.stop().await;
+    }
+
+    async fn reload_from(&mut self, path: &Path) {
+        let p = path.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || labagent_config::load(&p)).await;
+        match loaded {
+            Ok(Ok(l)) => {
+                for w in &l.warnings {
+                    tracing::warn!("config: {w}");
+                }
+                self.reload(l.config).await;
+            }
+            Ok(Err(e)) => {
+                tracing::error!("configuration not reloaded, the running one stays: {e}");
+            }
+            Err(e) => tracing::error!("configuration not reloaded: {e}"),
+        }
+    }
+
+    async fn summary(&self) -> String {
+        let r = self.registry.clone();
+        tokio::task::spawn_blocking(move || r.snapshot().summary())
+            .await
+            .unwrap_or_default()
     }
 }
 

@@ -1,0 +1,448 @@
+//! What the agent is doing, for `labagent status`, the metrics endpoint and systemd's
+//! `STATUS=` line.
+//!
+//! The [`Registry`] holds live handles (channel contexts, port and uplink status
+//! receivers, the store); [`Registry::snapshot`] turns them into an [`AgentStatus`] that
+//! serializes to the JSON of `labagent status --json` and renders as text for humans.
+//! Nothing here carries message bytes, secrets or tokens: counts, times, states, and error
+//! texts that never quote data.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::channel::{ChannelCtx, ChannelSnapshot};
+use crate::source::{PortState, PortStatus};
+use crate::store::Store;
+use crate::uplink::status::{UplinkState, UplinkStatus};
+
+/// One channel as the registry knows it.
+#[derive(Clone)]
+pub struct ChannelEntry {
+    pub ctx: Arc<ChannelCtx>,
+    pub port: watch::Receiver<PortStatus>,
+    /// `serial /dev/ttyUSB0 9600 8N1`, `listen 0.0.0.0:5000`, …
+    pub transport: String,
+}
+
+/// The uplink as the registry knows it.
+#[derive(Clone)]
+pub struct UplinkEntry {
+    /// `http` or `mqtt`.
+    pub kind: &'static str,
+    /// Where it goes (URL without credentials).
+    pub target: String,
+    pub status: watch::Receiver<UplinkStatus>,
+}
+
+/// Live handles, replaced as channels and uplinks are (re)started.
+pub struct Registry {
+    pub agent_id: String,
+    pub started: SystemTime,
+    pub store: Store,
+    inner: RwLock<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: Vec<ChannelEntry>,
+    uplink: Option<UplinkEntry>,
+    clock_synced: bool,
+}
+
+impl Registry {
+    pub fn new(agent_id: String, store: Store) -> Arc<Registry> {
+        Arc::new(Registry {
+            agent_id,
+            started: SystemTime::now(),
+            store,
+            inner: RwLock::new(Inner {
+                clock_synced: true,
+                ..Inner::default()
+            }),
+        })
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_channels(&self, channels: Vec<ChannelEntry>) {
+        self.write().channels = channels;
+    }
+
+    pub fn set_uplink(&self, uplink: Option<UplinkEntry>) {
+        self.write().uplink = uplink;
+    }
+
+    pub fn set_clock_synced(&self, synced: bool) {
+        self.write().clock_synced = synced;
+    }
+
+    pub fn channel(&self, name: &str) -> Option<Arc<ChannelCtx>> {
+        self.read()
+            .channels
+            .iter()
+            .find(|c| c.ctx.name() == name)
+            .map(|c| c.ctx.clone())
+    }
+
+    pub fn channel_names(&self) -> Vec<String> {
+        self.read()
+            .channels
+            .iter()
+            .map(|c| c.ctx.name().to_string())
+            .collect()
+    }
+
+    /// A consistent picture of everything (one store stats call; blocking, cheap).
+    pub fn snapshot(&self) -> AgentStatus {
+        let now = SystemTime::now();
+        let stats = self.store.stats();
+        let (stats, store_error) = match stats {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let inner = self.read();
+        let mut channels = Vec::new();
+        for c in &inner.channels {
+            let port = c.port.borrow().clone();
+            let kept = stats
+                .as_ref()
+                .and_then(|s| s.channels.iter().find(|x| x.channel == c.ctx.name()));
+            channels.push(ChannelStatus {
+                name: c.ctx.name().to_string(),
+                protocol: c.ctx.config.protocol().as_str().to_string(),
+                transport: c.transport.clone(),
+                port: port_state(port.state).to_string(),
+                connections: port.connections,
+                port_error: port.last_error.clone(),
+                backlog: kept.map_or(0, |k| k.counters.pending),
+                oldest_pending_age_s: kept
+                    .and_then(|k| k.oldest_pending)
+                    .map(|(_, at)| age_s(now, at)),
+                incomplete_kept: kept.map_or(0, |k| k.counters.incomplete),
+                rejected_kept: kept.map_or(0, |k| k.counters.rejected),
+                counters: c.ctx.counters.snapshot(),
+            });
+        }
+        let uplink = inner.uplink.as_ref().map(|u| {
+            let s = u.status.borrow().clone();
+            let (state, reason) = match &s.state {
+                UplinkState::Paused { reason } => ("paused", Some(reason.clone())),
+                UplinkState::CredentialsProblem { detail } => {
+                    ("credentials problem", Some(detail.clone()))
+                }
+                UplinkState::BackingOff { wait } => (
+                    "backing off",
+                    Some(format!("retry in {} s", wait.as_secs())),
+                ),
+                UplinkState::Ok => ("ok", None),
+                UplinkState::Starting => ("starting", None),
+                UplinkState::Stopped => ("stopped", None),
+            };
+            UplinkView {
+                kind: u.kind.to_string(),
+                target: u.target.clone(),
+                state: state.to_string(),
+                reason,
+                auth_mode: s.auth_mode.to_string(),
+                token_expires_unix: s.token_expires_at.map(unix_s),
+                last_delivery_unix: s.last_delivery.map(unix_s),
+                delivered: s.delivered,
+                rejected: s.rejected,
+                last_error: s.last_error.clone(),
+            }
+        });
+        let totals = stats.as_ref().map(|s| s.totals.clone());
+        AgentStatus {
+            agent: self.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_s: age_s(now, self.started),
+            clock_synchronized: inner.clock_synced,
+            channels,
+            uplink,
+            store: StoreView {
+                backlog: totals.as_ref().map_or(0, |t| t.pending),
+                backlog_bytes: totals.as_ref().map_or(0, |t| t.pending_bytes),
+                oldest_pending_age_s: stats.as_ref().and_then(|s| {
+                    s.channels
+                        .iter()
+                        .filter_map(|c| c.oldest_pending.map(|(_, at)| at))
+                        .min()
+                        .map(|at| age_s(now, at))
+                }),
+                delivered_kept: totals.as_ref().map_or(0, |t| t.delivered),
+                incomplete: totals.as_ref().map_or(0, |t| t.incomplete),
+                rejected: totals.as_ref().map_or(0, |t| t.rejected),
+                kept_bytes: totals.as_ref().map_or(0, |t| t.kept_bytes),
+                dropped_undelivered: totals.as_ref().map_or(0, |t| t.dropped_undelivered),
+                disk_bytes: stats.as_ref().map_or(0, |s| s.disk_bytes),
+                syncs: stats.as_ref().map_or(0, |s| s.syncs),
+                error: store_error,
+            },
+        }
+    }
+}
+
+fn port_state(s: PortState) -> &'static str {
+    match s {
+        PortState::Starting => "starting",
+        PortState::Open => "open",
+        PortState::Listening => "listening",
+        PortState::WaitingForDevice => "waiting for device",
+        PortState::Reconnecting => "reconnecting",
+    }
+}
+
+fn age_s(now: SystemTime, then: SystemTime) -> u64 {
+    now.duration_since(then).unwrap_or(Duration::ZERO).as_secs()
+}
+
+fn unix_s(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// `labagent status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentStatus {
+    pub agent: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub clock_synchronized: bool,
+    pub channels: Vec<ChannelStatus>,
+    pub uplink: Option<UplinkView>,
+    pub store: StoreView,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChannelStatus {
+    pub name: String,
+    pub protocol: String,
+    pub transport: String,
+    /// open | listening | waiting for device | reconnecting | starting
+    pub port: String,
+    pub connections: usize,
+    pub port_error: Option<String>,
+    /// Undelivered messages of this channel in the store.
+    pub backlog: u64,
+    pub oldest_pending_age_s: Option<u64>,
+    pub incomplete_kept: u64,
+    pub rejected_kept: u64,
+    /// Since the agent started.
+    pub counters: ChannelSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UplinkView {
+    pub kind: String,
+    pub target: String,
+    /// ok | starting | backing off | paused | credentials problem | stopped
+    pub state: String,
+    pub reason: Option<String>,
+    /// none | basic | client_credentials | fallback: basic
+    pub auth_mode: String,
+    /// Expiry of the access token (never the token).
+    pub token_expires_unix: Option<u64>,
+    pub last_delivery_unix: Option<u64>,
+    pub delivered: u64,
+    pub rejected: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoreView {
+    pub backlog: u64,
+    pub backlog_bytes: u64,
+    pub oldest_pending_age_s: Option<u64>,
+    pub delivered_kept: u64,
+    pub incomplete: u64,
+    pub rejected: u64,
+    pub kept_bytes: u64,
+    pub dropped_undelivered: u64,
+    pub disk_bytes: u64,
+    pub syncs: u64,
+    pub error: Option<String>,
+}
+
+impl AgentStatus {
+    /// The one-line summary for systemd's `STATUS=`: "3 channels, backlog 0, uplink ok".
+    pub fn summary(&self) -> String {
+        let open = self
+            .channels
+            .iter()
+            .filter(|c| c.port == "open" || c.port == "listening")
+            .count();
+        let up = match &self.uplink {
+            Some(u) => format!("uplink {}", u.state),
+            None => "no uplink".to_string(),
+        };
+        format!(
+            "{} channels ({open} open), backlog {}, {up}",
+            self.channels.len(),
+            self.store.backlog
+        )
+    }
+
+    /// Human-readable text for `labagent status`.
+    pub fn render(&self, now_unix: u64) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "labagent {} — agent {:?}, up {}",
+            self.version,
+            self.agent,
+            human_duration(self.uptime_s)
+        );
+        if !self.clock_synchronized {
+            let _ = writeln!(
+                s,
+                "clock: NOT synchronized (received-at times are flagged as unsynchronized)"
+            );
+        }
+        let _ = writeln!(s, "\nchannels:");
+        if self.channels.is_empty() {
+            let _ = writeln!(s, "  (none configured)");
+        }
+        for c in &self.channels {
+            let conns = if c.transport.starts_with("listen") {
+                format!(", {} connection(s)", c.connections)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                s,
+                "  {} ({}, {}): {}{}",
+                c.name, c.protocol, c.transport, c.port, conns
+            );
+            let last = c
+                .counters
+                .last_message_ms
+                .map(|ms| format!("{} ago", human_duration(now_unix.saturating_sub(ms / 1000))))
+                .unwrap_or_else(|| "none yet".into());
+            let _ = writeln!(
+                s,
+                "    last message {last}; stored {}, duplicates {}, refused {}, NAKs {}",
+                c.counters.stored, c.counters.duplicates, c.counters.refused, c.counters.naks
+            );
+            let _ = writeln!(
+                s,
+                "    kept: backlog {}{}, incomplete {}, rejected {}",
+                c.backlog,
+                c.oldest_pending_age_s
+                    .map(|a| format!(" (oldest {})", human_duration(a)))
+                    .unwrap_or_default(),
+                c.incomplete_kept,
+                c.rejected_kept
+            );
+            if let Some(e) = c.port_error.as_ref().or(c.counters.last_error.as_ref()) {
+                let _ = writeln!(s, "    last error: {e}");
+            }
+        }
+        let _ = writeln!(s, "\nuplink:");
+        match &self.uplink {
+            None => {
+                let _ = writeln!(s, "  none");
+            }
+            Some(u) => {
+                let _ = writeln!(
+                    s,
+                    "  {} {}: {}{}",
+                    u.kind,
+                    u.target,
+                    u.state,
+                    u.reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
+                let token = u
+                    .token_expires_unix
+                    .map(|t| {
+                        if t > now_unix {
+                            format!(", token expires in {}", human_duration(t - now_unix))
+                        } else {
+                            ", token expired".to_string()
+                        }
+                    })
+                    .unwrap_or_default();
+                let _ = writeln!(s, "    auth: {}{token}", u.auth_mode);
+                let last = u
+                    .last_delivery_unix
+                    .map(|t| format!("{} ago", human_duration(now_unix.saturating_sub(t))))
+                    .unwrap_or_else(|| "none yet".into());
+                let _ = writeln!(
+                    s,
+                    "    last delivery {last}; delivered {}, rejected {}",
+                    u.delivered, u.rejected
+                );
+                if let Some(e) = &u.last_error {
+                    let _ = writeln!(s, "    last error: {e}");
+                }
+            }
+        }
+        let st = &self.store;
+        let _ = writeln!(
+            s,
+            "\nstore: backlog {} ({} bytes){}, incomplete {}, rejected {}, delivered kept {}, {} on disk",
+            st.backlog,
+            st.backlog_bytes,
+            st.oldest_pending_age_s
+                .map(|a| format!(", oldest {}", human_duration(a)))
+                .unwrap_or_default(),
+            st.incomplete,
+            st.rejected,
+            st.delivered_kept,
+            human_bytes(st.disk_bytes)
+        );
+        if st.dropped_undelivered > 0 {
+            let _ = writeln!(
+                s,
+                "  WARNING: {} undelivered messages were dropped (when_full = drop_oldest)",
+                st.dropped_undelivered
+            );
+        }
+        if let Some(e) = &st.error {
+            let _ = writeln!(s, "  store error: {e}");
+        }
+        s
+    }
+}
+
+pub fn human_duration(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if b >= MIB {
+        format!("{:.1} MiB", b as f64 / MIB as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+/// `serial /dev/ttyUSB0 9600`, `listen 0.0.0.0:5000`, `connect 10.0.0.5:5000`.
+pub fn describe_transport(t: &labagent_config::Transport) -> String {
+    match t {
+        labagent_config::Transport::Serial { path, baud, .. } => {
+            format!("serial {} {baud}", path.display())
+        }
+        labagent_config::Transport::Listen(addr) => format!("listen {addr}"),
+        labagent_config::Transport::Connect(addr) => format!("connect {addr}"),
+    }
+}
