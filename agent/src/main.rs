@@ -27,6 +27,9 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&cli.config),
         Command::Run => run(&cli.config),
         Command::Simulate(args) => cli::simulate::run(&args),
+        Command::Status(args) => cli::status::status(&cli.config, &args),
+        Command::Monitor(args) => cli::status::monitor(&cli.config, &args),
+        Command::Demo(args) => cli::demo::run(&args),
         Command::Ports => {
             print!(
                 "{}",
@@ -85,7 +88,9 @@ fn run(path: &Path) -> u8 {
     rt.block_on(async {
         match labagent::service::Agent::start(loaded.config).await {
             Ok(agent) => {
-                agent.run_until(labagent::service::termination()).await;
+                agent
+                    .serve(path.to_path_buf(), labagent::service::Notifier::from_env())
+                    .await;
                 exit::OK
             }
             Err(e) => {
@@ -96,6 +101,8 @@ fn run(path: &Path) -> u8 {
                     | labagent::service::RunError::StateDir { .. } => exit::STORE,
                     labagent::service::RunError::Uplink(_) => exit::CONFIG,
                     labagent::service::RunError::Unavailable(_) => exit::UNAVAILABLE,
+                    labagent::service::RunError::StatusSocket { .. }
+                    | labagent::service::RunError::Metrics { .. } => exit::FAILURE,
                 }
             }
         }

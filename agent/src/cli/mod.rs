@@ -1,8 +1,10 @@
 //! The command line: parsed by clap, then each command runs against the validated config.
 
+pub mod demo;
 pub mod logging;
 pub mod ports;
 pub mod simulate;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -66,4 +68,13 @@ pub enum Command {
     /// Play an instrument (ASTM or HL7 sender) on a serial port, a virtual serial port or
     /// TCP, to test a cable and a config.
     Simulate(simulate::SimulateArgs),
+    /// Show what the running agent is doing: ports, last messages, backlog, uplink, auth
+    /// (asks the agent over its status socket).
+    Status(status::StatusArgs),
+    /// Show the live wire traffic of one channel, both directions, control bytes named
+    /// (the serial sniffer for the bench). Ctrl-C ends it.
+    Monitor(status::MonitorArgs),
+    /// Run the whole pipeline on this machine with no setup: a simulated analyzer on a
+    /// virtual serial line, the agent, and a local upstream with a token endpoint.
+    Demo(demo::DemoArgs),
 }

@@ -12,6 +12,7 @@
 //! rate.
 
 pub mod pty;
+pub mod upstream;
 pub mod wire;
 
 use std::io;

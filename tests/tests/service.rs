@@ -1,0 +1,433 @@
+//! `labagent run` as a service (issue 8): systemd's notify protocol through a datagram
+//! socket, SIGHUP reload (add, remove, refuse a broken file), SIGTERM during ingestion
+//! (nothing acknowledged lost), `labagent status --json`, `labagent monitor`, the metrics
+//! endpoint, and `labagent demo` as a process.
+//!
+//! Every wait is on an event: a datagram, a log line, a port answering.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use labagent::simulate::AstmInstrument;
+use labagent_tests::process::AgentProcess;
+use labagent_tests::upstream::Upstream;
+
+const T: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn channel(name: &str, port: u16) -> String {
+    format!("[[channel]]\nname = \"{name}\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n")
+}
+
+fn write_config(dir: &Path, up: &Upstream, extra_agent: &str, channels: &str) -> PathBuf {
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"svc\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n{extra_agent}\n\
+             [uplink]\nkind = \"http\"\nurl = \"{}\"\nallow_plain_http = true\n\
+             [uplink.auth]\nmethod = \"none\"\n{channels}",
+            dir.join("state").display(),
+            dir.join("status.sock").display(),
+            up.url("/ingest"),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn message(i: usize) -> Vec<u8> {
+    format!(
+        "H|\\^&|||SVC^1|||||LIS||P|1\rP|1||S{i}\rO|1|S{i}||^^^GLU\rR|1|^^^GLU|{i}.5|mmol/L||N||F\rL|1|N\r"
+    )
+    .into_bytes()
+}
+
+fn send(port: u16, msgs: &[Vec<u8>]) -> Vec<labagent::simulate::Sent> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    AstmInstrument::new(None).send_all(&mut s, msgs).unwrap()
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), sig)
+        .unwrap();
+}
+
+/// Receives notify datagrams until one contains every one of `parts`.
+fn wait_datagram(rx: &UnixDatagram, parts: &[&str], seen: &mut Vec<String>) -> String {
+    rx.set_read_timeout(Some(T)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = rx
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notify datagram with {parts:?} ({e}); got {seen:?}"));
+        let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(d.clone());
+        if parts.iter().all(|p| d.contains(p)) {
+            return d;
+        }
+    }
+}
+
+#[test]
+fn systemd_notify_ready_watchdog_status_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start();
+    let cfg = write_config(dir.path(), &up, "", &channel("chem", free_port()));
+    let sock = dir.path().join("notify.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    // systemd sets WATCHDOG_PID to the main pid: `exec` keeps the shell's pid.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
+        .arg(labagent_tests::labagent_bin())
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock)
+        .env("WATCHDOG_USEC", "400000")
+        .env("RUST_LOG", "labagent=debug")
+        .stdout(Stdio::null());
+    let mut agent = AgentProcess::spawn(cmd);
+    let mut seen = Vec::new();
+    let ready = wait_datagram(&rx, &["READY=1"], &mut seen);
+    assert!(
+        ready.contains("STATUS=1 channels (1 open), backlog 0, uplink"),
+        "{ready:?}"
+    );
+    // Pings at half of WATCHDOG_USEC: two of them arrive.
+    wait_datagram(&rx, &["WATCHDOG=1"], &mut seen);
+    wait_datagram(&rx, &["WATCHDOG=1"], &mut seen);
+    let st = agent.terminate(T);
+    assert!(st.success(), "{st:?}\n{}", agent.log());
+    wait_datagram(&rx, &["STOPPING=1"], &mut seen);
+}
+
+#[test]
+fn watchdog_pid_of_another_process_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start();
+    let cfg = write_config(dir.path(), &up, "", &channel("chem", free_port()));
+    let sock = dir.path().join("notify.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    let mut cmd = labagent_tests::labagent();
+    cmd.args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock)
+        .env("WATCHDOG_USEC", "100000")
+        .env("WATCHDOG_PID", "1")
+        .stdout(Stdio::null());
+    let mut agent = AgentProcess::spawn(cmd);
+    let mut seen = Vec::new();
+    wait_datagram(&rx, &["READY=1"], &mut seen);
+    let st = agent.terminate(T);
+    assert!(st.success());
+    wait_datagram(&rx, &["STOPPING=1"], &mut seen);
+    assert!(
+        !seen.iter().any(|d| d.contains("WATCHDOG=1")),
+        "fed a watchdog that belongs to pid 1: {seen:?}"
+    );
+}
+
+#[test]
+fn sighup_adds_and_removes_channels_and_refuses_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start();
+    let (pa, pb) = (free_port(), free_port());
+    let cfg = write_config(dir.path(), &up, "", &channel("a", pa));
+    let mut agent = AgentProcess::start(&cfg);
+    agent.wait_line(0, &["agent running"], T);
+    assert!(send(pa, &[message(1)])[0].delivered);
+
+    // Add b.
+    let m = agent.mark();
+    write_config(dir.path(), &up, "", &(channel("a", pa) + &channel("b", pb)));
+    signal(agent.pid(), rustix::process::Signal::Hup);
+    agent.wait_line(m, &["configuration reloaded", "added=1", "removed=0"], T);
+    assert!(send(pb, &[message(2)])[0].delivered);
+
+    // Remove a: its port closes, b keeps running.
+    let m = agent.mark();
+    write_config(dir.path(), &up, "", &channel("b", pb));
+    signal(agent.pid(), rustix::process::Signal::Hup);
+    agent.wait_line(m, &["configuration reloaded", "added=0", "removed=1"], T);
+    assert!(
+        TcpStream::connect(("127.0.0.1", pa)).is_err(),
+        "removed channel still listening"
+    );
+    assert!(send(pb, &[message(3)])[0].delivered);
+
+    // A broken file is refused; the running config stays.
+    let m = agent.mark();
+    std::fs::write(&cfg, "[agent]\nid = \"svc\"\nbogus_key = 1\n").unwrap();
+    signal(agent.pid(), rustix::process::Signal::Hup);
+    agent.wait_line(m, &["configuration not reloaded", "bogus_key"], T);
+    assert!(send(pb, &[message(4)])[0].delivered);
+
+    up.wait_for(T, "4 messages upstream", |r| r.len() >= 4);
+    let st = agent.terminate(T);
+    assert!(st.success(), "{}", agent.log());
+}
+
+#[test]
+fn sigterm_during_ingestion_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    // A dead upstream: everything stays in the store, where we count it.
+    let dead = free_port();
+    let port = free_port();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"svc\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
+             [uplink]\nkind = \"http\"\nurl = \"http://127.0.0.1:{dead}/x\"\nallow_plain_http = true\n\
+             [uplink.auth]\nmethod = \"none\"\n{}",
+            dir.path().join("state").display(),
+            dir.path().join("status.sock").display(),
+            channel("chem", port)
+        ),
+    )
+    .unwrap();
+    let mut agent = AgentProcess::start(&cfg);
+    agent.wait_line(0, &["agent running"], T);
+    let msgs: Vec<Vec<u8>> = (0..400).map(message).collect();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        let mut inst = AstmInstrument::new(None);
+        inst.on_sent = Some(Box::new(move |x| {
+            let _ = tx.send(x.delivered);
+        }));
+        // Ends with a line error when the agent goes away: expected.
+        let _ = inst.send_all(&mut s, &msgs);
+    });
+    // SIGTERM once some messages went through, mid-stream.
+    let mut fates = Vec::new();
+    for _ in 0..20 {
+        fates.push(rx.recv_timeout(T).expect("messages flow"));
+    }
+    let st = agent.terminate(T);
+    assert!(st.success(), "{st:?}\n{}", agent.log());
+    sender.join().unwrap();
+    fates.extend(rx.try_iter());
+    let acked: Vec<usize> = fates
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| **d)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        acked.len() >= 20 && acked.len() < 400,
+        "{} acked",
+        acked.len()
+    );
+
+    let store = labagent::store::Store::open(
+        dir.path().join("state").join("store"),
+        labagent::store::StoreOptions::default(),
+    )
+    .unwrap();
+    let kept = store.next_pending("chem", 1000).unwrap();
+    let texts: Vec<Vec<u8>> = kept.iter().map(|m| m.bytes.clone()).collect();
+    for i in &acked {
+        assert!(
+            texts.iter().any(|t| t == &message(*i)),
+            "message {i} was acknowledged but is not in the store"
+        );
+    }
+}
+
+fn status_json(cfg: &Path) -> serde_json::Value {
+    let out = labagent_tests::labagent()
+        .args(["status", "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn status_monitor_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start();
+    let port = free_port();
+    let mport = free_port();
+    let cfg = write_config(
+        dir.path(),
+        &up,
+        &format!("metrics = \"127.0.0.1:{mport}\""),
+        &channel("chem", port),
+    );
+    let mut agent = AgentProcess::start(&cfg);
+    agent.wait_line(0, &["agent running"], T);
+
+    // monitor, before the traffic.
+    let mut mon = labagent_tests::labagent()
+        .args(["monitor", "chem", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = KillOnDrop(mon.id());
+    let mut lines = BufReader::new(mon.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "OK monitoring chem");
+
+    assert!(send(port, &[message(7)])[0].delivered);
+    up.wait_for(T, "the message upstream", |r| !r.is_empty());
+
+    // The exchange as a technician sees it: ENQ, ACK, the frame, ACK, EOT.
+    let mut got = Vec::new();
+    while !got.iter().any(|l: &String| l.ends_with("<- <EOT>")) {
+        got.push(lines.next().expect("monitor line").unwrap());
+    }
+    assert!(got[0].ends_with("<- <ENQ>"), "{got:?}");
+    assert!(got[1].ends_with("-> <ACK>"), "{got:?}");
+    let frame = got.iter().find(|l| l.contains("<STX>")).expect("a frame");
+    assert!(
+        frame.contains("<- <STX>1H|\\^&|||SVC^1|||||LIS||P|1<CR><ETX>"),
+        "{frame}"
+    );
+    assert!(frame.ends_with("<CR><LF>"), "{frame}");
+    assert!(
+        got.iter().any(|l| l.contains("<- <STX>2P|1||S7<CR><ETX>")),
+        "{got:?}"
+    );
+    assert!(
+        got[0].as_bytes()[2] == b':' && got[0].as_bytes()[8] == b'.',
+        "timestamp HH:MM:SS.mmm: {got:?}"
+    );
+    drop(guard);
+    let _ = mon.wait();
+
+    // An unknown channel is an error with the list of channels.
+    let out = labagent_tests::labagent()
+        .args(["monitor", "nope", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("channels: chem"));
+
+    // status --json
+    let v = status_json(&cfg);
+    assert_eq!(v["agent"], "svc");
+    let ch = &v["channels"][0];
+    assert_eq!(ch["name"], "chem");
+    assert_eq!(ch["protocol"], "astm");
+    assert_eq!(ch["port"], "listening");
+    assert_eq!(ch["counters"]["stored"], 1);
+    assert!(ch["counters"]["last_message_ms"].as_u64().unwrap() > 0);
+    assert_eq!(v["uplink"]["kind"], "http");
+    assert_eq!(v["uplink"]["auth_mode"], "none");
+    assert_eq!(v["uplink"]["delivered"], 1);
+    assert_eq!(v["store"]["backlog"], 0);
+    assert!(v["clock_synchronized"].is_boolean());
+    // The human form.
+    let out = labagent_tests::labagent()
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("chem (astm, listen 127.0.0.1:"), "{text}");
+    assert!(text.contains("delivered 1"), "{text}");
+
+    // metrics
+    let mut s = TcpStream::connect(("127.0.0.1", mport)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{body}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        value("labagent_channel_stored_total{channel=\"chem\",protocol=\"astm\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("labagent_channel_acknowledged_total{channel=\"chem\",protocol=\"astm\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("labagent_uplink_delivered_total{uplink=\"http\"}"),
+        1.0
+    );
+    assert_eq!(value("labagent_store_backlog"), 0.0);
+    assert!(value("labagent_store_syncs_total") >= 1.0);
+    // Every sample line is `name{labels} number` or `name number`; every family typed.
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let v = l.rsplit(' ').next().unwrap();
+        assert!(v.parse::<f64>().is_ok(), "bad sample {l:?}");
+        let name = l.split(['{', ' ']).next().unwrap();
+        assert!(
+            body.contains(&format!("# TYPE {name} ")),
+            "no TYPE for {name}"
+        );
+    }
+    let st = agent.terminate(T);
+    assert!(st.success());
+    assert!(
+        !dir.path().join("status.sock").exists(),
+        "status socket left behind"
+    );
+}
+
+struct KillOnDrop(u32);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::Kill);
+        }
+    }
+}
+
+#[test]
+fn the_demo_delivers_every_message() {
+    let mut child = labagent_tests::labagent()
+        .args(["demo", "--baud", "115200", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}\n{out}");
+    assert!(out.contains("exactly once"), "{out}");
+    let n = labagent::simulate::ASTM_SAMPLES
+        .iter()
+        .map(|(_, t)| labagent::simulate::astm_messages(t).len())
+        .sum::<usize>();
+    assert!(
+        out.contains(&format!("the upstream received {n} distinct messages")),
+        "{out}"
+    );
+}
