@@ -6,6 +6,7 @@
 //! finishes its request in flight → the store is synced and closed.
 
 pub mod adapters;
+pub mod clock;
 pub mod control;
 pub mod metrics;
 pub mod notify;
@@ -34,6 +35,8 @@ use status::{ChannelEntry, Registry, UplinkEntry};
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How often delivered messages older than `keep_delivered` are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the clock's synchronization state is read.
+const CLOCK_EVERY: Duration = Duration::from_secs(30);
 /// How long the store may take to answer the watchdog's health probe.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -145,8 +148,34 @@ impl Agent {
             );
         }
         let registry = Registry::new(config.agent.id.clone(), store.clone());
+        let synced = clock::synchronized();
+        registry.set_clock_synced(synced.unwrap_or(true));
+        if synced == Some(false) {
+            tracing::warn!("the system clock is not synchronized (no NTP yet?): messages are stored with clock_synced = false");
+        }
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let reg = registry.clone();
+        let mut clock_stop = stopping.clone();
+        tasks.spawn(async move {
+            let mut last = synced;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(CLOCK_EVERY) => {}
+                    _ = async { let _ = clock_stop.wait_for(|s| *s).await; } => return,
+                }
+                let now = clock::synchronized();
+                if now != last {
+                    match now {
+                        Some(true) => tracing::info!("the system clock is now synchronized"),
+                        Some(false) => tracing::warn!("the system clock lost synchronization"),
+                        None => {}
+                    }
+                    last = now;
+                }
+                reg.set_clock_synced(now.unwrap_or(true));
+            }
+        });
 
         let sock = &config.agent.status_socket;
         let listener = control::bind(sock).map_err(|source| RunError::StatusSocket {

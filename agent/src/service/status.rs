@@ -74,15 +74,32 @@ impl Registry {
     }
 
     pub fn set_channels(&self, channels: Vec<ChannelEntry>) {
-        self.write().channels = channels;
+        let mut w = self.write();
+        for c in &channels {
+            c.ctx
+                .clock_synced
+                .store(w.clock_synced, std::sync::atomic::Ordering::Relaxed);
+        }
+        w.channels = channels;
     }
 
     pub fn set_uplink(&self, uplink: Option<UplinkEntry>) {
         self.write().uplink = uplink;
     }
 
+    /// Records the clock state and hands it to every channel (stored with each message).
     pub fn set_clock_synced(&self, synced: bool) {
-        self.write().clock_synced = synced;
+        let mut w = self.write();
+        w.clock_synced = synced;
+        for c in &w.channels {
+            c.ctx
+                .clock_synced
+                .store(synced, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn clock_synced(&self) -> bool {
+        self.read().clock_synced
     }
 
     pub fn channel(&self, name: &str) -> Option<Arc<ChannelCtx>> {
