@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&cli.config),
         Command::Run => run(&cli.config),
         Command::Simulate(args) => cli::simulate::run(&args),
+        Command::Queue(cmd) => cli::queue::run(&cli.config, &cmd),
         Command::Status(args) => cli::status::status(&cli.config, &args),
         Command::Monitor(args) => cli::status::monitor(&cli.config, &args),
         Command::Demo(args) => cli::demo::run(&args),

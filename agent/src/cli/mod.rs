@@ -3,6 +3,7 @@
 pub mod demo;
 pub mod logging;
 pub mod ports;
+pub mod queue;
 pub mod simulate;
 pub mod status;
 
@@ -71,6 +72,10 @@ pub enum Command {
     /// Show what the running agent is doing: ports, last messages, backlog, uplink, auth
     /// (asks the agent over its status socket).
     Status(status::StatusArgs),
+    /// Look into the store and act on it: list, show, retry, purge, export. Goes through
+    /// the running agent; opens the store itself only when no agent runs.
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Show the live wire traffic of one channel, both directions, control bytes named
     /// (the serial sniffer for the bench). Ctrl-C ends it.
     Monitor(status::MonitorArgs),

@@ -3,7 +3,8 @@
 //!
 //! - `status` → the [`AgentStatus`] as one JSON document, then the server closes;
 //! - `monitor CHANNEL` → one text line per wire event of that channel until the client
-//!   hangs up (`labagent monitor`); `ERR …` if there is no such channel.
+//!   hangs up (`labagent monitor`); `ERR …` if there is no such channel;
+//! - `queue {json}` → `OK` and the output of a [`super::queue::QueueRequest`], or `ERR …`.
 //!
 //! The socket carries wire bytes (monitor): that is why it is not world-accessible.
 
@@ -97,6 +98,23 @@ async fn handle(
             let mut json = serde_json::to_vec(&st).map_err(io::Error::other)?;
             json.push(b'\n');
             w.write_all(&json).await?;
+        }
+        (Some("queue"), Some(_)) => {
+            let json = line.trim_start()["queue".len()..].trim();
+            let reply = match serde_json::from_str::<super::queue::QueueRequest>(json) {
+                Ok(req) => {
+                    let store = registry.store.clone();
+                    match tokio::task::spawn_blocking(move || super::queue::execute(&store, &req))
+                        .await
+                    {
+                        Ok(Ok(text)) => format!("OK\n{text}"),
+                        Ok(Err(e)) => format!("ERR {e}\n"),
+                        Err(e) => format!("ERR {e}\n"),
+                    }
+                }
+                Err(e) => format!("ERR bad queue request: {e}\n"),
+            };
+            w.write_all(reply.as_bytes()).await?;
         }
         (Some("monitor"), Some(name)) => {
             let Some(ctx) = registry.channel(name) else {

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod control;
 pub mod metrics;
 pub mod notify;
+pub mod queue;
 pub mod settings;
 pub mod status;
 

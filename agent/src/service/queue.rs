@@ -1,0 +1,203 @@
+//! `labagent queue`: look into the store and act on it. sled allows one process per
+//! database, so the request goes to the running agent over its status socket
+//! (`queue <json>`), and the CLI opens the store itself only when no agent answers. Both
+//! paths run [`execute`], so they behave the same.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{MessageInfo, State, Store};
+
+/// One `queue` command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueRequest {
+    List {
+        channel: Option<String>,
+        state: Option<State>,
+        limit: usize,
+    },
+    Show {
+        id: String,
+    },
+    Retry {
+        id: String,
+    },
+    RetryAll {
+        state: State,
+    },
+    PurgeDelivered,
+    Export {
+        since_unix: u64,
+    },
+}
+
+fn ts(t: SystemTime) -> String {
+    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (days, rem) = (s / 86_400, s % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn state_name(s: State) -> &'static str {
+    match s {
+        State::Pending => "pending",
+        State::Delivered => "delivered",
+        State::Rejected => "rejected",
+        State::Incomplete => "incomplete",
+    }
+}
+
+fn line(i: &MessageInfo) -> String {
+    format!(
+        "{}  {:<16} {:<5} {:<10} {:>8} B  {}{}{}",
+        i.id,
+        i.channel,
+        i.protocol,
+        state_name(i.state),
+        i.len,
+        ts(i.received_at),
+        if i.clock_synced {
+            ""
+        } else {
+            " (clock unsynced)"
+        },
+        i.reason
+            .as_ref()
+            .map(|r| format!("  reason: {r}"))
+            .unwrap_or_default()
+    )
+}
+
+/// Message bytes for a terminal: one record per line, control bytes named.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for part in bytes.split_inclusive(|b| *b == b'\r') {
+        let text = String::from_utf8_lossy(part);
+        for ch in text.chars() {
+            match ch {
+                '\r' => out.push_str("<CR>\n"),
+                '\n' => out.push_str("<LF>"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                    out.push_str(&super::control::render_bytes(&[c as u8]))
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+/// Runs a request against the store; the text is what the CLI prints.
+pub fn execute(store: &Store, req: &QueueRequest) -> Result<String, String> {
+    let e = |e: crate::store::StoreError| e.to_string();
+    match req {
+        QueueRequest::List {
+            channel,
+            state,
+            limit,
+        } => {
+            let items = store.list(channel.as_deref(), *state, *limit).map_err(e)?;
+            let mut s = String::new();
+            for i in &items {
+                s.push_str(&line(i));
+                s.push('\n');
+            }
+            if items.is_empty() {
+                s.push_str("(no messages)\n");
+            } else if items.len() == *limit {
+                s.push_str(&format!("(first {limit}; --limit N for more)\n"));
+            }
+            Ok(s)
+        }
+        QueueRequest::Show { id } => {
+            let id = id.parse().map_err(e)?;
+            let m = store
+                .get(id)
+                .map_err(e)?
+                .ok_or(format!("no message {id}"))?;
+            let mut s = line(&m.info);
+            s.push('\n');
+            s.push_str(&format!(
+                "sha256 {}\nmeta {}\n",
+                m.info.sha256,
+                serde_json::to_string(&m.info.meta).unwrap_or_default()
+            ));
+            if let Some(d) = m.info.delivered_at {
+                s.push_str(&format!("delivered at {}\n", ts(d)));
+            }
+            s.push_str("---\n");
+            s.push_str(&printable(&m.bytes));
+            Ok(s)
+        }
+        QueueRequest::Retry { id } => {
+            let id = id.parse().map_err(e)?;
+            store.retry(id).map_err(e)?;
+            Ok(format!("{id} queued for upload again\n"))
+        }
+        QueueRequest::RetryAll { state } => {
+            let n = store.retry_all(*state).map_err(e)?;
+            Ok(format!(
+                "{n} {} message(s) queued for upload again\n",
+                state_name(*state)
+            ))
+        }
+        QueueRequest::PurgeDelivered => {
+            let n = store.purge_delivered().map_err(e)?;
+            Ok(format!("{n} delivered message(s) removed\n"))
+        }
+        QueueRequest::Export { since_unix } => {
+            let mut out = Vec::new();
+            store
+                .export(UNIX_EPOCH + Duration::from_secs(*since_unix), &mut out)
+                .map_err(e)?;
+            let _ = out.flush();
+            String::from_utf8(out).map_err(|x| x.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(ts(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            ts(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            "2026-11-18T09:46:40Z"
+        );
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn printable_records() {
+        assert_eq!(printable(b"H|\\^&\rL|1|N\r"), "H|\\^&<CR>\nL|1|N<CR>\n");
+        assert_eq!(printable(b"\x0bMSH"), "<VT>MSH\n");
+    }
+}
