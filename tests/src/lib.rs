@@ -19,10 +19,13 @@ pub fn labagent_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    // Test executables live in target/<profile>/deps, the bench binary in target/<profile>.
+    let dir = exe.parent().expect("executable has a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
     let bin = profile_dir.join("labagent");
     assert!(
         bin.is_file(),
