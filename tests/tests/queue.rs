@@ -68,14 +68,20 @@ fn list_show_retry_export_live_and_stopped() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(lines[0].contains("chem") && lines[0].contains("rejected"), "{out}");
+    assert!(
+        lines[0].contains("chem") && lines[0].contains("rejected"),
+        "{out}"
+    );
     assert!(lines[0].contains("reason:"), "{out}");
     assert!(lines[1].contains("delivered"), "{out}");
     let id = lines[0].split_whitespace().next().unwrap().to_string();
 
     let (ok, out, _) = queue(&cfg, &["show", &id]);
     assert!(ok);
-    assert!(out.contains("---\nH|\\^&|||Q^1<CR>\nP|1||S0<CR>\n"), "{out}");
+    assert!(
+        out.contains("---\nH|\\^&|||Q^1<CR>\nP|1||S0<CR>\n"),
+        "{out}"
+    );
 
     let (ok, out, _) = queue(&cfg, &["list", "--state", "rejected"]);
     assert!(ok && out.lines().count() == 1, "{out}");
@@ -103,7 +109,10 @@ fn list_show_retry_export_live_and_stopped() {
         .collect();
     assert_eq!(rows.len(), 2, "{out}");
     let (ok, out, _) = queue(&cfg, &["purge", "--delivered"]);
-    assert!(ok && out.contains("2 delivered message(s) removed"), "{out}");
+    assert!(
+        ok && out.contains("2 delivered message(s) removed"),
+        "{out}"
+    );
     let (ok, out, _) = queue(&cfg, &["list"]);
     assert!(ok && out.contains("(no messages)"), "{out}");
 }

@@ -376,13 +376,40 @@ fn status_monitor_and_metrics() {
     );
     assert_eq!(value("labagent_store_backlog"), 0.0);
     assert!(value("labagent_store_syncs_total") >= 1.0);
+    // One upload: one latency sample, in the +Inf bucket and (cumulative) in all above it.
+    assert_eq!(
+        value("labagent_uplink_latency_seconds_count{uplink=\"http\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("labagent_uplink_latency_seconds_bucket{uplink=\"http\",le=\"+Inf\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("labagent_uplink_latency_seconds_bucket{uplink=\"http\",le=\"5\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("labagent_uplink_token_requests_total{uplink=\"http\"}"),
+        0.0,
+        "auth none asks no token"
+    );
+    assert_eq!(
+        value("labagent_channel_connections_opened_total{channel=\"chem\",protocol=\"astm\"}"),
+        1.0,
+        "one instrument connection"
+    );
     // Every sample line is `name{labels} number` or `name number`; every family typed.
     for l in body.lines().filter(|l| !l.starts_with('#')) {
         let v = l.rsplit(' ').next().unwrap();
         assert!(v.parse::<f64>().is_ok(), "bad sample {l:?}");
         let name = l.split(['{', ' ']).next().unwrap();
+        let histogram = ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|x| name.strip_suffix(x))
+            .any(|base| body.contains(&format!("# TYPE {base} histogram")));
         assert!(
-            body.contains(&format!("# TYPE {name} ")),
+            histogram || body.contains(&format!("# TYPE {name} ")),
             "no TYPE for {name}"
         );
     }

@@ -81,7 +81,7 @@ pub fn render(s: &AgentStatus) -> String {
         let _ = writeln!(o, "# TYPE labagent_{name} {kind}");
     };
     type Get = fn(&super::status::ChannelStatus) -> u64;
-    let per_channel: [(&str, &str, &str, Get); 12] = [
+    let per_channel: [(&str, &str, &str, Get); 14] = [
         (
             "received_total",
             "counter",
@@ -151,6 +151,18 @@ pub fn render(s: &AgentStatus) -> String {
             "Connections open on the channel's port.",
             |c| c.connections as u64,
         ),
+        (
+            "connections_opened_total",
+            "counter",
+            "Connections handed to the driver (serial opens, TCP accepts or connects).",
+            |c| c.port_opened,
+        ),
+        (
+            "port_attempts_total",
+            "counter",
+            "Open/connect/bind attempts, successful or not (reconnects show here).",
+            |c| c.port_attempts,
+        ),
     ];
     for (name, kind, help, get) in per_channel {
         family(&mut o, &format!("channel_{name}"), kind, help);
@@ -214,6 +226,58 @@ pub fn render(s: &AgentStatus) -> String {
             "labagent_uplink_up{{uplink=\"{kind}\",state=\"{}\"}} {}",
             label(&u.state),
             u8::from(u.state == "ok")
+        );
+        family(
+            &mut o,
+            "uplink_retries_total",
+            "counter",
+            "Waits after a failed upload attempt.",
+        );
+        let _ = writeln!(
+            o,
+            "labagent_uplink_retries_total{{uplink=\"{kind}\"}} {}",
+            u.retries
+        );
+        family(
+            &mut o,
+            "uplink_token_requests_total",
+            "counter",
+            "Requests to the OAuth2 token endpoint.",
+        );
+        let _ = writeln!(
+            o,
+            "labagent_uplink_token_requests_total{{uplink=\"{kind}\"}} {}",
+            u.token_requests
+        );
+        family(
+            &mut o,
+            "uplink_latency_seconds",
+            "histogram",
+            "Upload request latency (send to response).",
+        );
+        let mut cum = 0;
+        for (i, le) in crate::uplink::status::LATENCY_BUCKETS_MS.iter().enumerate() {
+            cum += u.latency_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "labagent_uplink_latency_seconds_bucket{{uplink=\"{kind}\",le=\"{}\"}} {cum}",
+                *le as f64 / 1000.0
+            );
+        }
+        let _ = writeln!(
+            o,
+            "labagent_uplink_latency_seconds_bucket{{uplink=\"{kind}\",le=\"+Inf\"}} {}",
+            u.latency_count
+        );
+        let _ = writeln!(
+            o,
+            "labagent_uplink_latency_seconds_sum{{uplink=\"{kind}\"}} {}",
+            u.latency_sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            o,
+            "labagent_uplink_latency_seconds_count{{uplink=\"{kind}\"}} {}",
+            u.latency_count
         );
         if let Some(t) = u.token_expires_unix {
             family(

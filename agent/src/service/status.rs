@@ -139,6 +139,8 @@ impl Registry {
                 transport: c.transport.clone(),
                 port: port_state(port.state).to_string(),
                 connections: port.connections,
+                port_opened: port.opened,
+                port_attempts: port.attempts,
                 port_error: port.last_error.clone(),
                 backlog: kept.map_or(0, |k| k.counters.pending),
                 oldest_pending_age_s: kept
@@ -174,6 +176,11 @@ impl Registry {
                 last_delivery_unix: s.last_delivery.map(unix_s),
                 delivered: s.delivered,
                 rejected: s.rejected,
+                retries: s.retries,
+                token_requests: s.token_requests,
+                latency_buckets: s.latency.buckets.to_vec(),
+                latency_count: s.latency.count,
+                latency_sum_us: s.latency.sum_us,
                 last_error: s.last_error.clone(),
             }
         });
@@ -248,6 +255,10 @@ pub struct ChannelStatus {
     /// open | listening | waiting for device | reconnecting | starting
     pub port: String,
     pub connections: usize,
+    /// Connections handed to the driver since start (serial opens, TCP accepts/connects).
+    pub port_opened: u64,
+    /// Open/connect/bind attempts since start, successful or not.
+    pub port_attempts: u64,
     pub port_error: Option<String>,
     /// Undelivered messages of this channel in the store.
     pub backlog: u64,
@@ -272,6 +283,14 @@ pub struct UplinkView {
     pub last_delivery_unix: Option<u64>,
     pub delivered: u64,
     pub rejected: u64,
+    /// Waits after failed attempts.
+    pub retries: u64,
+    pub token_requests: u64,
+    /// Upload latency: non-cumulative counts per bucket of
+    /// `uplink::status::LATENCY_BUCKETS_MS`, plus the overflow bucket.
+    pub latency_buckets: Vec<u64>,
+    pub latency_count: u64,
+    pub latency_sum_us: u64,
     pub last_error: Option<String>,
 }
 

@@ -224,6 +224,7 @@ impl Uplink {
         self.publish(|s| {
             s.state = state;
             s.last_error = Some(error);
+            s.retries += 1;
         });
         self.clock.sleep(wait)
     }
@@ -231,9 +232,11 @@ impl Uplink {
     fn publish(&self, f: impl FnOnce(&mut UplinkStatus)) {
         let mode = self.auth.mode();
         let expiry = self.auth.token_expiry();
+        let token_requests = self.auth.token_requests();
         self.status.send_modify(|s| {
             s.auth_mode = mode;
             s.token_expires_at = expiry;
+            s.token_requests = token_requests;
             f(s);
         });
     }
@@ -360,8 +363,13 @@ impl Uplink {
             } else {
                 headers.push(("X-Labagent-Agent", self.settings.agent_id.as_str()));
             }
+            let sent = std::time::Instant::now();
             let reply = match self.http.post(&self.settings.url, &headers, &body) {
-                Ok(r) => r,
+                Ok(r) => {
+                    let took = sent.elapsed();
+                    self.status.send_modify(|s| s.latency.observe(took));
+                    r
+                }
                 Err(e) => {
                     let state = match e.kind {
                         NetErrorKind::Tls => UplinkState::Paused {

@@ -64,6 +64,32 @@ impl fmt::Display for AuthMode {
     }
 }
 
+/// Upper bounds (milliseconds) of the upload-latency histogram buckets; a last, implicit
+/// bucket takes the rest.
+pub const LATENCY_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+
+/// Time from sending a request to its response, per request (any HTTP status).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Non-cumulative counts per bucket of [`LATENCY_BUCKETS_MS`], plus one for the rest.
+    pub buckets: [u64; 10],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+impl Latency {
+    pub fn observe(&mut self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[i] += 1;
+        self.count += 1;
+        self.sum_us += d.as_micros() as u64;
+    }
+}
+
 /// A snapshot of the uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UplinkStatus {
@@ -75,6 +101,11 @@ pub struct UplinkStatus {
     pub last_error: Option<String>,
     pub delivered: u64,
     pub rejected: u64,
+    /// Waits after a failed attempt (network, 5xx, 429/503, pause).
+    pub retries: u64,
+    /// Requests to the token endpoint since start.
+    pub token_requests: u64,
+    pub latency: Latency,
 }
 
 impl UplinkStatus {
@@ -87,6 +118,9 @@ impl UplinkStatus {
             last_error: None,
             delivered: 0,
             rejected: 0,
+            retries: 0,
+            token_requests: 0,
+            latency: Latency::default(),
         }
     }
 }
