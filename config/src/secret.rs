@@ -19,7 +19,11 @@ pub const CREDENTIAL_NAME: &str = "client_secret";
 
 /// A secret value. `Debug` and `Display` print `[redacted]`; use [`Secret::expose`] at the
 /// one place that sends it.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Serializable (transparently, as the bare string) so the agent's store can persist an
+/// access token; serialized forms are never logged.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

@@ -7,26 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::keys;
 use super::*;
 
-/// A string that never shows up in `Debug` output or logs.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    /// The secret itself; only to put it on the wire.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+/// The one secret type of the workspace: `Debug`/`Display` print `[redacted]`.
+pub use labagent_config::Secret;
 
 /// The uplink's OAuth2 access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
