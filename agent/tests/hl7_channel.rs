@@ -407,6 +407,10 @@ async fn latin1_arrives_as_utf8_and_explicit_encoding_wins() {
     // No MSH-18, valid UTF-8.
     let utf = "MSH|^~\\&|A|B|C|D|20261130||ORU^R01|L3|P|2.3\rNTE|1||Gr\u{fc}\u{df}e\r";
     assert_eq!(roundtrip(&mut s, utf.as_bytes()).await.0, "AA");
+    // MSH-18 ASCII (Mindray) with UTF-8 bytes: ASCII cannot describe them, UTF-8 it is.
+    let ascii =
+        "MSH|^~\\&|A|B|C|D|20261130||ORU^R01|L4|P|2.3.1||||0||ASCII\rOBX|1|ST|U||\u{b5}mol/L\r";
+    assert_eq!(roundtrip(&mut s, ascii.as_bytes()).await.0, "AA");
     let texts: Vec<String> = a
         .store
         .next_pending("lab", 10)
@@ -422,10 +426,12 @@ async fn latin1_arrives_as_utf8_and_explicit_encoding_wins() {
     assert!(texts[0].contains("Pr\u{e9}l\u{e8}vement"));
     assert!(texts[1].contains("\u{20ac} 5"), "{:?}", texts[1]);
     assert!(texts[2].contains("Gr\u{fc}\u{df}e"));
+    assert_eq!(texts[3], ascii);
     let metas: Vec<_> = all(&a.store).into_iter().map(|m| m.meta).collect();
     assert_eq!(metas[0]["encoding"], "iso-8859-1");
     assert_eq!(metas[1]["encoding"], "windows-1252");
     assert_eq!(metas[2]["encoding"], "utf-8");
+    assert_eq!(metas[3]["encoding"], "utf-8");
 
     // A channel with an explicit encoding: it wins over a lying MSH-18 (8859/1 on UTF-8).
     let a = start(Setup {

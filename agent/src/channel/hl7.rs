@@ -25,7 +25,8 @@
 //!
 //! The store keeps the wire bytes; the meta records the encoding the uplink decodes with
 //! ([`encoding_label`]): an explicit channel `encoding` wins; `auto` takes MSH-18 when it
-//! names a known set, else UTF-8 when the bytes are valid UTF-8, else windows-1252.
+//! names a known set (`ASCII` only when the bytes are ASCII), else UTF-8 when the bytes are
+//! valid UTF-8, else windows-1252.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,9 +60,12 @@ pub fn encoding_label(
     match enc {
         labagent_config::Encoding::Label(l) => l.clone(),
         labagent_config::Encoding::Auto => {
+            // MSH-18 `ASCII` cannot describe bytes over 0x7F (Mindray declares it): such a
+            // message takes the fallback below instead of being read as windows-1252.
             let declared = view
                 .and_then(|v| charset::encoding_label(v.charset()))
-                .filter(|l| encoding_rs::Encoding::for_label(l.as_bytes()).is_some());
+                .filter(|l| encoding_rs::Encoding::for_label(l.as_bytes()).is_some())
+                .filter(|l| *l != "us-ascii" || bytes.is_ascii());
             match declared {
                 Some(l) => l.to_string(),
                 None if std::str::from_utf8(bytes).is_ok() => "utf-8".into(),
