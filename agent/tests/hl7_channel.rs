@@ -572,6 +572,7 @@ fn auto_text_exception(name: &str) -> bool {
 async fn every_hl7_fixture_goes_through_the_driver() {
     let fx = fixtures();
     assert!(fx.len() >= 16, "fixtures found: {}", fx.len());
+    eprintln!("{} fixture files", fx.len());
     for encoding in [Encoding::Auto, Encoding::Label("utf-8".into())] {
         let a = start(Setup {
             encoding: encoding.clone(),
