@@ -10,7 +10,7 @@ use std::time::Duration;
 use labagent::channel::{run_channel, ChannelCtx, Hooks};
 use labagent::service::adapters::outgoing;
 use labagent::source::{Backoff, Link, TcpListenLink, TcpOptions};
-use labagent::store::{MessageInfo, State, Store, StoreOptions};
+use labagent::store::{MessageInfo, NewOrder, State, Store, StoreOptions};
 use labagent_config::{AckMode, Channel, Encoding, Hl7, ProtocolSettings, Transport};
 use labagent_hal::hl7::mllp::encode;
 use labagent_hal::hl7::msh::MshView;
@@ -34,6 +34,7 @@ struct Setup {
     max_message: u64,
     /// Store quota; tiny = every append refused.
     max_bytes: u64,
+    hooks: Hooks,
 }
 
 impl Default for Setup {
@@ -43,6 +44,7 @@ impl Default for Setup {
             encoding: Encoding::Auto,
             max_message: 4 << 20,
             max_bytes: 1 << 30,
+            hooks: Hooks::default(),
         }
     }
 }
@@ -80,7 +82,7 @@ async fn start(s: Setup) -> Agent {
         }),
     };
     let (stop, stopping) = watch::channel(false);
-    let ctx = ChannelCtx::new(config, store.clone(), Hooks::default(), stopping);
+    let ctx = ChannelCtx::new(config, store.clone(), s.hooks, stopping);
     tokio::spawn(run_channel(ctx.clone(), Link::Listen(listen)));
     Agent {
         addr,
@@ -632,4 +634,71 @@ async fn every_hl7_fixture_goes_through_the_driver() {
             "each stored once, plus the probes"
         );
     }
+}
+
+// ---- orders: outbox → MLLP → the instrument's ACK -----------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_sent_and_the_instruments_ack_decides() {
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let hooks = Hooks {
+        order: Arc::new(move |r| {
+            let _ = tx.send(r);
+        }),
+        ..Hooks::default()
+    };
+    let a = start(Setup {
+        hooks,
+        ..Setup::default()
+    })
+    .await;
+    let order = |id: &str, ctl: &str| {
+        NewOrder {
+        id: id.into(),
+        channel: "lab".into(),
+        // LF line ends from the upstream become CR on the wire.
+        text: format!("MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|{ctl}|P|2.5\nPID|1||P1\nORC|NW|{id}\n"),
+    }
+    };
+    a.store.put_order(order("ord-1", "O1")).unwrap();
+    a.store.put_order(order("ord-2", "O2")).unwrap();
+    let mut s = connect(&a).await;
+    // The first order comes as soon as the line is idle.
+    let sent = read_ack(&mut s).await;
+    assert_eq!(
+        sent,
+        b"MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|O1|P|2.5\rPID|1||P1\rORC|NW|ord-1\r"
+    );
+    // A result from the instrument while the order waits: stored and acknowledged as usual.
+    assert_eq!(
+        roundtrip(&mut s, &message("R1", "", "", "1")).await,
+        ("AA".into(), "R1".into())
+    );
+    // The instrument accepts the order.
+    send(
+        &mut s,
+        b"MSH|^~\\&|ANALYZER|LAB|LIS|HOSP|20261130||ACK^O33|A1|P|2.5\rMSA|AA|O1\r",
+    )
+    .await;
+    let r = tokio::time::timeout(T, reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.id.as_str(), r.state.as_str()), ("ord-1", "delivered"));
+    // Then the second; the instrument rejects it for its content: failed, not retried.
+    let sent = read_ack(&mut s).await;
+    assert!(sent.windows(3).any(|w| w == b"|O2"), "{sent:?}");
+    send(
+        &mut s,
+        b"MSH|^~\\&|ANALYZER|LAB|LIS|HOSP|20261130||ACK^O33|A2|P|2.5\rMSA|AE|O2\r",
+    )
+    .await;
+    let r = tokio::time::timeout(T, reports.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.id.as_str(), r.state.as_str()), ("ord-2", "failed"));
+    assert!(a.store.next_orders("lab", 10).unwrap().is_empty());
+    // The ACKs were answers, not messages: only the result is stored.
+    assert_eq!(pending_bytes(&a.store), vec![message("R1", "", "", "1")]);
 }

@@ -21,6 +21,16 @@
 //!    MSH-15 `NE` (or `ER` on success, `SU` on failure) means no ACK at all. Application
 //!    ACKs are never invented here.
 //!
+//! # Orders
+//!
+//! When the line is idle (no block open, no order waiting) a session takes the channel's
+//! oldest pending order from the outbox (one session per channel at a time), sends it as
+//! one MLLP block (LF / CR LF line ends become CR) and waits up to [`ORDER_ACK_TIMEOUT`]
+//! for a block whose MSA-2 is the order's MSH-10: AA/CA → delivered; AR/CE → retried
+//! (given up after a few attempts); AE/CR → failed; no answer or line lost → retried.
+//! Messages the instrument sends meanwhile are stored and acknowledged as usual; its
+//! answer to the order is neither stored nor acknowledged (an ACK is never ACKed).
+//!
 //! # Text
 //!
 //! The store keeps the wire bytes; the meta records the encoding the uplink decodes with
@@ -28,10 +38,11 @@
 //! names a known set (`ASCII` only when the bytes are ASCII), else UTF-8 when the bytes are
 //! valid UTF-8, else windows-1252.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use labagent_hal::hl7::ack::{self, AckCode, AckError, AckMode, AckParams, Outcome};
 use labagent_hal::hl7::charset;
@@ -39,9 +50,11 @@ use labagent_hal::hl7::mllp::{self, MllpError, MllpEvent, MllpFramer};
 use labagent_hal::hl7::msh::{segment_id, MshView};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
-use super::{ChannelCtx, Dir};
+use super::{ChannelCtx, Dir, OrderReport};
 use crate::source::Conn;
+use crate::store::{Order, OrderOutcome, OrderState};
 
 /// The channel's `[channel.hl7] ack` as the hal's mode.
 pub fn ack_mode(a: &labagent_config::AckMode) -> AckMode {
@@ -142,7 +155,7 @@ pub fn timestamp(t: SystemTime) -> String {
 /// prefix), at most 20 characters (the v2.3 length of MSH-10).
 fn next_control_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static PREFIX: OnceLock<String> = OnceLock::new();
     let p = PREFIX.get_or_init(|| {
         let s = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -256,7 +269,112 @@ pub fn ack_bytes(
     Some(mllp::encode(&body))
 }
 
-/// Runs MLLP on one connection until it ends.
+/// Attempts per order before it is given up.
+const ORDER_ATTEMPTS: u32 = 5;
+/// How long the instrument has to acknowledge an order.
+pub const ORDER_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wait before the next attempt after a failed one.
+const ORDER_RETRY: Duration = Duration::from_secs(30);
+
+/// One order at a time per channel: a `listen` channel's connections share the outbox, and
+/// only the session holding this lock sends from it. Keyed by the channel's context (one
+/// per running channel; a restarted channel gets a new one).
+fn order_lock(ctx: &Arc<ChannelCtx>) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<usize, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let mut m = LOCKS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    m.entry(Arc::as_ptr(ctx) as usize).or_default().clone()
+}
+
+/// An order sent to the instrument, waiting for its accept ACK.
+struct InFlight {
+    order: Order,
+    control_id: Vec<u8>,
+    deadline: Instant,
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// Order text as an HL7 message: LF and CR LF segment ends become CR, the last one too.
+pub fn order_message(text: &str) -> Vec<u8> {
+    super::astm::order_text(text)
+}
+
+/// If `msg` is an ACK for `control_id` (a block with an MSA segment whose MSA-2 is that
+/// id), its MSA-1 code.
+pub fn ack_code_for(msg: &[u8], control_id: &[u8]) -> Option<String> {
+    let v = MshView::new_checked(msg).ok()?;
+    let f = v.delimiters().field;
+    v.segments().find_map(|seg| {
+        let mut parts = seg.split(|b| *b == f);
+        if parts.next()? != b"MSA" {
+            return None;
+        }
+        let code = parts.next().unwrap_or(b"");
+        (parts.next().unwrap_or(b"") == control_id)
+            .then(|| String::from_utf8_lossy(code).trim().to_ascii_uppercase())
+    })
+}
+
+async fn finish_order(ctx: &ChannelCtx, o: &Order, outcome: OrderOutcome, detail: &str) {
+    let id = o.id.clone();
+    let d = detail.to_string();
+    match ctx
+        .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
+        .await
+    {
+        Ok(o) => {
+            let state = match o.state {
+                OrderState::Delivered => Some("delivered"),
+                OrderState::Failed => Some("failed"),
+                OrderState::Pending => None,
+            };
+            match state {
+                Some(state) => {
+                    tracing::info!(channel = %ctx.name(), order = %o.id, state, "order finished");
+                    ctx.report_order(OrderReport {
+                        channel: ctx.name().to_string(),
+                        id: o.id,
+                        state: state.to_string(),
+                        detail: detail.to_string(),
+                    });
+                }
+                None => tracing::warn!(channel = %ctx.name(), order = %o.id, attempts = o.attempts,
+                    detail, "order not delivered; will retry"),
+            }
+        }
+        Err(e) => {
+            ctx.counters.set_error(&e.to_string());
+            tracing::error!(channel = %ctx.name(), order = %o.id, error = %e, "cannot record the order's outcome");
+        }
+    }
+}
+
+/// A failed attempt: retry, or give up after [`ORDER_ATTEMPTS`].
+fn retry_or_fail(o: &Order) -> OrderOutcome {
+    if o.attempts + 1 >= ORDER_ATTEMPTS {
+        OrderOutcome::Failed
+    } else {
+        OrderOutcome::Retry
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write(conn: &mut Conn, ctx: &ChannelCtx, bytes: &[u8]) -> io::Result<()> {
+    ctx.tap(Dir::Out, bytes);
+    conn.write_all(bytes).await?;
+    conn.flush().await
+}
+
+/// Runs MLLP on one connection until it ends: messages from the instrument, and orders
+/// from the channel's outbox when the line is idle.
 pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
     let labagent_config::ProtocolSettings::Hl7(cfg) = &ctx.config.settings else {
         return Err(io::Error::other("not an HL7 channel"));
@@ -267,19 +385,86 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
     let mut stopping = ctx.stopping.clone();
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::new();
+    let mut inflight: Option<InFlight> = None;
+    let mut order_check = true;
+    let mut not_before: Option<Instant> = None;
     loop {
-        if ctx.is_stopping() && !framer.in_block() {
+        if ctx.is_stopping() && !framer.in_block() && inflight.is_none() {
             return Ok(());
         }
+        // An idle line: the next order, if this session may send one.
+        if inflight.is_none()
+            && order_check
+            && !framer.in_block()
+            && !ctx.is_stopping()
+            && not_before.map_or(true, |t| Instant::now() >= t)
+        {
+            order_check = false;
+            not_before = None;
+            let lock = order_lock(&ctx).try_lock_owned();
+            if lock.is_err() {
+                // Another connection of this channel is sending one; look again later.
+                not_before = Some(Instant::now() + Duration::from_secs(1));
+                order_check = true;
+            }
+            if let Ok(lock) = lock {
+                let channel = ctx.name().to_string();
+                match ctx.store_call(move |s| s.next_orders(&channel, 1)).await {
+                    Ok(mut v) if !v.is_empty() => {
+                        let o = v.remove(0);
+                        let msg = order_message(&o.text);
+                        match MshView::new_checked(&msg) {
+                            Ok(view) => {
+                                let control_id = view.control_id().to_vec();
+                                tracing::info!(channel = %ctx.name(), order = %o.id, len = msg.len(), "sending order to the instrument");
+                                write(&mut conn, &ctx, &mllp::encode(&msg)).await?;
+                                inflight = Some(InFlight {
+                                    order: o,
+                                    control_id,
+                                    deadline: Instant::now() + ORDER_ACK_TIMEOUT,
+                                    _lock: lock,
+                                });
+                            }
+                            Err(e) => {
+                                let why = format!("order is not an HL7 message: {e}");
+                                finish_order(&ctx, &o, OrderOutcome::Failed, &why).await;
+                                order_check = true;
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        ctx.counters.set_error(&e.to_string());
+                        not_before = Some(Instant::now() + ORDER_RETRY);
+                        order_check = true;
+                    }
+                }
+            }
+        }
+        let deadline = inflight
+            .as_ref()
+            .map(|f| f.deadline)
+            .or(not_before.filter(|_| order_check));
         let n = tokio::select! {
             r = conn.read(&mut buf) => match r {
-                Ok(0) => 0,
                 Ok(n) => n,
                 Err(e) => {
                     tracing::debug!(channel = %ctx.name(), error = %e, "read failed");
                     0
                 }
             },
+            _ = sleep_until(deadline) => {
+                if let Some(f) = inflight.take() {
+                    finish_order(&ctx, &f.order, retry_or_fail(&f.order), "no ACK from the instrument").await;
+                    not_before = Some(Instant::now() + ORDER_RETRY);
+                }
+                order_check = true;
+                continue;
+            }
+            _ = ctx.orders.notified(), if inflight.is_none() => {
+                order_check = true;
+                continue;
+            }
             _ = stopping.changed(), if !*stopping.borrow() => continue,
         };
         if n == 0 {
@@ -288,6 +473,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                 ctx.counters.incomplete();
                 tracing::warn!(channel = %ctx.name(), len = dropped,
                     "connection closed inside an MLLP block; the partial block was not acknowledged");
+            }
+            if let Some(f) = inflight.take() {
+                finish_order(&ctx, &f.order, retry_or_fail(&f.order), "line lost").await;
             }
             return Ok(());
         }
@@ -302,6 +490,30 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
             out.clear();
             match ev {
                 MllpEvent::Message(bytes) => {
+                    // The instrument's answer to our order: not a message to store or ACK.
+                    let answer = inflight
+                        .as_ref()
+                        .and_then(|f| ack_code_for(&bytes, &f.control_id));
+                    if let (Some(code), Some(f)) = (answer, inflight.as_ref()) {
+                        let outcome = match code.as_str() {
+                            "AA" | "CA" => OrderOutcome::Delivered,
+                            "AR" | "CE" => retry_or_fail(&f.order),
+                            _ => OrderOutcome::Failed,
+                        };
+                        let f = inflight.take().expect("checked above");
+                        finish_order(
+                            &ctx,
+                            &f.order,
+                            outcome,
+                            &format!("instrument answered {code}"),
+                        )
+                        .await;
+                        if outcome == OrderOutcome::Retry {
+                            not_before = Some(Instant::now() + ORDER_RETRY);
+                        }
+                        order_check = true;
+                        continue;
+                    }
                     let h = store_block(&ctx, bytes).await;
                     if let Some(a) = ack_bytes(&h.head, mode, h.outcome, h.text, h.error) {
                         out.extend_from_slice(&a);
@@ -335,9 +547,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                 }
             }
             if !out.is_empty() {
-                ctx.tap(Dir::Out, &out);
-                conn.write_all(&out).await?;
-                conn.flush().await?;
+                write(&mut conn, &ctx, &out).await?;
             }
         }
     }
