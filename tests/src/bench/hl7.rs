@@ -125,15 +125,35 @@ fn drive(addr: SocketAddr, conns: usize, per: usize, round: usize) -> Figures {
 
 /// The driver with a store on disk, on its own runtime (2 workers: the machine's cores).
 struct Ours {
-    rt: tokio::runtime::Runtime,
+    _rt: tokio::runtime::Runtime,
     addr: SocketAddr,
     store: Store,
     _stop: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
-fn start_ours() -> Ours {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// CPU time (user + system) of this whole process so far: the agent's runtime, its store
+/// threads and the client threads.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'; clock ticks.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    // USER_HZ: 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+fn start_ours(tmpfs: bool) -> Ours {
+    let dir = if tmpfs {
+        tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm")
+    } else {
+        tempfile::tempdir().expect("tempdir")
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -176,7 +196,7 @@ fn start_ours() -> Ours {
         addr
     });
     Ours {
-        rt,
+        _rt: rt,
         addr,
         store,
         _stop: stop,
@@ -232,22 +252,27 @@ pub fn run() -> Vec<Row> {
         format!("p50 {} p99 {}", ms(fs_p50), ms(fs_p99)),
     )];
 
-    let ours = start_ours();
+    let ours = start_ours(false);
     let syncs0 = ours.store.stats().map(|s| s.syncs).unwrap_or(0);
+    let cpu0 = cpu_time();
     let one = drive(ours.addr, 1, ONE_CONN, 0);
     let syncs1 = ours.store.stats().map(|s| s.syncs).unwrap_or(0);
+    let cpu1 = cpu_time();
     let eight = drive(ours.addr, 8, PER_CONN_8, 1);
     let syncs8 = ours.store.stats().map(|s| s.syncs).unwrap_or(0);
+    let cpu8 = cpu_time();
     let stored = ours.store.stats().map(|s| s.totals.pending).unwrap_or(0);
     let n1 = (ONE_CONN + WARMUP) as f64;
     let n8 = (8 * (PER_CONN_8 + WARMUP)) as f64;
+    let us = |d: Duration, n: f64| d.as_secs_f64() * 1e6 / n;
     rows.push(Row::new(
         "labagent, 1 connection, lockstep",
         format!("{:.0} msgs/s", one.rate),
         format!(
-            "{:.0}% of the fsync rate (target >= 50%); {:.2} store syncs/msg",
+            "{:.0}% of the fsync rate (target >= 50%); {:.2} store syncs/msg; {:.0} us CPU/msg",
             100.0 * one.rate / fs_rate,
-            (syncs1 - syncs0) as f64 / n1
+            (syncs1 - syncs0) as f64 / n1,
+            us(cpu1 - cpu0, n1)
         ),
     ));
     rows.push(Row::new(
@@ -259,8 +284,9 @@ pub fn run() -> Vec<Row> {
         "labagent, 8 connections, lockstep each",
         format!("{:.0} msgs/s", eight.rate),
         format!(
-            "target >= 2000 msgs/s; {:.2} store syncs/msg (group commit)",
-            (syncs8 - syncs1) as f64 / n8
+            "target >= 2000 msgs/s; {:.2} store syncs/msg (group commit); {:.0} us CPU/msg",
+            (syncs8 - syncs1) as f64 / n8,
+            us(cpu8 - cpu1, n8)
         ),
     ));
     rows.push(Row::new(
@@ -273,7 +299,25 @@ pub fn run() -> Vec<Row> {
         format!("{stored}"),
         format!("expected {}", n1 as u64 + n8 as u64),
     ));
-    drop(ours.rt);
+    drop(ours);
+
+    // The same on tmpfs: what is left when a sync costs nothing (the CPU ceiling).
+    if std::path::Path::new("/dev/shm").is_dir() {
+        let shm = start_ours(true);
+        let c0 = cpu_time();
+        let e = drive(shm.addr, 8, PER_CONN_8, 2);
+        let c1 = cpu_time();
+        rows.push(Row::new(
+            "labagent, 8 connections, store on tmpfs",
+            format!("{:.0} msgs/s", e.rate),
+            format!(
+                "p50 {} p99 {}; {:.0} us CPU/msg; no disk: the CPU ceiling",
+                ms(e.p50),
+                ms(e.p99),
+                us(c1 - c0, n8)
+            ),
+        ));
+    }
 
     match start_python() {
         Some(py) => {
