@@ -702,3 +702,54 @@ async fn orders_are_sent_and_the_instruments_ack_decides() {
     // The ACKs were answers, not messages: only the result is stored.
     assert_eq!(pending_bytes(&a.store), vec![message("R1", "", "", "1")]);
 }
+
+// ---- connect: the agent is the TCP client (an instrument or middleware listens) -------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_channel_comes_back_after_the_instrument_drops_it() {
+    use labagent::source::TcpConnectLink;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path().join("store"),
+        StoreOptions {
+            min_free: 0,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let instrument = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = instrument.local_addr().unwrap().to_string();
+    let link = TcpConnectLink::new(
+        target.clone(),
+        TcpOptions::default(),
+        Backoff::new(Duration::from_millis(50), Duration::from_millis(200), 1),
+    );
+    let config = Channel {
+        name: "lab".into(),
+        transport: Transport::Connect(target),
+        encoding: Encoding::Auto,
+        settings: ProtocolSettings::Hl7(Hl7 {
+            ack: AckMode::Original,
+            max_message: 1 << 20,
+            max_connections: 1,
+            idle_timeout: Duration::ZERO,
+        }),
+    };
+    let (_stop, stopping) = watch::channel(false);
+    let ctx = ChannelCtx::new(config, store.clone(), Hooks::default(), stopping);
+    tokio::spawn(run_channel(ctx, Link::Connect(link)));
+    for round in 1..=2 {
+        let (mut s, _) = tokio::time::timeout(T, instrument.accept())
+            .await
+            .expect("the agent connects (again)")
+            .unwrap();
+        let id = format!("K{round}");
+        assert_eq!(
+            roundtrip(&mut s, &message(&id, "", "", "2")).await,
+            ("AA".into(), id)
+        );
+        // The instrument closes the line; the agent reconnects with its backoff.
+        drop(s);
+    }
+    assert_eq!(all(&store).len(), 2);
+}
