@@ -552,3 +552,53 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_is_utc_hl7_dtm() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_874_700); // 2026-11-28 14:05:00 UTC
+        assert_eq!(timestamp(t), "20261128140500+0000");
+        assert_eq!(timestamp(UNIX_EPOCH), "19700101000000+0000");
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "20000229000000+0000"
+        );
+    }
+
+    #[test]
+    fn ack_codes_are_matched_by_msa2() {
+        let ack = b"MSH|^~\\&|A|B|C|D|2026||ACK^O33|9|P|2.5\rMSA|ae|O1\r";
+        assert_eq!(ack_code_for(ack, b"O1").as_deref(), Some("AE"));
+        assert_eq!(ack_code_for(ack, b"O2"), None);
+        assert_eq!(ack_code_for(b"not hl7", b"O1"), None);
+        let custom = b"MSH!$r?@!A!B!C!D!2026!!ACK!9!P!2.5\rMSA!CA!X\r";
+        assert_eq!(ack_code_for(custom, b"X").as_deref(), Some("CA"));
+    }
+
+    #[test]
+    fn encoding_choice() {
+        use labagent_config::Encoding;
+        let latin = b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3||||||8859/1\rNTE|1||\xe9\r";
+        let v = MshView::new_checked(latin).unwrap();
+        assert_eq!(
+            encoding_label(&Encoding::Auto, Some(&v), latin),
+            "iso-8859-1"
+        );
+        let explicit = Encoding::Label("windows-1252".into());
+        assert_eq!(encoding_label(&explicit, Some(&v), latin), "windows-1252");
+        // Unknown MSH-18: UTF-8 when valid, else windows-1252.
+        let odd = "MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3||||||KLINGON\rNTE|1||é\r";
+        let v = MshView::new_checked(odd.as_bytes()).unwrap();
+        assert_eq!(
+            encoding_label(&Encoding::Auto, Some(&v), odd.as_bytes()),
+            "utf-8"
+        );
+        assert_eq!(
+            encoding_label(&Encoding::Auto, None, b"\xe9"),
+            "windows-1252"
+        );
+    }
+}
