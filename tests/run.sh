@@ -18,6 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# python-hl7's mllp_send: a real external MLLP client (tests/tests/hl7_mllp_send.rs).
+python3 -c 'import hl7' 2>/dev/null || python3 -m pip install -q hl7
+
 # The hal must build for a bare-metal target (no_std + alloc).
 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
 

@@ -14,6 +14,8 @@
 //! - no patient data in logs at info or above: ids, lengths, counts only.
 
 pub mod astm;
+pub mod hl7;
+pub mod raw;
 pub mod stats;
 
 use std::io;
@@ -227,9 +229,8 @@ pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
     let label = conn.label().to_string();
     let r = match &ctx.config.settings {
         labagent_config::ProtocolSettings::Astm(_) => astm::serve(conn, ctx.clone()).await,
-        labagent_config::ProtocolSettings::Hl7(_) | labagent_config::ProtocolSettings::Raw(_) => {
-            Err(io::Error::other("protocol driver not built yet"))
-        }
+        labagent_config::ProtocolSettings::Hl7(_) => hl7::serve(conn, ctx.clone()).await,
+        labagent_config::ProtocolSettings::Raw(_) => raw::serve(conn, ctx.clone()).await,
     };
     if let Err(e) = r {
         ctx.counters.set_error(&e.to_string());

@@ -106,6 +106,18 @@ impl Store {
     /// the id of an equal message already kept (invariant 8). `Err(Full)`: answer the
     /// instrument negatively.
     pub fn append(&self, m: NewMessage) -> Result<Appended> {
+        self.append_as(m, None)
+    }
+
+    /// Stores bytes that are not a usable message (HL7 without an MSH, ...) directly as
+    /// `rejected` with `reason`, in one durable write: kept for inspection, never queued for
+    /// the uplink (`retry` can queue it later). The same bytes on the same channel again
+    /// are a duplicate, like [`append`](Self::append).
+    pub fn append_rejected(&self, m: NewMessage, reason: &str) -> Result<Appended> {
+        self.append_as(m, Some(reason))
+    }
+
+    fn append_as(&self, m: NewMessage, rejected: Option<&str>) -> Result<Appended> {
         check_channel(&m.channel)?;
         let sha: [u8; 32] = Sha256::digest(&m.bytes).into();
         let mut h = Header {
@@ -114,11 +126,15 @@ impl Store {
             received_at_ms: time_to_ms(m.received_at),
             clock_synced: m.clock_synced,
             meta: m.meta,
-            state: State::Pending,
+            state: if rejected.is_some() {
+                State::Rejected
+            } else {
+                State::Pending
+            },
             len: m.bytes.len() as u64,
             chunks: 0,
             sha256: hex(&sha),
-            reason: None,
+            reason: rejected.map(str::to_string),
             delivered_at: None,
             transmission: None,
         };
@@ -140,7 +156,9 @@ impl Store {
         let mut ops = Vec::new();
         h.chunks = put_chunks(&mut ops, seq, 0, &m.bytes);
         put_header(&mut ops, seq, &h)?;
-        ops.push((keys::queue(&h.channel, seq), Some(Vec::new())));
+        if h.state == State::Pending {
+            ops.push((keys::queue(&h.channel, seq), Some(Vec::new())));
+        }
         ops.push((
             keys::dedup(&h.channel, &sha),
             Some(seq.to_be_bytes().to_vec()),
@@ -726,5 +744,51 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod append_rejected_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    fn msg(bytes: &[u8]) -> NewMessage {
+        NewMessage {
+            channel: "lab".into(),
+            protocol: "hl7".into(),
+            received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
+            clock_synced: true,
+            bytes: bytes.to_vec(),
+            meta: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn kept_rejected_never_queued_deduplicated_and_retryable() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            min_free: 0,
+            ..StoreOptions::default()
+        };
+        let s = Store::open(d.path(), opts.clone()).unwrap();
+        let a = s.append_rejected(msg(b"garbage"), "no MSH").unwrap();
+        assert!(!a.duplicate);
+        let info = s.get(a.id).unwrap().unwrap().info;
+        assert_eq!(info.state, State::Rejected);
+        assert_eq!(info.reason.as_deref(), Some("no MSH"));
+        assert!(s.next_pending("lab", 10).unwrap().is_empty());
+        let st = s.stats().unwrap();
+        assert_eq!((st.totals.rejected, st.totals.pending), (1, 0));
+        // The same bytes again: the same message, stored once.
+        let b = s.append_rejected(msg(b"garbage"), "no MSH").unwrap();
+        assert_eq!((b.id, b.duplicate), (a.id, true));
+        assert_eq!(s.stats().unwrap().totals.rejected, 1);
+        // Durable: still there after a reopen; an operator can queue it.
+        drop(s);
+        let s = Store::open(d.path(), opts).unwrap();
+        assert_eq!(s.get(a.id).unwrap().unwrap().info.state, State::Rejected);
+        s.retry(a.id).unwrap();
+        assert_eq!(s.next_pending("lab", 10).unwrap()[0].bytes, b"garbage");
     }
 }

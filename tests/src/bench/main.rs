@@ -6,6 +6,7 @@
 //! Each section lives in `tests/src/bench/<name>.rs` and exposes `run() -> Vec<Row>`.
 
 mod fsync;
+mod hl7;
 mod service;
 mod table;
 
@@ -24,6 +25,11 @@ const SECTIONS: &[Section] = &[
         "service",
         "start to READY (empty, large backlog), idle CPU and RSS",
         service::run,
+    ),
+    (
+        "hl7",
+        "MLLP ingest, store (fsync) then ACK, 1 KiB messages",
+        hl7::run,
     ),
 ];
 
