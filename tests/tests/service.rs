@@ -452,7 +452,11 @@ fn the_demo_delivers_every_message() {
     let n = labagent::simulate::ASTM_SAMPLES
         .iter()
         .map(|(_, t)| labagent::simulate::astm_messages(t).len())
-        .sum::<usize>();
+        .sum::<usize>()
+        + labagent::simulate::HL7_SAMPLES
+            .iter()
+            .map(|(_, t)| labagent::simulate::hl7_messages(t).len())
+            .sum::<usize>();
     assert!(
         out.contains(&format!("the upstream received {n} distinct messages")),
         "{out}"

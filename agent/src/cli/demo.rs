@@ -1,8 +1,9 @@
 //! `labagent demo`: the whole pipeline on this machine, no setup, no root.
 //!
-//! A pseudo-terminal pair stands in for the RS-232 cable: a simulated analyzer on one end
-//! sends the bundled ASTM samples, paced like a real line, honouring ACK/NAK; the agent
-//! opens the other end exactly as it opens `/dev/ttyUSB0`. The agent stores each message
+//! A pseudo-terminal pair stands in for the RS-232 cable: a simulated chemistry analyzer
+//! on one end sends the bundled ASTM samples, paced like a real line, honouring ACK/NAK;
+//! the agent opens the other end exactly as it opens `/dev/ttyUSB0`. A simulated
+//! hematology analyzer sends the bundled HL7 v2 samples over MLLP on loopback TCP. The agent stores each message
 //! durably before it acknowledges it, then uploads it to an embedded local upstream that
 //! issues an OAuth2 token (client credentials) and accepts messages the way a Medplum Bot
 //! `$execute` endpoint does. The state lives in a temporary directory removed at the end.
@@ -17,7 +18,10 @@ use clap::Args;
 use super::exit;
 use labagent::service::Agent;
 use labagent::simulate::upstream::{DemoUpstream, INGEST_PATH, TOKEN_PATH};
-use labagent::simulate::{astm_messages, AstmInstrument, PtyWire, ASTM_SAMPLES};
+use labagent::simulate::{
+    astm_messages, hl7_messages, send_hl7, AstmInstrument, Pacer, PtyWire, ASTM_SAMPLES,
+    HL7_SAMPLES,
+};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -64,7 +68,7 @@ pub fn run(args: &DemoArgs) -> u8 {
     code
 }
 
-fn config_text(dir: &Path, device: &Path, base: &str, baud: u32) -> String {
+fn config_text(dir: &Path, device: &Path, hl7_port: u16, base: &str, baud: u32) -> String {
     format!(
         r#"[agent]
 id = "demo"
@@ -88,6 +92,11 @@ name = "chemistry"
 protocol = "astm"
 serial = "{device}"
 baud = {baud}
+
+[[channel]]
+name = "hematology"
+protocol = "hl7"
+listen = "127.0.0.1:{hl7_port}"
 "#,
         state = dir.join("state").display(),
         sock = dir.join("status.sock").display(),
@@ -112,7 +121,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
         }
     };
     let device = wire.device_path();
-    let text = config_text(dir, &device, &upstream.base_url(), args.baud);
+    let hl7_port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => {
+            eprintln!("labagent demo: no free loopback port: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let text = config_text(dir, &device, hl7_port, &upstream.base_url(), args.baud);
     let cfg_path = dir.join("config.toml");
     let _ = std::fs::write(&cfg_path, &text);
     let opts = labagent_config::LoadOptions {
@@ -134,15 +150,31 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
                 .map(move |m| (name.to_string(), m))
         })
         .collect();
-    let total = messages.len();
-    let total_bytes: usize = messages.iter().map(|(_, m)| m.len()).sum();
+    let hl7: Vec<(String, Vec<u8>)> = HL7_SAMPLES
+        .iter()
+        .flat_map(|(name, text)| {
+            hl7_messages(text)
+                .into_iter()
+                .map(move |m| (name.to_string(), m))
+        })
+        .collect();
+    let total = messages.len() + hl7.len();
+    let astm_bytes: usize = messages.iter().map(|(_, m)| m.len()).sum();
+    let hl7_bytes: usize = hl7.iter().map(|(_, m)| m.len()).sum();
 
     println!("labagent demo — the whole pipeline on this machine, nothing to set up\n");
-    println!("  analyzer  simulated, sends {total} ASTM messages ({total_bytes} bytes) from the bundled samples");
     println!(
-        "  line      virtual serial port {} at {} baud (a pty pair)",
+        "  analyzer  chemistry: {} ASTM messages ({astm_bytes} bytes) on a virtual serial port",
+        messages.len()
+    );
+    println!(
+        "            {} at {} baud (a pty pair), full E1381 link protocol",
         device.display(),
         args.baud
+    );
+    println!(
+        "  analyzer  hematology: {} HL7 v2 messages ({hl7_bytes} bytes, one in ISO-8859-1) over MLLP to 127.0.0.1:{hl7_port}",
+        hl7.len()
     );
     println!(
         "  agent     stores each message durably before it ACKs, in {}",
@@ -169,6 +201,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
     // The analyzer: blocking, on its own thread, like an instrument on its own wire.
     let sent_ok = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(AtomicBool::new(false));
+    let finished_hl7 = Arc::new(AtomicBool::new(false));
     let end = Arc::new(AtomicBool::new(false));
     let (s_ok, fin, end2) = (sent_ok.clone(), finished.clone(), end.clone());
     let baud = args.baud;
@@ -212,6 +245,50 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
         }
     });
 
+    let (h_ok, h_fin) = (sent_ok.clone(), finished_hl7.clone());
+    let hl7_analyzer = std::thread::spawn(move || {
+        let mut tcp = match std::net::TcpStream::connect(("127.0.0.1", hl7_port)) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("  hematology: cannot connect to the agent: {e}");
+                h_fin.store(true, Ordering::SeqCst);
+                return;
+            }
+        };
+        let names: Vec<String> = hl7.iter().map(|(n, _)| n.clone()).collect();
+        let bodies: Vec<Vec<u8>> = hl7.into_iter().map(|(_, m)| m).collect();
+        let n = bodies.len();
+        let mut i = 0usize;
+        let r = send_hl7(
+            &mut tcp,
+            &mut Pacer::new(None),
+            &bodies,
+            Duration::from_secs(30),
+            |s| {
+                i += 1;
+                if s.delivered {
+                    h_ok.fetch_add(1, Ordering::SeqCst);
+                    println!(
+                        "  hematology → agent HL7 message {i}/{n} ({}, {} bytes) answered {} after {:.0} ms",
+                        names[i - 1],
+                        s.bytes,
+                        s.detail,
+                        s.elapsed.as_secs_f64() * 1e3
+                    );
+                } else {
+                    println!(
+                        "  hematology → agent HL7 message {i}/{n} NOT accepted: {}",
+                        s.detail
+                    );
+                }
+            },
+        );
+        if let Err(e) = r {
+            println!("  hematology: line error: {e}");
+        }
+        h_fin.store(true, Ordering::SeqCst);
+    });
+
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
     let mut last = (usize::MAX, u64::MAX, usize::MAX);
     let mut interrupted = false;
@@ -236,6 +313,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
             last = (acked, stored, delivered);
         }
         let done = finished.load(Ordering::SeqCst)
+            && finished_hl7.load(Ordering::SeqCst)
             && backlog == 0
             && delivered as u64 >= stored
             && acked == stored as usize;
@@ -258,6 +336,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
     agent.stop().await;
     end.store(true, Ordering::SeqCst);
     let _ = analyzer.join();
+    let _ = hl7_analyzer.join();
 
     let acked = sent_ok.load(Ordering::SeqCst);
     let delivered = upstream.distinct();
@@ -269,7 +348,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
     }
     let backlog = snap.as_ref().map_or(0, |s| s.store.backlog);
     println!("summary after {:.1} s:", start.elapsed().as_secs_f64());
-    println!("  the analyzer sent {total} messages; the agent acknowledged {acked}, each only after it was on disk");
+    println!("  the analyzers sent {total} messages ({acked} accepted); every ACK was sent only after the message was on disk");
     println!(
         "  the upstream received {delivered} distinct messages ({repeats} retransmissions recognised by Idempotency-Key), using {} OAuth2 token request(s)",
         upstream.tokens_issued()

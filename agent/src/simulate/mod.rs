@@ -297,8 +297,8 @@ impl MinOpt for Option<HalInstant> {
     }
 }
 
-/// Sends HL7 messages over MLLP, each awaiting its ACK (`timeout` per message). Returns
-/// the ACK code (MSA-1) of each, or an error text.
+/// Sends HL7 messages over MLLP, each awaiting its ACK (`timeout` per message) unless its
+/// MSH-15 is `NE`. Returns the ACK code (MSA-1) of each, or an error text.
 pub fn send_hl7(
     w: &mut dyn Wire,
     pacer: &mut Pacer,
@@ -313,6 +313,21 @@ pub fn send_hl7(
     for m in messages {
         let t0 = Instant::now();
         pacer.write(w, &encode(m))?;
+        // MSH-15 = NE: the sender asked for no accept acknowledgment; an instrument does
+        // not wait for one.
+        let never = labagent_hal::hl7::msh::MshView::new_checked(m)
+            .is_ok_and(|v| v.accept_ack_type() == labagent_hal::hl7::msh::AckCondition::Never);
+        if never {
+            let s = Sent {
+                bytes: m.len(),
+                delivered: true,
+                detail: "sent (MSH-15 NE: no ACK expected)".into(),
+                elapsed: t0.elapsed(),
+            };
+            on_sent(&s);
+            results.push(s);
+            continue;
+        }
         let deadline = Instant::now() + timeout;
         let mut ack = None;
         while ack.is_none() {
