@@ -8,6 +8,7 @@ pub mod process;
 /// The pty helper is product code (`labagent simulate --pty-link`); tests use the same file.
 #[path = "../../agent/src/simulate/pty.rs"]
 pub mod pty;
+pub mod strace;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -3,7 +3,6 @@
 //! the block it answers was read (ARCHITECTURE.md, "Durability"). Same method as
 //! `astm_strace.rs`: `strace -f`, the uplink on a closed port so only appends write.
 
-use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -11,116 +10,14 @@ use std::time::Duration;
 
 use labagent::simulate::{send_hl7, Pacer};
 use labagent_tests::process::AgentProcess;
+use labagent_tests::strace::{check, has_vt};
+
+/// An MLLP ACK block written to the sender.
+fn is_ack(args: &str) -> bool {
+    args.contains("\"\\vMSH")
+}
 
 const STRACE: &str = "/usr/bin/strace";
-
-#[derive(Debug, Default, PartialEq)]
-struct Verdict {
-    frames: usize,
-    acks_after_frames: usize,
-    syncs: usize,
-    violation: Option<String>,
-}
-
-/// True if the strace string argument holds a VT (MLLP start of block), which strace
-/// writes `\v` (and `\\v` is an escaped backslash followed by the letter v).
-fn has_vt(s: &str) -> bool {
-    let b = s.as_bytes();
-    (0..b.len().saturating_sub(1))
-        .any(|i| b[i] == b'\\' && b[i + 1] == b'v' && (i == 0 || b[i - 1] != b'\\'))
-}
-
-fn ret_of(line: &str) -> Option<i64> {
-    line.rsplit("= ")
-        .next()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Parses `strace -f -s 64` output of the agent.
-fn check(trace: &str, store_dir: &Path) -> Verdict {
-    let dir = store_dir.to_string_lossy().into_owned();
-    let mut store_fds: HashMap<i64, bool> = HashMap::new();
-    let mut conn_fds: HashMap<i64, bool> = HashMap::new();
-    // pid -> (syscall, fd, index at start) of an unfinished call
-    let mut pending: HashMap<String, (String, i64, usize)> = HashMap::new();
-    // Index (line) of the last frame read not yet answered, and of the start of the latest
-    // completed store sync.
-    let mut frame_read: Option<usize> = None;
-    let mut synced_from: Option<usize> = None;
-    let mut v = Verdict::default();
-    for (i, line) in trace.lines().enumerate() {
-        let Some((pid, rest)) = line.split_once(' ') else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let (name, fd, start, args, finished) = if let Some(r) = rest.strip_prefix("<... ") {
-            let Some((name, fd, start)) = pending.remove(pid) else {
-                continue;
-            };
-            (name, fd, start, r, true)
-        } else {
-            let Some(p) = rest.find('(') else { continue };
-            let name = rest[..p].to_string();
-            let args = &rest[p + 1..];
-            let fd = args
-                .split(|c: char| !c.is_ascii_digit() && c != '-')
-                .next()
-                .unwrap_or("")
-                .parse::<i64>()
-                .unwrap_or(-1);
-            if rest.contains("<unfinished ...>") {
-                pending.insert(pid.to_string(), (name, fd, i));
-                continue;
-            }
-            (name, fd, i, args, true)
-        };
-        debug_assert!(finished);
-        let ok = ret_of(line).is_some_and(|r| r >= 0);
-        match name.as_str() {
-            "openat" => {
-                if let (Some(path), Some(r)) = (args.split('"').nth(1), ret_of(line)) {
-                    if r >= 0 {
-                        store_fds.insert(r, path.starts_with(&dir));
-                    }
-                }
-            }
-            "accept4" | "accept" => {
-                if let Some(r) = ret_of(line).filter(|r| *r >= 0) {
-                    conn_fds.insert(r, true);
-                }
-            }
-            "close" => {
-                store_fds.remove(&fd);
-                conn_fds.remove(&fd);
-            }
-            "fsync" | "fdatasync" if store_fds.get(&fd) == Some(&true) && ok => {
-                v.syncs += 1;
-                synced_from = Some(synced_from.map_or(start, |s| s.max(start)));
-            }
-            "read" | "recvfrom" if conn_fds.contains_key(&fd) && ok && has_vt(args) => {
-                v.frames += 1;
-                frame_read = Some(start);
-            }
-            "write" | "sendto" if conn_fds.contains_key(&fd) && args.contains("\"\\vMSH") => {
-                if let Some(f) = frame_read.take() {
-                    v.acks_after_frames += 1;
-                    if synced_from.map_or(true, |s| s <= f) && v.violation.is_none() {
-                        v.violation = Some(format!(
-                            "line {}: ACK for the block read at line {} without a store sync started after that read: {line}",
-                            i + 1,
-                            f + 1
-                        ));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    v
-}
 
 #[test]
 fn checker_catches_an_ack_before_the_sync() {
@@ -132,12 +29,17 @@ fn checker_catches_an_ack_before_the_sync() {
     let good = format!(
         "{base}2 pwrite64(7, \"x\", 1, 0) = 1\n3 fdatasync(7 <unfinished ...>\n3 <... fdatasync resumed>) = 0\n{ack}"
     );
-    let v = check(&good, Path::new("/s/store"));
+    let v = check(&good, Path::new("/s/store"), has_vt, is_ack);
     assert_eq!((v.frames, v.acks_after_frames, v.syncs), (1, 1, 1), "{v:?}");
     assert!(v.violation.is_none(), "{v:?}");
-    assert!(check(&format!("{base}{ack}"), Path::new("/s/store"))
-        .violation
-        .is_some());
+    assert!(check(
+        &format!("{base}{ack}"),
+        Path::new("/s/store"),
+        has_vt,
+        is_ack
+    )
+    .violation
+    .is_some());
     assert!(!has_vt("\\\\vx") && has_vt("\\vMSH"));
 }
 
@@ -209,7 +111,12 @@ fn every_hl7_ack_follows_a_store_fsync() {
     assert!(st.success(), "{st:?}\n{}", agent.log());
 
     let text = std::fs::read_to_string(&trace).unwrap();
-    let v = check(&text, &dir.path().join("state").join("store"));
+    let v = check(
+        &text,
+        &dir.path().join("state").join("store"),
+        has_vt,
+        is_ack,
+    );
     eprintln!("{v:?}");
     assert!(v.frames >= 20, "expected a block read per message: {v:?}");
     assert_eq!(v.acks_after_frames, 20, "every message was ACKed: {v:?}");
