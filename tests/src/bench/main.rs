@@ -5,6 +5,7 @@
 //!
 //! Each section lives in `tests/src/bench/<name>.rs` and exposes `run() -> Vec<Row>`.
 
+mod astm;
 mod fsync;
 mod table;
 
@@ -13,11 +14,18 @@ use table::Row;
 type Section = (&'static str, &'static str, fn() -> Vec<Row>);
 
 /// (name, what it measures, runner)
-const SECTIONS: &[Section] = &[(
-    "fsync",
-    "the disk's own append + fdatasync rate",
-    fsync::run,
-)];
+const SECTIONS: &[Section] = &[
+    (
+        "fsync",
+        "the disk's own append + fdatasync rate",
+        fsync::run,
+    ),
+    (
+        "astm",
+        "ASTM over a paced pty: payload vs line rate, frame end to ACK",
+        astm::run,
+    ),
+];
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
