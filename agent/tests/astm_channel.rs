@@ -171,6 +171,13 @@ impl Rig {
         r.unwrap().unwrap();
     }
 
+    /// Ends the driver by closing the line (e.g. while it waits for an answer to its ENQ).
+    async fn finish_now(self) {
+        drop(self.inst);
+        let r = timeout(GUARD, self.driver).await.expect("driver ends");
+        r.unwrap().unwrap();
+    }
+
     /// Messages of the channel in `state` (None: any), with their bytes, oldest first.
     fn messages(&self, state: Option<State>) -> Vec<Message> {
         self.store
@@ -560,6 +567,89 @@ async fn an_order_waits_for_the_instrument_that_won_contention_then_is_delivered
     // The agent ends its transfer with EOT.
     assert_eq!(rig.reply().await, EOT);
     rig.finish().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instrument_that_asks_again_after_contention_is_answered() {
+    let order = "H|\\^&|||LIS\rO|1|SAMPLE-7||^^^K|R\rL|1|N\r";
+    let mut rig = Rig::start_with(store_opts(1 << 30), Duration::from_secs(30), |s| {
+        s.put_order(NewOrder {
+            id: "ord-2".into(),
+            channel: CH.into(),
+            text: order.into(),
+        })
+        .unwrap();
+    });
+    assert_eq!(rig.reply().await, ENQ, "the agent bids for the line");
+    rig.send(&[ENQ]).await;
+    assert_eq!(
+        rig.reply().await,
+        ACK,
+        "contention: the instrument's ENQ answered"
+    );
+    // LIS1-A: on contention the instrument waits at least 1 s and sends ENQ again,
+    // ignoring the host's reply in between. That ENQ must be answered as well.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rig.enq().await;
+    let m = message("AGAIN", 1);
+    rig.records(&m).await;
+    rig.eot().await;
+    let got = rig.messages(Some(State::Pending));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].bytes, m);
+    assert!(rig.messages(Some(State::Incomplete)).is_empty());
+    // Then the order goes out.
+    assert_eq!(rig.reply().await, ENQ);
+    rig.finish_now().await;
+}
+
+/// Awaits `f`, failing after `secs` of *real* time: under the paused clock a driver that
+/// spins never lets virtual time advance, so a virtual guard would never fire.
+async fn within_real<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(secs));
+        let _ = tx.send(());
+    });
+    tokio::select! {
+        v = f => v,
+        _ = rx => panic!("{what}: not done within {secs} s of real time"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transmission_outlasting_the_order_wait_does_not_spin_the_driver() {
+    let order = "H|\\^&|||LIS\rO|1|SAMPLE-8||^^^K|R\rL|1|N\r";
+    let mut rig = Rig::start_with(store_opts(1 << 30), Duration::from_secs(30), |s| {
+        s.put_order(NewOrder {
+            id: "ord-3".into(),
+            channel: CH.into(),
+            text: order.into(),
+        })
+        .unwrap();
+    });
+    assert_eq!(rig.reply().await, ENQ);
+    rig.send(&[ENQ]).await;
+    assert_eq!(rig.reply().await, ACK);
+    rig.fn_next = 1;
+    // A slow instrument: a frame every 8 s, 40 s in all, well past the 20 s after which
+    // the order may be tried again. The driver must sleep through it, not wake in a loop
+    // (which would also keep virtual time from advancing at all).
+    let m = message("SLOW", 2);
+    let t0 = Instant::now();
+    within_real(30, "slow transmission", async {
+        for (text, last) in frames(&m) {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            assert_eq!(rig.frame(&text, last).await, ACK);
+        }
+        rig.eot().await;
+        // Only now, with the line idle, the order goes out.
+        assert_eq!(rig.reply().await, ENQ);
+    })
+    .await;
+    assert!(t0.elapsed() >= Duration::from_secs(40));
+    assert_eq!(rig.messages(Some(State::Pending))[0].bytes, m);
+    rig.finish_now().await;
 }
 
 #[test]

@@ -26,7 +26,8 @@
 //! with the [`Sender`]. Contention (the instrument sends ENQ while we wait for the reply
 //! to ours): the instrument wins; its ENQ goes to the receiver, the attempt is dropped
 //! without counting, and the order is taken again when the line is idle, 20 s at the
-//! earliest.
+//! earliest. The instrument's ENQ is answered at once; an instrument that follows LIS1-A
+//! strictly ignores that ACK, waits ≥ 1 s and sends ENQ again: that ENQ is answered too.
 //! Outcomes are recorded in the store and reported through [`ChannelCtx::report_order`].
 
 use std::io;
@@ -288,6 +289,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
     let mut out = vec![0u8; tx.max_transmit().max(256)];
     let mut buf = vec![0u8; 4096];
     let mut line_lost = false;
+    // Set when we answered an instrument's ENQ on contention and nothing has arrived since
+    // but (maybe) a second ENQ: see the read branch.
+    let mut reenq_window = false;
 
     loop {
         // 1. Let both sessions act, resolving commits, until nothing is left to do.
@@ -295,6 +299,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
             let mut progressed = false;
             while let Some(ev) = rx.poll_event() {
                 progressed = true;
+                if !matches!(ev, Event::TransmissionStarted) {
+                    reenq_window = false;
+                }
                 match ev {
                     Event::NeedsCommit(req) => {
                         let mut d = durable.take().expect("one commit at a time");
@@ -386,6 +393,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                         // stays pending in the store (no attempt counted) and is taken
                         // again once the line is idle and the contention wait is over.
                         rx.handle_input(&[ENQ], clock.now());
+                        reenq_window = true;
                         tx = Sender::new(sender_config(cfg));
                         if let Some(o) = order.take() {
                             tracing::info!(channel = %ctx.name(), order = %o.id,
@@ -485,7 +493,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
         let deadline = [
             rx.poll_timeout().map(|t| clock.at(t)),
             tx.poll_timeout().map(|t| clock.at(t)),
-            order_not_before.filter(|_| order_check),
+            // Only while the line is idle: a retry time that passes during a transmission
+            // must not wake the loop (it would spin until the transmission ends).
+            order_not_before.filter(|_| order_check && idle && order.is_none()),
         ]
         .into_iter()
         .flatten()
@@ -505,10 +515,22 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                 Ok(n) => {
                     ctx.tap(Dir::In, &buf[..n]);
                     let now = clock.now();
+                    let mut input = &buf[..n];
+                    if reenq_window && rx.is_receiving() && !rx.commit_outstanding() {
+                        if let Some(p) = input.iter().position(|&b| b == ENQ) {
+                            // The instrument followed LIS1-A to the letter: it did not take
+                            // our ACK to its contending ENQ as the reply, waited, and asks
+                            // again. Nothing has been received since: start over and
+                            // answer this ENQ (the receiver alone would ignore it).
+                            rx = Receiver::new(receiver_config(cfg));
+                            reenq_window = false;
+                            input = &input[p..];
+                        }
+                    }
                     if tx.is_idle() {
-                        rx.handle_input(&buf[..n], now);
+                        rx.handle_input(input, now);
                     } else {
-                        tx.handle_input(&buf[..n], now);
+                        tx.handle_input(input, now);
                     }
                 }
             },
