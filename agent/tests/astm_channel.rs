@@ -603,6 +603,70 @@ async fn an_instrument_that_asks_again_after_contention_is_answered() {
     rig.finish_now().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_simulator_wins_contention_then_takes_the_order() {
+    let order = "H|\\^&|||LIS\rO|1|SAMPLE-5||^^^CA|R\rL|1|N\r";
+    let mut rig = Rig::start_with(store_opts(1 << 30), Duration::from_secs(30), |s| {
+        s.put_order(NewOrder {
+            id: "ord-5".into(),
+            channel: CH.into(),
+            text: order.into(),
+        })
+        .unwrap();
+    });
+    // The agent's ENQ is on the line when the instrument starts its own transfer.
+    assert_eq!(rig.reply().await, ENQ);
+    let result = message("SIM", 3);
+    let wire = PipeWire {
+        rt: tokio::runtime::Handle::current(),
+        io: rig.inst,
+        first: vec![ENQ],
+    };
+    let r = result.clone();
+    let (sent, wire) = tokio::task::spawn_blocking(move || {
+        let mut wire = wire;
+        let mut inst = AstmInstrument::new(None);
+        let sent = inst.send_all(&mut wire, &[r]).unwrap();
+        (sent, wire)
+    })
+    .await
+    .unwrap();
+    assert!(sent[0].delivered, "{sent:?}");
+    // Asked again after its 1 s contention wait, not the host's 20 s.
+    assert!(sent[0].elapsed < Duration::from_secs(5), "{sent:?}");
+    rig.inst = wire.io;
+    let got = rig.messages(Some(State::Pending));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].bytes, result);
+    assert!(rig.messages(Some(State::Incomplete)).is_empty());
+
+    // Then the agent's turn: the order reaches the simulator.
+    assert_eq!(rig.reply().await, ENQ);
+    let wire = PipeWire {
+        rt: tokio::runtime::Handle::current(),
+        io: rig.inst,
+        first: vec![ENQ],
+    };
+    let (received, wire) = tokio::task::spawn_blocking(move || {
+        let mut wire = wire;
+        let mut inst = AstmInstrument::new(None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        inst.receive(&mut wire, 1, deadline).unwrap();
+        (inst.received.messages, wire)
+    })
+    .await
+    .unwrap();
+    rig.inst = wire.io;
+    assert_eq!(received, vec![order_text(order)]);
+    let report = timeout(GUARD, rig.orders.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (report.id.as_str(), report.state.as_str()),
+        ("ord-5", "delivered")
+    );
+    assert_eq!(rig.reply().await, EOT);
+    rig.finish().await;
+}
+
 /// Awaits `f`, failing after `secs` of *real* time: under the paused clock a driver that
 /// spins never lets virtual time advance, so a virtual guard would never fire.
 async fn within_real<F: std::future::Future>(secs: u64, what: &str, f: F) -> F::Output {
