@@ -632,8 +632,9 @@ async fn the_simulator_wins_contention_then_takes_the_order() {
     .await
     .unwrap();
     assert!(sent[0].delivered, "{sent:?}");
-    // Asked again after its 1 s contention wait, not the host's 20 s.
-    assert!(sent[0].elapsed < Duration::from_secs(5), "{sent:?}");
+    // Asked again after its 1 s contention wait, not the host's 20 s (the bound leaves
+    // room for a loaded machine's slow syncs).
+    assert!(sent[0].elapsed < Duration::from_secs(12), "{sent:?}");
     rig.inst = wire.io;
     let got = rig.messages(Some(State::Pending));
     assert_eq!(got.len(), 1);
