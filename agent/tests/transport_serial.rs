@@ -123,6 +123,42 @@ async fn line_settings_reach_termios_8o1_rtscts() {
     assert_eq!(t.output_speed(), 115200);
 }
 
+/// The common ASTM setting (9600 8N1, no flow control) and every baud rate seen in
+/// instrument manuals reach termios. What a pty cannot show: it moves bytes at memory
+/// speed whatever the baud rate, and the Linux pty driver forces CS8 and clears PARENB, so
+/// 7-bit data and parity checking are only checked as *requested* (unit test
+/// `builder_carries_every_setting_and_exclusive`); the speed and PARODD are read back.
+#[tokio::test]
+async fn line_settings_reach_termios_8n1_none_at_every_manual_baud_rate() {
+    for baud in [1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] {
+        let pty = Pty::open().unwrap();
+        let mut s = settings(pty.slave_path());
+        s.baud = baud;
+        s.data_bits = DataBits::Eight;
+        s.parity = Parity::None;
+        s.stop_bits = StopBits::One;
+        s.flow_control = FlowControl::None;
+        let mut link = SerialLink::new(s, backoff());
+        let mut conn = link.next_connection().await;
+
+        let t = pty.slave_termios().unwrap();
+        let c = t.control_modes;
+        assert_eq!(c & ControlModes::CSIZE, ControlModes::CS8, "{baud}");
+        assert!(!c.contains(ControlModes::PARODD), "{baud}");
+        assert!(!c.contains(ControlModes::CSTOPB), "{baud}");
+        assert!(!c.contains(ControlModes::CRTSCTS), "{baud}");
+        assert!(
+            !t.input_modes
+                .intersects(InputModes::IXON | InputModes::IXOFF),
+            "{baud}"
+        );
+        assert_eq!((t.input_speed(), t.output_speed()), (baud, baud));
+        if baud == 9600 {
+            roundtrip(&pty, &mut conn).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn bytes_flow_and_status_is_open() {
     let pty = Pty::open().unwrap();

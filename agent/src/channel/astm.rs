@@ -24,7 +24,10 @@
 //! When the line is idle (no transmission from the instrument, no order in flight) the
 //! driver takes the channel's oldest pending order from the store's outbox and sends it
 //! with the [`Sender`]. Contention (the instrument sends ENQ while we wait for the reply
-//! to ours): the instrument wins; its ENQ goes to the receiver, and the sender waits.
+//! to ours): the instrument wins; its ENQ goes to the receiver, the attempt is dropped
+//! without counting, and the order is taken again when the line is idle, 20 s at the
+//! earliest. The instrument's ENQ is answered at once; an instrument that follows LIS1-A
+//! strictly ignores that ACK, waits ≥ 1 s and sends ENQ again: that ENQ is answered too.
 //! Outcomes are recorded in the store and reported through [`ChannelCtx::report_order`].
 
 use std::io;
@@ -50,6 +53,8 @@ use crate::store::{
 const ORDER_ATTEMPTS: u32 = 5;
 /// Wait between attempts of an order.
 const ORDER_RETRY: Duration = Duration::from_secs(30);
+/// Wait after losing contention before the order's next ENQ (LIS1-A: at least 20 s).
+const CONTENTION_WAIT: Duration = Duration::from_secs(20);
 
 /// Receiver settings from `[channel.astm]`.
 pub fn receiver_config(a: &labagent_config::Astm) -> ReceiverConfig {
@@ -277,9 +282,16 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
     let mut order_check = true;
     let mut order_not_before: Option<Instant> = None;
     let mut stopping = ctx.stopping.clone();
+    // Whether the loop has acted on the stop signal. The wait below must not be gated on
+    // the signal's current value: a stop that arrives while the loop awaits something
+    // else (a store call) would then never wake it.
+    let mut stop_seen = false;
     let mut out = vec![0u8; tx.max_transmit().max(256)];
     let mut buf = vec![0u8; 4096];
     let mut line_lost = false;
+    // Set when we answered an instrument's ENQ on contention and nothing has arrived since
+    // but (maybe) a second ENQ: see the read branch.
+    let mut reenq_window = false;
 
     loop {
         // 1. Let both sessions act, resolving commits, until nothing is left to do.
@@ -287,6 +299,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
             let mut progressed = false;
             while let Some(ev) = rx.poll_event() {
                 progressed = true;
+                if !matches!(ev, Event::TransmissionStarted) {
+                    reenq_window = false;
+                }
                 match ev {
                     Event::NeedsCommit(req) => {
                         let mut d = durable.take().expect("one commit at a time");
@@ -370,7 +385,23 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
             while let Some(ev) = tx.poll_event() {
                 progressed = true;
                 match ev {
-                    SendEvent::Contention => rx.handle_input(&[ENQ], clock.now()),
+                    SendEvent::Contention => {
+                        // The instrument wins: its ENQ goes to the receiver, and the
+                        // sender is reset so that everything the instrument sends next
+                        // reaches the receiver (a sender waiting to retry would swallow
+                        // it) and no ENQ of ours can cut into its transmission. The order
+                        // stays pending in the store (no attempt counted) and is taken
+                        // again once the line is idle and the contention wait is over.
+                        rx.handle_input(&[ENQ], clock.now());
+                        reenq_window = true;
+                        tx = Sender::new(sender_config(cfg));
+                        if let Some(o) = order.take() {
+                            tracing::info!(channel = %ctx.name(), order = %o.id,
+                                "contention: the instrument sends first; order deferred");
+                        }
+                        order_not_before = Some(Instant::now() + CONTENTION_WAIT);
+                        order_check = true;
+                    }
                     SendEvent::Delivered => {
                         if let Some(o) = order.take() {
                             finish_order(&ctx, o, OrderOutcome::Delivered, "delivered").await;
@@ -418,6 +449,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
         // 2. Idle line: stop if asked, else start the next order.
         let idle = !rx.is_receiving() && tx.is_idle() && !rx.commit_outstanding();
         if *stopping.borrow() {
+            stop_seen = true;
             rx.set_busy(true);
             if idle {
                 return Ok(());
@@ -461,7 +493,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
         let deadline = [
             rx.poll_timeout().map(|t| clock.at(t)),
             tx.poll_timeout().map(|t| clock.at(t)),
-            order_not_before.filter(|_| order_check),
+            // Only while the line is idle: a retry time that passes during a transmission
+            // must not wake the loop (it would spin until the transmission ends).
+            order_not_before.filter(|_| order_check && idle && order.is_none()),
         ]
         .into_iter()
         .flatten()
@@ -481,10 +515,22 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                 Ok(n) => {
                     ctx.tap(Dir::In, &buf[..n]);
                     let now = clock.now();
+                    let mut input = &buf[..n];
+                    if reenq_window && rx.is_receiving() && !rx.commit_outstanding() {
+                        if let Some(p) = input.iter().position(|&b| b == ENQ) {
+                            // The instrument followed LIS1-A to the letter: it did not take
+                            // our ACK to its contending ENQ as the reply, waited, and asks
+                            // again. Nothing has been received since: start over and
+                            // answer this ENQ (the receiver alone would ignore it).
+                            rx = Receiver::new(receiver_config(cfg));
+                            reenq_window = false;
+                            input = &input[p..];
+                        }
+                    }
                     if tx.is_idle() {
-                        rx.handle_input(&buf[..n], now);
+                        rx.handle_input(input, now);
                     } else {
-                        tx.handle_input(&buf[..n], now);
+                        tx.handle_input(input, now);
                     }
                 }
             },
@@ -494,7 +540,10 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                 tx.handle_timeout(now);
             }
             _ = ctx.orders.notified(), if order.is_none() => order_check = true,
-            _ = stopping.changed(), if !*stopping.borrow() => {}
+            r = stopping.changed(), if !stop_seen => {
+                // Sender gone: nobody can ask for a stop any more; stop watching.
+                stop_seen = r.is_err();
+            }
         }
     }
 }

@@ -138,7 +138,11 @@ pub struct AstmInstrument {
 impl AstmInstrument {
     pub fn new(baud: Option<u32>) -> Self {
         AstmInstrument {
-            sender: SenderConfig::default(),
+            sender: SenderConfig {
+                // LIS1-A: after contention the instrument waits at least 1 s (the host 20 s).
+                contention_wait: labagent_hal::time::Duration::from_secs(1),
+                ..SenderConfig::default()
+            },
             receiver: ReceiverConfig::default(),
             pacer: Pacer::new(baud),
             start: Instant::now(),
@@ -185,9 +189,10 @@ impl AstmInstrument {
                 let mut done = None;
                 while let Some(ev) = tx.poll_event() {
                     match ev {
-                        TxEvent::Contention => {
-                            rx.handle_input(&[labagent_hal::astm::ENQ], self.now())
-                        }
+                        // The host bid for the line at the same time. The instrument
+                        // has priority (LIS1-A): it does not answer the host's ENQ and
+                        // asks again after `contention_wait` (1 s).
+                        TxEvent::Contention => {}
                         TxEvent::Delivered => done = Some((true, "delivered".to_string())),
                         TxEvent::Interrupted => {
                             done = Some((false, "interrupted by the receiver".into()))

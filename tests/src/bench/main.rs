@@ -5,6 +5,7 @@
 //!
 //! Each section lives in `tests/src/bench/<name>.rs` and exposes `run() -> Vec<Row>`.
 
+mod astm;
 mod fsync;
 mod hl7;
 mod service;
@@ -30,6 +31,11 @@ const SECTIONS: &[Section] = &[
         "hl7",
         "MLLP ingest, store (fsync) then ACK, 1 KiB messages",
         hl7::run,
+    ),
+    (
+        "astm",
+        "ASTM over a paced pty: payload vs line rate, frame end to ACK",
+        astm::run,
     ),
 ];
 
