@@ -37,6 +37,8 @@ pub enum RunError {
     #[error("{0}")]
     Uplink(#[from] UplinkError),
     #[error("{0}")]
+    Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -45,6 +47,8 @@ pub struct Agent {
     pub store: Store,
     pub channels: Vec<Arc<ChannelCtx>>,
     uplink: Option<UplinkHandle>,
+    /// The MQTT uplink, when `uplink.kind = "mqtt"`.
+    pub mqtt: Option<crate::mqtt::MqttHandle>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -97,6 +101,7 @@ impl Agent {
         }
 
         let mut hooks = Hooks::default();
+        let mut mqtt_pending = None;
         let uplink = match config.uplink.kind {
             UplinkKind::Http => {
                 let (us, auth) = settings::http_uplink(&config)
@@ -114,10 +119,16 @@ impl Agent {
                 Some(handle)
             }
             UplinkKind::Mqtt => {
-                return Err(RunError::Unavailable(
-                    "uplink.kind = \"mqtt\" is not built into this version yet; use \"http\""
-                        .into(),
-                ))
+                let (h, pending) = crate::mqtt::prepare(
+                    &config,
+                    settings::auth_settings(&config.uplink.auth),
+                    Arc::new(StoreQueue::new(store.clone())),
+                    Arc::new(StoreTokenCache::new(store.clone())),
+                    store.clone(),
+                )?;
+                hooks = h;
+                mqtt_pending = Some(pending);
+                None
             }
         };
 
@@ -135,6 +146,7 @@ impl Agent {
             tasks.spawn(tracing::Instrument::instrument(run_channel(c, link), span));
             channels.push(ctx);
         }
+        let mqtt = mqtt_pending.map(|p| p.start(&channels));
         let s = store.clone();
         let mut prune_stop = stopping.clone();
         tasks.spawn(async move {
@@ -160,6 +172,7 @@ impl Agent {
             store,
             channels,
             uplink,
+            mqtt,
             stop,
             tasks,
         })
@@ -176,6 +189,9 @@ impl Agent {
         }
         if let Some(u) = self.uplink.take() {
             let _ = tokio::task::spawn_blocking(move || u.shutdown()).await;
+        }
+        if let Some(m) = self.mqtt.take() {
+            m.shutdown().await;
         }
         let s = self.store.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.sync()).await {

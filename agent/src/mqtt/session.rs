@@ -1,0 +1,676 @@
+//! The session task: keeps up to `window` QoS 1 publishes in flight, releases a message
+//! from the inbox only on its PUBACK, takes orders in and reports their fate.
+//!
+//! Packet ids: rumqttc's `publish` does not return one. Requests are handled in the order
+//! they are submitted, so every `Outgoing::Publish(pkid)` event belongs to the oldest
+//! submitted publish that has not had one yet (`fifo`). A publish that collides with a
+//! packet id still in flight is announced as `Outgoing::AwaitAck(pkid)` and sent later
+//! with that id (`held`). Retransmissions by rumqttc never happen: the network task
+//! throws its state away after every connection loss (see `net.rs`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rumqttc::{AsyncClient, Event, Incoming, Outgoing as MqttOut, Publish, QoS};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::net::NetEvent;
+use super::status::MqttStatus;
+use super::{MqttSettings, OrderSink};
+use crate::channel::OrderReport;
+use crate::store::NewOrder;
+use crate::uplink::queue::rfc3339;
+use crate::uplink::{Outgoing, Queue, UplinkState};
+
+/// How long a stop waits for PUBACKs of what is in flight.
+const STOP_DRAIN: Duration = Duration::from_secs(3);
+/// Safety net: look at the inbox this often even without a wake-up.
+const RESCAN: Duration = Duration::from_secs(30);
+
+/// What a publish carries.
+#[derive(Debug, Clone)]
+enum Tag {
+    Msg { id: String },
+    Report(OrderReport),
+}
+
+/// A message ready to publish (serialized off the runtime).
+struct Prepared {
+    id: String,
+    channel: String,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+enum Step {
+    Net(NetEvent),
+    Job(Result<JobOut, tokio::task::JoinError>),
+    More,
+    Report(OrderReport),
+    Renew,
+}
+
+struct JobOut {
+    confirmed: Vec<String>,
+    epoch: u64,
+    fetched: Vec<Prepared>,
+    /// Some channel may hold more than was fetched.
+    more: bool,
+    rejected: u64,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    agent: &'a str,
+    channel: &'a str,
+    protocol: &'a str,
+    received_at: String,
+    clock_synced: bool,
+    text: &'a str,
+    meta: &'a serde_json::Value,
+}
+
+/// The JSON envelope of ARCHITECTURE.md "Upload contract", one per message.
+pub fn envelope(agent: &str, m: &Outgoing) -> Vec<u8> {
+    serde_json::to_vec(&Envelope {
+        id: &m.id,
+        agent,
+        channel: &m.channel,
+        protocol: m.protocol.as_str(),
+        received_at: rfc3339(m.received_at),
+        clock_synced: m.clock_synced,
+        text: &m.text,
+        meta: &m.meta,
+    })
+    .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    id: &'a str,
+    state: &'a str,
+    detail: &'a str,
+}
+
+pub(crate) struct Session {
+    pub s: Arc<MqttSettings>,
+    pub client: AsyncClient,
+    pub queue: Arc<dyn Queue>,
+    pub orders: Option<Arc<dyn OrderSink>>,
+    pub net: mpsc::UnboundedReceiver<NetEvent>,
+    pub net_stop: watch::Sender<bool>,
+    pub wake: Arc<Notify>,
+    pub reports: mpsc::UnboundedReceiver<OrderReport>,
+    pub stop: watch::Receiver<bool>,
+    pub status: watch::Sender<MqttStatus>,
+    // books
+    pub up: bool,
+    pub epoch: u64,
+    fifo: VecDeque<Tag>,
+    held: Option<(u16, Tag)>,
+    inflight: HashMap<u16, Tag>,
+    /// Message id → channel, from submission until the store confirmed it.
+    outstanding: HashMap<String, String>,
+    to_confirm: Vec<String>,
+    report_q: VecDeque<OrderReport>,
+    more: bool,
+    /// An order could not be stored: no more acks on this connection.
+    orders_broken: bool,
+    reconnect_at: Option<tokio::time::Instant>,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        s: Arc<MqttSettings>,
+        client: AsyncClient,
+        queue: Arc<dyn Queue>,
+        orders: Option<Arc<dyn OrderSink>>,
+        net: mpsc::UnboundedReceiver<NetEvent>,
+        net_stop: watch::Sender<bool>,
+        wake: Arc<Notify>,
+        reports: mpsc::UnboundedReceiver<OrderReport>,
+        stop: watch::Receiver<bool>,
+        status: watch::Sender<MqttStatus>,
+    ) -> Self {
+        Session {
+            s,
+            client,
+            queue,
+            orders,
+            net,
+            net_stop,
+            wake,
+            reports,
+            stop,
+            status,
+            up: false,
+            epoch: 0,
+            fifo: VecDeque::new(),
+            held: None,
+            inflight: HashMap::new(),
+            outstanding: HashMap::new(),
+            to_confirm: Vec::new(),
+            report_q: VecDeque::new(),
+            more: true,
+            orders_broken: false,
+            reconnect_at: None,
+        }
+    }
+
+    fn publish_status(&self, f: impl FnOnce(&mut MqttStatus)) {
+        self.status.send_modify(f);
+    }
+
+    fn in_window(&self) -> usize {
+        self.fifo.len() + self.inflight.len() + usize::from(self.held.is_some())
+    }
+
+    fn room(&self) -> usize {
+        usize::from(self.s.window).saturating_sub(self.in_window())
+    }
+
+    fn topic(&self, channel: &str, leaf: &str) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.s.topic_prefix, self.s.agent_id, channel, leaf
+        )
+    }
+
+    pub async fn run(mut self) {
+        let mut job: Option<JoinHandle<JobOut>> = None;
+        let mut rescan = tokio::time::interval(RESCAN);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if job.is_none() {
+                job = self.maybe_job();
+            }
+            let reconnect_at = self.reconnect_at;
+            let step = tokio::select! {
+                ev = self.net.recv() => match ev {
+                    Some(ev) => Step::Net(ev),
+                    None => break,
+                },
+                r = async { job.as_mut().expect("guarded").await }, if job.is_some() => Step::Job(r),
+                _ = self.wake.notified() => Step::More,
+                Some(r) = self.reports.recv() => Step::Report(r),
+                _ = tokio::time::sleep_until(reconnect_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if reconnect_at.is_some() => Step::Renew,
+                _ = rescan.tick() => Step::More,
+                _ = self.stop.wait_for(|s| *s) => break,
+            };
+            match step {
+                Step::Net(ev) => self.on_net(ev).await,
+                Step::Job(r) => {
+                    job = None;
+                    self.on_job(r);
+                }
+                Step::More => self.more = true,
+                Step::Report(r) => {
+                    self.report_q.push_back(r);
+                    self.flush_reports();
+                }
+                Step::Renew => {
+                    self.reconnect_at = None;
+                    tracing::info!("access token due for renewal: reconnecting with a new one");
+                    let _ = self.client.try_disconnect();
+                }
+            }
+        }
+        self.shutdown(job).await;
+    }
+
+    /// Starts a blocking store job: confirm what was acknowledged, fetch what fits the window.
+    fn maybe_job(&mut self) -> Option<JoinHandle<JobOut>> {
+        let room = self.room();
+        let window = usize::from(self.s.window);
+        let fetch =
+            self.up && self.more && room > 0 && (room >= window / 4 || self.in_window() == 0);
+        if self.to_confirm.is_empty() && !fetch {
+            return None;
+        }
+        let confirm = std::mem::take(&mut self.to_confirm);
+        let mut skip: HashMap<String, usize> = HashMap::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        if fetch {
+            self.more = false;
+            for (id, ch) in &self.outstanding {
+                *skip.entry(ch.clone()).or_default() += 1;
+                ids.insert(id.clone());
+            }
+        }
+        let queue = self.queue.clone();
+        let s = self.s.clone();
+        let epoch = self.epoch;
+        Some(tokio::task::spawn_blocking(move || {
+            queue.confirm(&confirm);
+            let mut out = JobOut {
+                confirmed: confirm,
+                epoch,
+                fetched: Vec::new(),
+                more: false,
+                rejected: 0,
+            };
+            if !fetch {
+                return out;
+            }
+            let mut left = room;
+            for ch in queue.channels() {
+                if left == 0 {
+                    out.more = true;
+                    break;
+                }
+                let want = skip.get(&ch).copied().unwrap_or(0) + left;
+                let batch = queue.next_batch(&ch, want);
+                if batch.len() >= want {
+                    out.more = true;
+                }
+                for m in batch {
+                    if left == 0 {
+                        out.more = true;
+                        break;
+                    }
+                    if ids.contains(&m.id) {
+                        continue;
+                    }
+                    let payload = envelope(&s.agent_id, &m);
+                    // Topic, header and a margin on top of the payload.
+                    if payload.len() + 1024 > s.max_packet {
+                        tracing::error!(id = %m.id, channel = %m.channel, len = payload.len(),
+                            max = s.max_packet, "message larger than the MQTT packet limit; parked as rejected");
+                        queue.reject(&m.id, "larger than the MQTT packet limit");
+                        out.rejected += 1;
+                        continue;
+                    }
+                    left -= 1;
+                    out.fetched.push(Prepared {
+                        topic: format!("{}/{}/{}/messages", s.topic_prefix, s.agent_id, m.channel),
+                        id: m.id,
+                        channel: m.channel,
+                        payload,
+                    });
+                }
+            }
+            out
+        }))
+    }
+
+    fn on_job(&mut self, r: Result<JobOut, tokio::task::JoinError>) {
+        let out = match r {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "inbox task failed");
+                self.more = true;
+                return;
+            }
+        };
+        for id in &out.confirmed {
+            self.outstanding.remove(id);
+        }
+        if out.rejected > 0 {
+            self.publish_status(|st| st.rejected += out.rejected);
+        }
+        self.more |= out.more;
+        if out.epoch != self.epoch || !self.up {
+            self.more = true;
+            return;
+        }
+        for p in out.fetched {
+            match self
+                .client
+                .try_publish(p.topic, QoS::AtLeastOnce, false, p.payload)
+            {
+                Ok(()) => {
+                    self.outstanding.insert(p.id.clone(), p.channel);
+                    self.fifo.push_back(Tag::Msg { id: p.id });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "request channel full; will fetch again");
+                    self.more = true;
+                    break;
+                }
+            }
+        }
+        let n = self.in_window();
+        self.publish_status(|st| st.in_flight = n);
+    }
+
+    fn flush_reports(&mut self) {
+        if !self.up {
+            return;
+        }
+        while let Some(r) = self.report_q.pop_front() {
+            let payload = serde_json::to_vec(&Report {
+                id: &r.id,
+                state: &r.state,
+                detail: &r.detail,
+            })
+            .unwrap_or_default();
+            let topic = self.topic(&r.channel, "orders/status");
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            {
+                Ok(()) => self.fifo.push_back(Tag::Report(r)),
+                Err(_) => {
+                    self.report_q.push_front(r);
+                    break;
+                }
+            }
+        }
+    }
+
+    async fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Up {
+                session_present,
+                token_expires_at,
+            } => {
+                self.up = true;
+                self.orders_broken = false;
+                self.more = true;
+                if session_present {
+                    tracing::info!("connected to the broker (session resumed)");
+                } else {
+                    tracing::info!("connected to the broker (new session): subscribing, resending everything unconfirmed");
+                }
+                if self.s.orders && !self.s.channels.is_empty() {
+                    let filters: Vec<rumqttc::SubscribeFilter> = self
+                        .s
+                        .channels
+                        .iter()
+                        .map(|c| {
+                            rumqttc::SubscribeFilter::new(self.topic(c, "orders"), QoS::AtLeastOnce)
+                        })
+                        .collect();
+                    if let Err(e) = self.client.try_subscribe_many(filters) {
+                        tracing::warn!(error = %e, "cannot subscribe to orders; reconnecting");
+                        let _ = self.client.try_disconnect();
+                    }
+                }
+                self.reconnect_at = token_expires_at.and_then(renewal_deadline);
+                self.flush_reports();
+                self.publish_status(|st| {
+                    st.connected = true;
+                    st.state = UplinkState::Ok;
+                    st.session_present = Some(session_present);
+                    st.token_expires_at = token_expires_at;
+                });
+            }
+            NetEvent::Down {
+                error,
+                refused,
+                ack,
+            } => {
+                let was_up = self.up;
+                self.up = false;
+                self.epoch += 1;
+                self.reconnect_at = None;
+                // Forget every request of that connection: messages come back from the
+                // inbox, reports go back to the front of their queue.
+                let mut tags: Vec<Tag> = Vec::new();
+                let mut by_pkid: Vec<(u16, Tag)> = self.inflight.drain().collect();
+                by_pkid.sort_by_key(|(p, _)| *p);
+                tags.extend(by_pkid.into_iter().map(|(_, t)| t));
+                tags.extend(self.held.take().map(|(_, t)| t));
+                tags.extend(self.fifo.drain(..));
+                let mut reports = Vec::new();
+                for t in tags {
+                    match t {
+                        Tag::Msg { id, .. } => {
+                            self.outstanding.remove(&id);
+                        }
+                        Tag::Report(r) => reports.push(r),
+                    }
+                }
+                for r in reports.into_iter().rev() {
+                    self.report_q.push_front(r);
+                }
+                self.more = true;
+                let _ = ack.send(());
+                if was_up {
+                    tracing::warn!(error = %error, "connection to the broker lost; reconnecting");
+                } else {
+                    tracing::warn!(error = %error, "cannot connect to the broker; retrying");
+                }
+                let state = if refused {
+                    UplinkState::Paused {
+                        reason: format!("broker refused the login: {error}"),
+                    }
+                } else if error.contains("TLS") {
+                    UplinkState::Paused {
+                        reason: error.clone(),
+                    }
+                } else {
+                    UplinkState::BackingOff {
+                        wait: Duration::ZERO,
+                    }
+                };
+                self.publish_status(|st| {
+                    st.connected = false;
+                    st.state = state;
+                    st.last_error = Some(error);
+                    st.in_flight = 0;
+                });
+            }
+            NetEvent::NoLogin(e) => {
+                tracing::warn!(error = %e, "no credentials for the broker; retrying");
+                let state = match &e {
+                    crate::uplink::AuthError::Credentials(d) => {
+                        UplinkState::CredentialsProblem { detail: d.clone() }
+                    }
+                    _ => UplinkState::BackingOff {
+                        wait: Duration::ZERO,
+                    },
+                };
+                self.publish_status(|st| {
+                    st.state = state;
+                    st.last_error = Some(e.to_string());
+                });
+            }
+            NetEvent::Event(Event::Outgoing(MqttOut::Publish(pkid))) => {
+                if pkid == 0 {
+                    return;
+                }
+                let tag = match &self.held {
+                    Some((p, _)) if *p == pkid => self.held.take().map(|(_, t)| t),
+                    _ => self.fifo.pop_front(),
+                };
+                match tag {
+                    Some(t) => {
+                        self.inflight.insert(pkid, t);
+                    }
+                    None => tracing::debug!(pkid, "publish event without a request"),
+                }
+            }
+            NetEvent::Event(Event::Outgoing(MqttOut::AwaitAck(pkid))) => {
+                if let Some(t) = self.fifo.pop_front() {
+                    self.held = Some((pkid, t));
+                }
+            }
+            NetEvent::Event(Event::Incoming(Incoming::PubAck(ack))) => {
+                match self.inflight.remove(&ack.pkid) {
+                    Some(Tag::Msg { id, .. }) => {
+                        self.to_confirm.push(id);
+                        let now = SystemTime::now();
+                        let n = self.in_window();
+                        self.publish_status(|st| {
+                            st.delivered += 1;
+                            st.last_delivery = Some(now);
+                            st.in_flight = n;
+                        });
+                    }
+                    Some(Tag::Report(r)) => {
+                        tracing::debug!(order = %r.id, "order status published");
+                        self.publish_status(|st| st.reports_published += 1);
+                    }
+                    None => tracing::debug!(pkid = ack.pkid, "PUBACK for an unknown packet id"),
+                }
+            }
+            NetEvent::Event(Event::Incoming(Incoming::SubAck(ack))) => {
+                use rumqttc::SubscribeReasonCode;
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
+                    tracing::error!("broker refused the subscription to orders (check its ACL)");
+                    self.publish_status(|st| {
+                        st.last_error = Some("broker refused the orders subscription".into())
+                    });
+                }
+            }
+            NetEvent::Event(Event::Incoming(Incoming::Publish(p))) => self.on_order(p).await,
+            NetEvent::Event(_) => {}
+        }
+    }
+
+    /// One order from the broker: durable in the outbox before its PUBACK, in arrival order.
+    async fn on_order(&mut self, p: Publish) {
+        if self.orders_broken {
+            return; // not acked: the broker sends it again after the reconnect
+        }
+        let Some(sink) = self.orders.clone() else {
+            let _ = self.client.try_ack(&p);
+            return;
+        };
+        let base = format!("{}/{}/", self.s.topic_prefix, self.s.agent_id);
+        let channel = p
+            .topic
+            .strip_prefix(&base)
+            .and_then(|r| r.strip_suffix("/orders"))
+            .filter(|c| self.s.channels.iter().any(|x| x == c))
+            .map(str::to_string);
+        let Some(channel) = channel else {
+            tracing::warn!(
+                len = p.payload.len(),
+                "order on an unexpected topic; dropped"
+            );
+            let _ = self.client.try_ack(&p);
+            return;
+        };
+        #[derive(serde::Deserialize)]
+        struct Order {
+            id: String,
+            text: String,
+        }
+        let order = match serde_json::from_slice::<Order>(&p.payload) {
+            Ok(o) if !o.id.is_empty() && !o.text.is_empty() => o,
+            other => {
+                let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string));
+                let why = match other {
+                    Err(e) => format!(
+                        "invalid order: {}",
+                        format!("{:?}", e.classify()).to_lowercase()
+                    ),
+                    Ok(_) => "invalid order: empty id or text".to_string(),
+                };
+                tracing::warn!(%channel, len = p.payload.len(), reason = %why, "order refused");
+                let _ = self.client.try_ack(&p);
+                if let Some(id) = id.filter(|i| !i.is_empty()) {
+                    self.report_q.push_back(OrderReport {
+                        channel,
+                        id,
+                        state: "failed".into(),
+                        detail: why,
+                    });
+                    self.flush_reports();
+                }
+                return;
+            }
+        };
+        let new = NewOrder {
+            id: order.id.clone(),
+            channel: channel.clone(),
+            text: order.text,
+        };
+        let s2 = sink.clone();
+        let r = tokio::task::spawn_blocking(move || s2.put(new))
+            .await
+            .unwrap_or_else(|e| Err(format!("order task failed: {e}")));
+        match r {
+            Ok(fresh) => {
+                if self.client.try_ack(&p).is_err() {
+                    self.orders_broken = true;
+                    let _ = self.client.try_disconnect();
+                    return;
+                }
+                if fresh {
+                    tracing::info!(%channel, order = %order.id, "order stored");
+                    sink.notify(&channel);
+                    self.publish_status(|st| st.orders_received += 1);
+                } else {
+                    tracing::info!(%channel, order = %order.id, "order seen before; not sent again");
+                }
+            }
+            Err(e) => {
+                tracing::error!(%channel, order = %order.id, error = %e,
+                    "cannot store the order; not acknowledged, reconnecting");
+                self.orders_broken = true;
+                let _ = self.client.try_disconnect();
+            }
+        }
+    }
+
+    async fn shutdown(mut self, mut job: Option<JoinHandle<JobOut>>) {
+        // Let what is in flight be acknowledged, briefly; confirm it; then disconnect.
+        let deadline = tokio::time::Instant::now() + STOP_DRAIN;
+        self.more = false;
+        while self.up && !(self.fifo.is_empty() && self.inflight.is_empty() && self.held.is_none())
+        {
+            tokio::select! {
+                ev = self.net.recv() => match ev {
+                    Some(ev) => self.on_net(ev).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if let Some(j) = job.take() {
+            let r = j.await;
+            self.on_job(r);
+        }
+        if !self.to_confirm.is_empty() {
+            let q = self.queue.clone();
+            let ids = std::mem::take(&mut self.to_confirm);
+            let _ = tokio::task::spawn_blocking(move || q.confirm(&ids)).await;
+        }
+        if self.up {
+            let _ = self.client.try_disconnect();
+            let wait = tokio::time::sleep(Duration::from_secs(1));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    ev = self.net.recv() => match ev {
+                        Some(NetEvent::Event(Event::Outgoing(MqttOut::Disconnect))) | None => break,
+                        Some(NetEvent::Down { ack, .. }) => { let _ = ack.send(()); break; }
+                        Some(_) => {}
+                    },
+                    _ = &mut wait => break,
+                }
+            }
+        }
+        let _ = self.net_stop.send(true);
+        self.publish_status(|st| {
+            st.connected = false;
+            st.state = UplinkState::Stopped;
+            st.in_flight = 0;
+        });
+        tracing::info!("MQTT uplink stopped");
+    }
+}
+
+/// When to reconnect with a renewed token: ahead of expiry by a fifth of the remaining
+/// life, at most 60 s, at least 1 s from now.
+fn renewal_deadline(expires: SystemTime) -> Option<tokio::time::Instant> {
+    let left = expires.duration_since(SystemTime::now()).ok()?;
+    let ahead = (left / 5).min(Duration::from_secs(60));
+    let after = left.saturating_sub(ahead).max(Duration::from_secs(1));
+    Some(tokio::time::Instant::now() + after)
+}
