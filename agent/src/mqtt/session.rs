@@ -47,14 +47,14 @@ struct Prepared {
 
 enum Step {
     Net(NetEvent),
-    Job(Result<JobOut, tokio::task::JoinError>),
+    Fetched(Result<FetchOut, tokio::task::JoinError>),
+    Confirmed(Result<Vec<String>, tokio::task::JoinError>),
     More,
     Report(OrderReport),
     Renew,
 }
 
-struct JobOut {
-    confirmed: Vec<String>,
+struct FetchOut {
     epoch: u64,
     fetched: Vec<Prepared>,
     /// Some channel may hold more than was fetched.
@@ -116,10 +116,14 @@ pub(crate) struct Session {
     /// Message id → channel, from submission until the store confirmed it.
     outstanding: HashMap<String, String>,
     to_confirm: Vec<String>,
+    /// Read ahead from the inbox, not yet published (their ids are outstanding).
+    ready: VecDeque<Prepared>,
     report_q: VecDeque<OrderReport>,
     more: bool,
     /// An order could not be stored: no more acks on this connection.
     orders_broken: bool,
+    /// Shutting down: publish nothing new.
+    stopping: bool,
     reconnect_at: Option<tokio::time::Instant>,
 }
 
@@ -155,9 +159,11 @@ impl Session {
             inflight: HashMap::new(),
             outstanding: HashMap::new(),
             to_confirm: Vec::new(),
+            ready: VecDeque::new(),
             report_q: VecDeque::new(),
             more: true,
             orders_broken: false,
+            stopping: false,
             reconnect_at: None,
         }
     }
@@ -182,12 +188,16 @@ impl Session {
     }
 
     pub async fn run(mut self) {
-        let mut job: Option<JoinHandle<JobOut>> = None;
+        let mut fetch: Option<JoinHandle<FetchOut>> = None;
+        let mut confirm: Option<JoinHandle<Vec<String>>> = None;
         let mut rescan = tokio::time::interval(RESCAN);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if job.is_none() {
-                job = self.maybe_job();
+            if fetch.is_none() {
+                fetch = self.maybe_fetch();
+            }
+            if confirm.is_none() {
+                confirm = self.maybe_confirm();
             }
             let reconnect_at = self.reconnect_at;
             let step = tokio::select! {
@@ -195,7 +205,8 @@ impl Session {
                     Some(ev) => Step::Net(ev),
                     None => break,
                 },
-                r = async { job.as_mut().expect("guarded").await }, if job.is_some() => Step::Job(r),
+                r = async { fetch.as_mut().expect("guarded").await }, if fetch.is_some() => Step::Fetched(r),
+                r = async { confirm.as_mut().expect("guarded").await }, if confirm.is_some() => Step::Confirmed(r),
                 _ = self.wake.notified() => Step::More,
                 Some(r) = self.reports.recv() => Step::Report(r),
                 _ = tokio::time::sleep_until(reconnect_at.unwrap_or_else(tokio::time::Instant::now)),
@@ -205,9 +216,13 @@ impl Session {
             };
             match step {
                 Step::Net(ev) => self.on_net(ev).await,
-                Step::Job(r) => {
-                    job = None;
-                    self.on_job(r);
+                Step::Fetched(r) => {
+                    fetch = None;
+                    self.on_fetch(r);
+                }
+                Step::Confirmed(r) => {
+                    confirm = None;
+                    self.on_confirm(r);
                 }
                 Step::More => self.more = true,
                 Step::Report(r) => {
@@ -221,52 +236,70 @@ impl Session {
                 }
             }
         }
-        self.shutdown(job).await;
+        self.shutdown(fetch, confirm).await;
     }
 
-    /// Starts a blocking store job: confirm what was acknowledged, fetch what fits the window.
-    fn maybe_job(&mut self) -> Option<JoinHandle<JobOut>> {
-        let room = self.room();
-        let window = usize::from(self.s.window);
-        let fetch =
-            self.up && self.more && room > 0 && (room >= window / 4 || self.in_window() == 0);
-        if self.to_confirm.is_empty() && !fetch {
+    /// Marks what the broker acknowledged as delivered (blocking, off the runtime).
+    fn maybe_confirm(&mut self) -> Option<JoinHandle<Vec<String>>> {
+        if self.to_confirm.is_empty() {
             return None;
         }
-        let confirm = std::mem::take(&mut self.to_confirm);
-        let mut skip: HashMap<String, usize> = HashMap::new();
-        let mut ids: HashSet<String> = HashSet::new();
-        if fetch {
-            self.more = false;
-            for (id, ch) in &self.outstanding {
-                *skip.entry(ch.clone()).or_default() += 1;
-                ids.insert(id.clone());
+        let ids = std::mem::take(&mut self.to_confirm);
+        let queue = self.queue.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            queue.confirm(&ids);
+            ids
+        }))
+    }
+
+    fn on_confirm(&mut self, r: Result<Vec<String>, tokio::task::JoinError>) {
+        match r {
+            Ok(ids) => {
+                for id in &ids {
+                    self.outstanding.remove(id);
+                }
             }
+            // The ids stay outstanding (never fetched again on this connection); after
+            // the next reconnect they are resent with the same id.
+            Err(e) => tracing::error!(error = %e, "confirm task failed"),
+        }
+    }
+
+    /// Reads ahead from the inbox while the ready buffer is at most half full: the window
+    /// refills from `ready` on each PUBACK without waiting for the store.
+    fn maybe_fetch(&mut self) -> Option<JoinHandle<FetchOut>> {
+        let window = usize::from(self.s.window);
+        let want = 2 * window - self.ready.len().min(2 * window);
+        if !(self.up && self.more && self.ready.len() <= window / 2) || want == 0 {
+            return None;
+        }
+        self.more = false;
+        let mut skip: HashMap<String, usize> = HashMap::new();
+        let mut ids: HashSet<String> = HashSet::with_capacity(self.outstanding.len());
+        for (id, ch) in &self.outstanding {
+            *skip.entry(ch.clone()).or_default() += 1;
+            ids.insert(id.clone());
         }
         let queue = self.queue.clone();
         let s = self.s.clone();
         let epoch = self.epoch;
         Some(tokio::task::spawn_blocking(move || {
-            queue.confirm(&confirm);
-            let mut out = JobOut {
-                confirmed: confirm,
+            let mut out = FetchOut {
                 epoch,
                 fetched: Vec::new(),
                 more: false,
                 rejected: 0,
             };
-            if !fetch {
-                return out;
-            }
-            let mut left = room;
+            let mut left = want;
             for ch in queue.channels() {
                 if left == 0 {
                     out.more = true;
                     break;
                 }
-                let want = skip.get(&ch).copied().unwrap_or(0) + left;
-                let batch = queue.next_batch(&ch, want);
-                if batch.len() >= want {
+                // The inbox has no cursor: read past what is already outstanding.
+                let max = skip.get(&ch).copied().unwrap_or(0) + left;
+                let batch = queue.next_batch(&ch, max);
+                if batch.len() >= max {
                     out.more = true;
                 }
                 for m in batch {
@@ -299,7 +332,7 @@ impl Session {
         }))
     }
 
-    fn on_job(&mut self, r: Result<JobOut, tokio::task::JoinError>) {
+    fn on_fetch(&mut self, r: Result<FetchOut, tokio::task::JoinError>) {
         let out = match r {
             Ok(o) => o,
             Err(e) => {
@@ -308,9 +341,6 @@ impl Session {
                 return;
             }
         };
-        for id in &out.confirmed {
-            self.outstanding.remove(id);
-        }
         if out.rejected > 0 {
             self.publish_status(|st| st.rejected += out.rejected);
         }
@@ -320,17 +350,30 @@ impl Session {
             return;
         }
         for p in out.fetched {
+            self.outstanding.insert(p.id.clone(), p.channel.clone());
+            self.ready.push_back(p);
+        }
+        self.fill_window();
+    }
+
+    /// Publishes from the ready buffer while the window has room.
+    fn fill_window(&mut self) {
+        if !self.up || self.stopping {
+            return;
+        }
+        while self.room() > 0 {
+            let Some(p) = self.ready.pop_front() else {
+                break;
+            };
+            let id = p.id.clone();
             match self
                 .client
-                .try_publish(p.topic, QoS::AtLeastOnce, false, p.payload)
+                .try_publish(p.topic.clone(), QoS::AtLeastOnce, false, p.payload.clone())
             {
-                Ok(()) => {
-                    self.outstanding.insert(p.id.clone(), p.channel);
-                    self.fifo.push_back(Tag::Msg { id: p.id });
-                }
+                Ok(()) => self.fifo.push_back(Tag::Msg { id }),
                 Err(e) => {
-                    tracing::debug!(error = %e, "request channel full; will fetch again");
-                    self.more = true;
+                    tracing::debug!(error = %e, "request channel full; publishing later");
+                    self.ready.push_front(p);
                     break;
                 }
             }
@@ -430,6 +473,9 @@ impl Session {
                 for r in reports.into_iter().rev() {
                     self.report_q.push_front(r);
                 }
+                for p in self.ready.drain(..) {
+                    self.outstanding.remove(&p.id);
+                }
                 self.more = true;
                 let _ = ack.send(());
                 if was_up {
@@ -497,12 +543,11 @@ impl Session {
                     Some(Tag::Msg { id, .. }) => {
                         self.to_confirm.push(id);
                         let now = SystemTime::now();
-                        let n = self.in_window();
                         self.publish_status(|st| {
                             st.delivered += 1;
                             st.last_delivery = Some(now);
-                            st.in_flight = n;
                         });
+                        self.fill_window();
                     }
                     Some(Tag::Report(r)) => {
                         tracing::debug!(order = %r.id, "order status published");
@@ -618,10 +663,15 @@ impl Session {
         }
     }
 
-    async fn shutdown(mut self, mut job: Option<JoinHandle<JobOut>>) {
+    async fn shutdown(
+        mut self,
+        fetch: Option<JoinHandle<FetchOut>>,
+        confirm: Option<JoinHandle<Vec<String>>>,
+    ) {
         // Let what is in flight be acknowledged, briefly; confirm it; then disconnect.
         let deadline = tokio::time::Instant::now() + STOP_DRAIN;
         self.more = false;
+        self.stopping = true;
         while self.up && !(self.fifo.is_empty() && self.inflight.is_empty() && self.held.is_none())
         {
             tokio::select! {
@@ -632,9 +682,11 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        if let Some(j) = job.take() {
-            let r = j.await;
-            self.on_job(r);
+        if let Some(j) = fetch {
+            let _ = j.await;
+        }
+        if let Some(j) = confirm {
+            let _ = j.await;
         }
         if !self.to_confirm.is_empty() {
             let q = self.queue.clone();

@@ -6,6 +6,7 @@
 //! Each section lives in `tests/src/bench/<name>.rs` and exposes `run() -> Vec<Row>`.
 
 mod fsync;
+mod mqtt;
 mod table;
 
 use table::Row;
@@ -13,11 +14,18 @@ use table::Row;
 type Section = (&'static str, &'static str, fn() -> Vec<Row>);
 
 /// (name, what it measures, runner)
-const SECTIONS: &[Section] = &[(
-    "fsync",
-    "the disk's own append + fdatasync rate",
-    fsync::run,
-)];
+const SECTIONS: &[Section] = &[
+    (
+        "fsync",
+        "the disk's own append + fdatasync rate",
+        fsync::run,
+    ),
+    (
+        "mqtt",
+        "draining the store to a local mosquitto at QoS 1",
+        mqtt::run,
+    ),
+];
 
 fn main() {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
