@@ -435,3 +435,109 @@ fn broker_killed_mid_stream_without_persistence_loses_nothing() {
 fn broker_restarted_mid_stream_with_persistence_loses_nothing() {
     broker_restart(true);
 }
+
+/// A token endpoint on loopback: the first answer is a token the broker does not know,
+/// then always `tok-good`, each valid for `life` seconds. Counts requests.
+fn token_server(life: u64) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/oauth2/token", l.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            loop {
+                let mut len = 0usize;
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_err() {
+                    break;
+                }
+                let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let tok = if n == 0 { "tok-bad" } else { "tok-good" };
+                let json = format!(
+                    r#"{{"access_token":"{tok}","token_type":"Bearer","expires_in":{life}}}"#
+                );
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{json}",
+                    json.len()
+                );
+                if w.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn client_credentials_token_as_password_renewed_by_reconnecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("passwd");
+    password_file(&pw, &[("sub", "subpw"), ("lab-client", "tok-good")]);
+    let port = free_port();
+    let broker = Broker::start_with(
+        &dir.path().join("broker"),
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            pw.display()
+        ),
+        vec![port],
+    );
+    let sub = TestClient::connect(port, "sub-cc", Some(("sub", "subpw")), "labagent/#");
+    let (token_url, requests) = token_server(5);
+    let rt = rt();
+    let _g = rt.enter();
+    let q = MemoryQueue::new();
+    for i in 0..3 {
+        q.push(msg(i));
+    }
+    let mut s = settings(format!("mqtt://127.0.0.1:{port}"));
+    s.allow_plain_http = true;
+    let auth = labagent::uplink::AuthSettings::client_credentials(
+        token_url,
+        "lab-client",
+        Secret::new("client-secret"),
+    );
+    let cache = Arc::new(labagent::uplink::MemoryTokenCache::new());
+    let login = mqtt::login(&s, auth, cache).unwrap();
+    let h = mqtt::spawn(s, login, Arc::new(q.clone()), None).unwrap();
+    // tok-bad is refused, forgotten, and a new token gets the agent in.
+    sub.wait_for(T, "3 messages", |m| ids(m).len() >= 3);
+    let st = wait_status(&rt, &h, "connected", |s| s.connected);
+    assert!(st.token_expires_at.is_some(), "{st:?}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let from = broker.log_len();
+    // Before the token expires the agent reconnects with a new one.
+    broker.wait_log(
+        from,
+        &["New client connected", "agent-lab-1", "lab-client"],
+        T,
+    );
+    assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    q.push(msg(3));
+    h.wake();
+    sub.wait_for(T, "the message after the renewal", |m| ids(m).len() >= 4);
+    assert!(
+        !broker.log().contains("tok-"),
+        "mosquitto never logs passwords"
+    );
+    shutdown(&rt, h);
+}

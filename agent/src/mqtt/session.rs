@@ -366,10 +366,12 @@ impl Session {
                 break;
             };
             let id = p.id.clone();
-            match self
-                .client
-                .try_publish(p.topic.clone(), QoS::AtLeastOnce, false, p.payload.clone())
-            {
+            match self.client.try_publish(
+                p.topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                p.payload.clone(),
+            ) {
                 Ok(()) => self.fifo.push_back(Tag::Msg { id }),
                 Err(e) => {
                     tracing::debug!(error = %e, "request channel full; publishing later");

@@ -99,13 +99,21 @@ pub fn run() -> Vec<Row> {
         vec!["chem".into()],
     );
     s.allow_plain = true;
-    if let Some(w) = std::env::var("LABAGENT_BENCH_MQTT_WINDOW").ok().and_then(|v| v.parse().ok()) {
+    if let Some(w) = std::env::var("LABAGENT_BENCH_MQTT_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         s.window = w;
     }
     let window = s.window;
     let (elapsed, drained) = rt.block_on(async {
-        let h = mqtt::spawn(s, Login::None, Arc::new(StoreQueue::new(store.clone())), None)
-            .expect("mqtt");
+        let h = mqtt::spawn(
+            s,
+            Login::None,
+            Arc::new(StoreQueue::new(store.clone())),
+            None,
+        )
+        .expect("mqtt");
         let mut st = h.status();
         st.wait_for(|s| s.connected).await.expect("connected");
         let t0 = Instant::now();
