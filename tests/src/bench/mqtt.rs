@@ -4,8 +4,8 @@
 //!
 //! The store is filled first (concurrent writers, so fsyncs are shared), closed, and the
 //! process's peak-RSS mark is reset (`/proc/self/clear_refs` ← 5) before the store is
-//! reopened with the agent's defaults and the uplink (the agent's own code: `StoreQueue`
-//! + `labagent::mqtt`) runs on a 2-worker runtime like `labagent run`. What the fill left
+//! reopened with the agent's defaults and the uplink (the agent's own code, `StoreQueue`
+//! and `labagent::mqtt`) runs on a 2-worker runtime like `labagent run`. What the fill left
 //! in the allocator still counts, so the RSS figure is an upper bound.
 
 use std::sync::Arc;
