@@ -27,6 +27,8 @@ use crate::uplink::{Outgoing, Queue, UplinkState};
 
 /// How long a stop waits for PUBACKs of what is in flight.
 const STOP_DRAIN: Duration = Duration::from_secs(3);
+/// PUBACKed messages confirmed in the store together while publishing goes on.
+const CONFIRM_BATCH: usize = 32;
 /// Safety net: look at the inbox this often even without a wake-up.
 const RESCAN: Duration = Duration::from_secs(30);
 
@@ -241,7 +243,9 @@ impl Session {
 
     /// Marks what the broker acknowledged as delivered (blocking, off the runtime).
     fn maybe_confirm(&mut self) -> Option<JoinHandle<Vec<String>>> {
-        if self.to_confirm.is_empty() {
+        // In batches while busy (fewer hand-offs to the blocking pool), at once when idle.
+        let busy = self.up && self.in_window() > 0 && !self.stopping;
+        if self.to_confirm.is_empty() || (busy && self.to_confirm.len() < CONFIRM_BATCH) {
             return None;
         }
         let ids = std::mem::take(&mut self.to_confirm);

@@ -61,6 +61,20 @@ fn fill(store: &Store, n: usize) -> Duration {
     t0.elapsed()
 }
 
+/// CPU time (user + system) of this process so far, from /proc/self/stat (clock ticks).
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat(5); `after` starts at field 3.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    let hz = 100; // USER_HZ: /proc reports ticks of 1/100 s on Linux
+    Duration::from_secs_f64(ticks as f64 / hz as f64)
+}
+
 fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -106,6 +120,7 @@ pub fn run() -> Vec<Row> {
         s.window = w;
     }
     let window = s.window;
+    let cpu0 = cpu_time();
     let (elapsed, drained) = rt.block_on(async {
         let h = mqtt::spawn(
             s,
@@ -135,6 +150,7 @@ pub fn run() -> Vec<Row> {
         h.shutdown().await;
         (elapsed, drained)
     });
+    let cpu = cpu_time().saturating_sub(cpu0);
     let peak = proc_status_kib("VmHWM:");
     let rate = n as f64 / elapsed.as_secs_f64();
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
@@ -147,6 +163,14 @@ pub fn run() -> Vec<Row> {
                 if rate >= TARGET { "met" } else { "MISSED" },
                 elapsed.as_secs_f64(),
                 text(1).len()
+            ),
+        ),
+        Row::new(
+            "CPU per message (agent side)",
+            format!("{:.0} µs", cpu.as_secs_f64() * 1e6 / n as f64),
+            format!(
+                "user + system of the whole process over the drain ({:.1} s); independent of other load",
+                cpu.as_secs_f64()
             ),
         ),
         Row::new(
