@@ -541,3 +541,60 @@ fn client_credentials_token_as_password_renewed_by_reconnecting() {
     );
     shutdown(&rt, h);
 }
+
+/// An order that cannot be stored is not acknowledged: the agent reconnects and the broker
+/// sends it again (persistent session), and it is stored then, once.
+#[test]
+fn an_order_that_cannot_be_stored_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::plain(&dir.path().join("broker"), "");
+    let sub = TestClient::connect(broker.port(), "sub-fail", None, "labagent/#");
+    let rt = rt();
+    let _g = rt.enter();
+    struct Flaky(Mutex<Vec<String>>, std::sync::atomic::AtomicUsize);
+    impl OrderSink for Flaky {
+        fn put(&self, o: NewOrder) -> Result<bool, String> {
+            if self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return Err("disk full".into());
+            }
+            let mut v = self.0.lock().unwrap();
+            if v.contains(&o.id) {
+                return Ok(false);
+            }
+            v.push(o.id);
+            Ok(true)
+        }
+        fn notify(&self, _: &str) {}
+    }
+    let sink = Arc::new(Flaky(Mutex::default(), Default::default()));
+    let mut s = settings(format!("mqtt://127.0.0.1:{}", broker.port()));
+    s.orders = true;
+    let h = mqtt::spawn(
+        s,
+        Login::None,
+        Arc::new(MemoryQueue::new()),
+        Some(sink.clone()),
+    )
+    .unwrap();
+    wait_status(&rt, &h, "connected", |s| s.connected);
+    wait_log(&broker, "agent-lab-1", "labagent/lab-1/chem/orders");
+    sub.publish(
+        "labagent/lab-1/chem/orders",
+        br#"{"id":"ord-9","text":"H|\\^&\rL|1|N\r"}"#,
+    );
+    let st = wait_status(&rt, &h, "the order stored after a reconnect", |s| {
+        s.orders_received == 1
+    });
+    assert!(st.connected);
+    assert_eq!(*sink.0.lock().unwrap(), vec!["ord-9".to_string()]);
+    assert!(
+        sink.1.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "tried twice"
+    );
+    let log = broker.log();
+    assert!(
+        log.matches("New client connected").count() >= 3,
+        "sub + agent + agent again:\n{log}"
+    );
+    shutdown(&rt, h);
+}

@@ -732,3 +732,135 @@ fn renewal_deadline(expires: SystemTime) -> Option<tokio::time::Instant> {
     let after = left.saturating_sub(ahead).max(Duration::from_secs(1));
     Some(tokio::time::Instant::now() + after)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::uplink::{MemoryQueue, Protocol};
+    use rumqttc::{MqttOptions, PubAck};
+
+    fn msg(i: usize) -> Outgoing {
+        Outgoing {
+            id: format!("m{i}"),
+            channel: "chem".into(),
+            protocol: Protocol::Astm,
+            received_at: SystemTime::UNIX_EPOCH,
+            clock_synced: true,
+            text: format!("R|{i}\r"),
+            meta: serde_json::Value::Null,
+        }
+    }
+
+    fn session(q: &MemoryQueue, window: u16) -> (Session, rumqttc::EventLoop) {
+        let mut s = MqttSettings::new("mqtt://127.0.0.1:1", "a", vec!["chem".into()]);
+        s.window = window;
+        let (client, el) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 64);
+        let (_ntx, nrx) = mpsc::unbounded_channel();
+        let (_rtx, rrx) = mpsc::unbounded_channel();
+        let (net_stop, _) = watch::channel(false);
+        let (_stop_tx, stop) = watch::channel(false);
+        let (status, _) = watch::channel(MqttStatus::new(crate::uplink::AuthMode::None));
+        let s = Session::new(
+            Arc::new(s),
+            client,
+            Arc::new(q.clone()),
+            None,
+            nrx,
+            net_stop,
+            Arc::new(Notify::new()),
+            rrx,
+            stop,
+            status,
+        );
+        (s, el)
+    }
+
+    fn ev_out(o: MqttOut) -> NetEvent {
+        NetEvent::Event(Event::Outgoing(o))
+    }
+
+    fn puback(pkid: u16) -> NetEvent {
+        NetEvent::Event(Event::Incoming(Incoming::PubAck(PubAck::new(pkid))))
+    }
+
+    /// Packet ids are learnt in submission order, a collision (`AwaitAck`) is held until
+    /// its id is free, and only PUBACKs release messages; a connection loss returns every
+    /// unacknowledged message to the inbox's care.
+    #[tokio::test]
+    async fn packet_ids_in_order_collisions_and_connection_loss() {
+        let q = MemoryQueue::new();
+        for i in 0..6 {
+            q.push(msg(i));
+        }
+        let (mut s, _el) = session(&q, 4);
+        s.on_net(NetEvent::Up {
+            session_present: false,
+            token_expires_at: None,
+        })
+        .await;
+        let f = s.maybe_fetch().expect("fetch after Up");
+        s.on_fetch(f.await);
+        assert_eq!(s.fifo.len(), 4, "window of 4 submitted");
+        assert_eq!(s.ready.len(), 2, "the rest read ahead");
+        assert!(s.maybe_fetch().is_none(), "nothing more to read");
+
+        s.on_net(ev_out(MqttOut::Publish(1))).await; // m0
+        s.on_net(ev_out(MqttOut::Publish(2))).await; // m1
+        s.on_net(ev_out(MqttOut::AwaitAck(1))).await; // m2 collides with pkid 1
+        s.on_net(ev_out(MqttOut::Publish(3))).await; // m3
+        s.on_net(puback(2)).await;
+        assert_eq!(s.to_confirm, vec!["m1"]);
+        // A freed slot refills the window from the ready buffer: m4 is submitted.
+        assert_eq!(s.fifo.len(), 1);
+        s.on_net(puback(1)).await; // m0; rumqttc then sends the held m2 as pkid 1
+        s.on_net(ev_out(MqttOut::Publish(1))).await;
+        s.on_net(puback(1)).await;
+        assert_eq!(s.to_confirm, vec!["m1", "m0", "m2"]);
+        s.on_net(ev_out(MqttOut::Publish(2))).await; // m4
+        assert_eq!(q.pending(), 6, "nothing confirmed in the store yet");
+
+        // Connection lost with m3 and m4 in flight and m5 submitted or ready.
+        let (ack, acked) = tokio::sync::oneshot::channel();
+        s.on_net(NetEvent::Down {
+            error: "reset".into(),
+            refused: false,
+            ack,
+        })
+        .await;
+        acked.await.expect("the session answers Down");
+        assert!(s.fifo.is_empty() && s.inflight.is_empty() && s.ready.is_empty());
+        let mut left: Vec<&String> = s.outstanding.keys().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec!["m0", "m1", "m2"],
+            "only acknowledged ids stay outstanding"
+        );
+        let c = s.maybe_confirm().expect("confirm when not connected");
+        s.on_confirm(c.await);
+        assert!(s.outstanding.is_empty());
+        assert_eq!(q.confirmed(), vec!["m1", "m0", "m2"]);
+        assert_eq!(
+            q.pending(),
+            3,
+            "m3, m4, m5 are sent again after the reconnect"
+        );
+
+        s.on_net(NetEvent::Up {
+            session_present: true,
+            token_expires_at: None,
+        })
+        .await;
+        let f = s.maybe_fetch().expect("fetch after reconnect");
+        s.on_fetch(f.await);
+        let again: Vec<String> = s
+            .fifo
+            .iter()
+            .map(|t| match t {
+                Tag::Msg { id } => id.clone(),
+                Tag::Report(_) => String::new(),
+            })
+            .collect();
+        assert_eq!(again, vec!["m3", "m4", "m5"], "resent in order");
+    }
+}
