@@ -7,11 +7,14 @@ start=$(date +%s)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the tests use: strace (store-before-ACK ordering test).
+# Debian packages the tests use: strace (store-before-ACK ordering test), mosquitto and
+# mosquitto_passwd (the MQTT tests run a real broker; mosquitto lives in /usr/sbin).
 missing=()
 for tool in strace; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+[ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   as_root apt-get update -qq

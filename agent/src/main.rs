@@ -100,7 +100,8 @@ fn run(path: &Path) -> u8 {
                 match e {
                     labagent::service::RunError::Store { .. }
                     | labagent::service::RunError::StateDir { .. } => exit::STORE,
-                    labagent::service::RunError::Uplink(_) => exit::CONFIG,
+                    labagent::service::RunError::Uplink(_)
+                    | labagent::service::RunError::Mqtt(_) => exit::CONFIG,
                     labagent::service::RunError::Unavailable(_) => exit::UNAVAILABLE,
                     labagent::service::RunError::StatusSocket { .. }
                     | labagent::service::RunError::Metrics { .. } => exit::FAILURE,

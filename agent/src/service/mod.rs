@@ -50,6 +50,8 @@ pub enum RunError {
     #[error("{0}")]
     Uplink(#[from] UplinkError),
     #[error("{0}")]
+    Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("{0}")]
     Unavailable(String),
     #[error("cannot open the status socket {path}: {source}")]
     StatusSocket {
@@ -66,6 +68,9 @@ pub enum RunError {
 /// The running uplink, whichever kind.
 enum UplinkRun {
     Http(UplinkHandle),
+    /// Prepared (hooks live) but not started: it needs the channels to route orders to.
+    MqttPending(Box<crate::mqtt::Pending>),
+    Mqtt(crate::mqtt::MqttHandle),
 }
 
 impl UplinkRun {
@@ -74,6 +79,8 @@ impl UplinkRun {
             UplinkRun::Http(h) => {
                 let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
             }
+            UplinkRun::MqttPending(_) => {}
+            UplinkRun::Mqtt(h) => h.shutdown().await,
         }
     }
 }
@@ -216,6 +223,7 @@ impl Agent {
             agent.start_channel(ch);
         }
         agent.publish_channels();
+        agent.start_pending_uplink();
 
         let s = store.clone();
         let mut prune_stop = stopping.clone();
@@ -288,21 +296,60 @@ impl Agent {
                 let entry = UplinkEntry {
                     kind: "http",
                     target,
-                    status: handle.subscribe(),
+                    status: status::UplinkSource::Http(handle.subscribe()),
                 };
                 (UplinkRun::Http(handle), entry)
             }
             UplinkKind::Mqtt => {
-                return Err(RunError::Unavailable(
-                    "uplink.kind = \"mqtt\" is not built into this version yet; use \"http\""
-                        .into(),
-                ))
+                let (h, pending) = crate::mqtt::prepare(
+                    config,
+                    settings::auth_settings(&config.uplink.auth),
+                    Arc::new(StoreQueue::new(self.store.clone())),
+                    Arc::new(StoreTokenCache::new(self.store.clone())),
+                    self.store.clone(),
+                )?;
+                hooks = h;
+                // Status appears once it starts (after the channels exist).
+                let (_, rx) = watch::channel(crate::uplink::UplinkStatus::new(
+                    crate::uplink::AuthMode::None,
+                ));
+                let rx = status::UplinkSource::Http(rx);
+                let entry = UplinkEntry {
+                    kind: "mqtt",
+                    target: config
+                        .uplink
+                        .mqtt
+                        .as_ref()
+                        .map(|m| m.url.clone())
+                        .unwrap_or_default(),
+                    status: rx,
+                };
+                (UplinkRun::MqttPending(Box::new(pending)), entry)
             }
         };
         *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = hooks;
         self.registry.set_uplink(Some(entry));
         self.uplink = Some(run);
         Ok(())
+    }
+
+    /// Starts an uplink that needed the channels first (MQTT routes orders to them).
+    fn start_pending_uplink(&mut self) {
+        if let Some(UplinkRun::MqttPending(p)) = self.uplink.take() {
+            let handle = p.start(&self.channels());
+            self.registry.set_uplink(Some(UplinkEntry {
+                kind: "mqtt",
+                target: self
+                    .config
+                    .uplink
+                    .mqtt
+                    .as_ref()
+                    .map(|m| m.url.clone())
+                    .unwrap_or_default(),
+                status: status::UplinkSource::Mqtt(handle.status()),
+            }));
+            self.uplink = Some(UplinkRun::Mqtt(handle));
+        }
     }
 
     fn start_channel(&mut self, ch: labagent_config::Channel) {
@@ -415,7 +462,10 @@ impl Agent {
                 added += 1;
             }
         }
-        let uplink_changed = new.uplink != self.config.uplink;
+        // MQTT routes orders to channel contexts: new or restarted channels need a new one.
+        let routes_changed = matches!(self.uplink, Some(UplinkRun::Mqtt(_)))
+            && (added > 0 || restarted > 0 || removed > 0);
+        let uplink_changed = new.uplink != self.config.uplink || routes_changed;
         let keep = Config {
             agent: self.config.agent.clone(),
             buffer: self.config.buffer.clone(),
@@ -428,7 +478,10 @@ impl Agent {
                 u.shutdown().await;
             }
             match self.start_uplink().await {
-                Ok(()) => tracing::info!("uplink rebuilt"),
+                Ok(()) => {
+                    self.start_pending_uplink();
+                    tracing::info!("uplink rebuilt")
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "new uplink settings cannot be used; keeping messages stored until it is fixed");
                     *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = Hooks::default();

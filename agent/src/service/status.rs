@@ -34,7 +34,34 @@ pub struct UplinkEntry {
     pub kind: &'static str,
     /// Where it goes (URL without credentials).
     pub target: String,
-    pub status: watch::Receiver<UplinkStatus>,
+    pub status: UplinkSource,
+}
+
+/// Where an uplink publishes its status.
+#[derive(Clone)]
+pub enum UplinkSource {
+    Http(watch::Receiver<UplinkStatus>),
+    Mqtt(watch::Receiver<crate::mqtt::MqttStatus>),
+}
+
+impl UplinkSource {
+    /// The status in the common shape (MQTT specifics such as in-flight counts are left out).
+    pub fn current(&self) -> UplinkStatus {
+        match self {
+            UplinkSource::Http(rx) => rx.borrow().clone(),
+            UplinkSource::Mqtt(rx) => {
+                let m = rx.borrow();
+                let mut u = UplinkStatus::new(m.auth_mode);
+                u.state = m.state.clone();
+                u.token_expires_at = m.token_expires_at;
+                u.last_delivery = m.last_delivery;
+                u.last_error = m.last_error.clone();
+                u.delivered = m.delivered;
+                u.rejected = m.rejected;
+                u
+            }
+        }
+    }
 }
 
 /// Live handles, replaced as channels and uplinks are (re)started.
@@ -152,7 +179,7 @@ impl Registry {
             });
         }
         let uplink = inner.uplink.as_ref().map(|u| {
-            let s = u.status.borrow().clone();
+            let s = u.status.current();
             let (state, reason) = match &s.state {
                 UplinkState::Paused { reason } => ("paused", Some(reason.clone())),
                 UplinkState::CredentialsProblem { detail } => {

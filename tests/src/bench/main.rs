@@ -8,6 +8,7 @@
 mod astm;
 mod fsync;
 mod hl7;
+mod mqtt;
 mod service;
 mod table;
 
@@ -36,6 +37,11 @@ const SECTIONS: &[Section] = &[
         "astm",
         "ASTM over a paced pty: payload vs line rate, frame end to ACK",
         astm::run,
+    ),
+    (
+        "mqtt",
+        "draining the store to a local mosquitto at QoS 1",
+        mqtt::run,
     ),
 ];
 
