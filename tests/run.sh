@@ -18,6 +18,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# npm packages the tests use: oidc-provider (uplink interop with a real OAuth 2.0 server).
+if [ ! -d tests/oidc/node_modules ]; then
+  echo "==> npm ci (tests/oidc)"
+  npm ci --prefix tests/oidc --silent --no-audit --no-fund
+fi
+
 # The hal must build for a bare-metal target (no_std + alloc).
 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
 
