@@ -8,6 +8,7 @@
 mod fsync;
 mod service;
 mod table;
+mod uplink;
 
 use table::Row;
 
@@ -24,6 +25,11 @@ const SECTIONS: &[Section] = &[
         "service",
         "start to READY (empty, large backlog), idle CPU and RSS",
         service::run,
+    ),
+    (
+        "uplink",
+        "drain a stored backlog over HTTP: raw and json batches, peak RSS",
+        uplink::run,
     ),
 ];
 
