@@ -8,7 +8,9 @@
 // `urn:labagent:ingest` with the given scope; a resource server verifies them at the
 // introspection endpoint with the same client's credentials. Everything goes to stderr:
 // `listening <port>` when ready, `token issued <n>` for every access token granted
-// (the test counts them), never a secret or a token.
+// (the test counts them), `token request auth=basic|post` for every request at the token
+// endpoint (how the client authenticated: oidc-provider accepts either for a client
+// registered with client_secret_basic), never a secret or a token.
 import { generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
 
@@ -60,6 +62,14 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
       },
     },
   },
+});
+
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'POST' && ctx.path === '/token') {
+    const auth = ctx.get('authorization').toLowerCase().startsWith('basic ') ? 'basic' : 'post';
+    console.error(`token request auth=${auth}`);
+  }
+  await next();
 });
 
 let issued = 0;

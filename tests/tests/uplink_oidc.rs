@@ -135,11 +135,42 @@ impl Provider {
 
     /// How many access tokens the provider has granted.
     fn tokens_issued(&self) -> usize {
+        self.lines("token issued").len()
+    }
+
+    /// Provider log lines starting with `prefix`.
+    fn lines(&self, prefix: &str) -> Vec<String> {
         self.proc
             .log()
             .lines()
-            .filter(|l| l.starts_with("token issued"))
-            .count()
+            .filter(|l| l.starts_with(prefix))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Token endpoint URL and introspection endpoint URL, from the discovery document.
+    fn discover(&self) -> (String, String) {
+        let (status, body) = http(
+            &format!("{}/.well-known/openid-configuration", self.base),
+            None,
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let disco = json(&body);
+        assert_eq!(disco["issuer"], self.base.as_str());
+        assert!(
+            disco["grant_types_supported"]
+                .as_array()
+                .is_some_and(|g| g.iter().any(|x| x == "client_credentials")),
+            "{disco}"
+        );
+        (
+            disco["token_endpoint"].as_str().unwrap().to_string(),
+            disco["introspection_endpoint"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
     }
 }
 
@@ -294,7 +325,13 @@ fn serve(s: TcpStream, introspection: &str, posts: &Shared) {
     }
 }
 
-fn write_config(dir: &Path, ingest: &Ingest, token_url: &str, port: u16) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    ingest: &Ingest,
+    token_url: &str,
+    client_auth: &str,
+    port: u16,
+) -> PathBuf {
     let cfg = dir.join("config.toml");
     std::fs::write(
         &cfg,
@@ -303,6 +340,7 @@ fn write_config(dir: &Path, ingest: &Ingest, token_url: &str, port: u16) -> Path
              [uplink]\nkind = \"http\"\nurl = \"{}\"\nallow_plain_http = true\nformat = \"raw\"\n\
              [uplink.auth]\nmethod = \"client_credentials\"\ntoken_url = \"{token_url}\"\n\
              client_id = \"{CLIENT_ID}\"\nscope = \"{SCOPE}\"\nstrict_scope = true\n\
+             client_auth = \"{client_auth}\"\n\
              [[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n",
             dir.join("state").display(),
             dir.join("status.sock").display(),
@@ -353,25 +391,7 @@ fn token_from_oidc_provider_is_accepted_reused_across_restart_and_never_logged()
     let provider = Provider::start();
 
     // Endpoints from the discovery document, as an operator would find them.
-    let (status, body) = http(
-        &format!("{}/.well-known/openid-configuration", provider.base),
-        None,
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    let disco = json(&body);
-    assert_eq!(disco["issuer"], provider.base.as_str());
-    assert!(
-        disco["grant_types_supported"]
-            .as_array()
-            .is_some_and(|g| g.iter().any(|x| x == "client_credentials")),
-        "{disco}"
-    );
-    let token_url = disco["token_endpoint"].as_str().unwrap().to_string();
-    let introspection = disco["introspection_endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (token_url, introspection) = provider.discover();
 
     let ingest = Ingest::start(introspection);
     // The ingest endpoint really checks: a made-up token and no token are refused.
@@ -392,7 +412,7 @@ fn token_from_oidc_provider_is_accepted_reused_across_restart_and_never_logged()
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = write_config(dir.path(), &ingest, &token_url, port);
+    let cfg = write_config(dir.path(), &ingest, &token_url, "basic", port);
 
     // First run: 5 messages, one token.
     let mut agent = start_agent(&cfg);
@@ -418,6 +438,10 @@ fn token_from_oidc_provider_is_accepted_reused_across_restart_and_never_logged()
         provider.proc.log()
     );
     assert!(!agent.log().contains("new access token"), "{}", agent.log());
+    assert_eq!(
+        provider.lines("token request"),
+        ["token request auth=basic"]
+    );
 
     // Every message exactly once, in order, each with its id as the Idempotency-Key, all
     // with the one token the provider issued.
@@ -451,4 +475,25 @@ fn token_from_oidc_provider_is_accepted_reused_across_restart_and_never_logged()
         "access token in the agent's log"
     );
     assert!(!provider.proc.log().contains(SECRET) && !provider.proc.log().contains(token.as_str()));
+}
+
+#[test]
+fn client_secret_post_is_accepted_by_the_provider() {
+    let provider = Provider::start();
+    let (token_url, introspection) = provider.discover();
+    let ingest = Ingest::start(introspection);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), &ingest, &token_url, "post", port);
+    let mut agent = start_agent(&cfg);
+    send(port, 0..3);
+    let ok = ingest.wait_accepted(3);
+    let st = agent.terminate(T);
+    assert!(st.success(), "{st:?}\n{}", agent.log());
+    assert_eq!(ok.len(), 3);
+    assert_eq!(provider.tokens_issued(), 1, "{}", provider.proc.log());
+    // The secret went in the form, not in an Authorization header.
+    assert_eq!(provider.lines("token request"), ["token request auth=post"]);
+    let log = agent.log();
+    assert!(!log.contains(SECRET) && !log.contains(ok[0].token.as_str()));
 }
