@@ -23,6 +23,11 @@ fi
 
 # python-hl7's mllp_send: a real external MLLP client (tests/tests/hl7_mllp_send.rs).
 python3 -c 'import hl7' 2>/dev/null || python3 -m pip install -q hl7
+# npm packages the tests use: oidc-provider (uplink interop with a real OAuth 2.0 server).
+if [ ! -d tests/oidc/node_modules ]; then
+  echo "==> npm ci (tests/oidc)"
+  npm ci --prefix tests/oidc --silent --no-audit --no-fund
+fi
 
 # The hal must build for a bare-metal target (no_std + alloc).
 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf

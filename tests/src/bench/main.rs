@@ -11,6 +11,7 @@ mod hl7;
 mod mqtt;
 mod service;
 mod table;
+mod uplink;
 
 use table::Row;
 
@@ -42,6 +43,11 @@ const SECTIONS: &[Section] = &[
         "mqtt",
         "draining the store to a local mosquitto at QoS 1",
         mqtt::run,
+    ),
+    (
+        "uplink",
+        "drain a stored backlog over HTTP: raw and json batches, peak RSS",
+        uplink::run,
     ),
 ];
 
