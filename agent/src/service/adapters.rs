@@ -84,11 +84,10 @@ impl Queue for StoreQueue {
     }
 
     fn confirm(&self, ids: &[String]) {
-        for id in ids.iter().filter_map(|i| parse_id(i)) {
-            if let Err(e) = self.store.confirm(id) {
-                // Not fatal: the message stays pending and is sent again with the same id.
-                tracing::error!(%id, error = %e, "cannot mark a delivered message");
-            }
+        let ids: Vec<_> = ids.iter().filter_map(|i| parse_id(i)).collect();
+        if let Err(e) = self.store.confirm_many(&ids) {
+            // Not fatal: a message not marked stays pending and is sent again with its id.
+            tracing::error!(count = ids.len(), error = %e, "cannot mark delivered messages");
         }
     }
 

@@ -554,6 +554,66 @@ impl Store {
         })
     }
 
+    /// [`confirm`](Self::confirm) for a batch, in one engine batch (one writer lock,
+    /// counters written once): what a JSON batch or a run of PUBACKs needs. Ids that cannot
+    /// be confirmed (another store's, unknown, rejected…) are skipped; the first such error
+    /// is returned after the others were applied. Repeated ids count once. Not synced.
+    pub fn confirm_many(&self, ids: &[MessageId]) -> Result<()> {
+        let now = unix_secs(SystemTime::now());
+        let mut w = self.lock_writer();
+        self.ensure_healthy(&mut w)?;
+        let mut ops = Vec::new();
+        let mut changed = BTreeMap::new();
+        let mut first_err = None;
+        let mut seen = std::collections::BTreeSet::new();
+        {
+            let g = self.engine()?;
+            let eng = g.as_ref().ok_or_else(closed)?;
+            for &id in ids {
+                if !seen.insert(id) {
+                    continue;
+                }
+                if id.store != w.store_id {
+                    first_err.get_or_insert(StoreError::NotFound(id));
+                    continue;
+                }
+                let Some(old) = header(&**eng, id.seq)? else {
+                    first_err.get_or_insert(StoreError::NotFound(id));
+                    continue;
+                };
+                match old.state {
+                    State::Pending => {}
+                    State::Delivered => continue,
+                    state => {
+                        first_err.get_or_insert(StoreError::InvalidState {
+                            id,
+                            state,
+                            op: "confirm",
+                        });
+                        continue;
+                    }
+                }
+                let mut new = old.clone();
+                new.state = State::Delivered;
+                new.delivered_at = Some(now);
+                let ch = old.channel.clone();
+                ctr(&w, &mut changed, &ch).add(&old, -1);
+                ctr(&w, &mut changed, &ch).add(&new, 1);
+                ops.push((keys::queue(&ch, id.seq), None));
+                if let Some(at) = old.delivered_at {
+                    ops.push((keys::delivered(at, id.seq), None));
+                }
+                ops.push((keys::delivered(now, id.seq), Some(Vec::new())));
+                put_header(&mut ops, id.seq, &new)?;
+            }
+        }
+        if !ops.is_empty() {
+            let next = w.next_seq;
+            self.apply(&mut w, ops, changed, next)?;
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
     /// Parks a pending message as rejected with a reason (kept, retryable).
     pub fn reject(&self, id: MessageId, reason: &str) -> Result<()> {
         self.transition(id, "reject", |h| match h.state {

@@ -515,3 +515,47 @@ fn redb_engine_same_interface() {
     assert_eq!(s.get(a.id).unwrap().unwrap().info.state, State::Delivered);
     assert_eq!(s.next_pending("a", 10).unwrap()[0].bytes, b"two");
 }
+
+#[test]
+fn confirm_many_is_confirm_for_a_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let ids: Vec<MessageId> = (0..5u8)
+        .map(|i| {
+            s.append(msg(if i % 2 == 0 { "a" } else { "b" }, &[i; 10]))
+                .unwrap()
+                .id
+        })
+        .collect();
+    s.reject(ids[4], "bad").unwrap();
+    // A repeated id counts once; a rejected one is skipped with an error after the rest.
+    let r = s.confirm_many(&[ids[0], ids[1], ids[1], ids[2], ids[4]]);
+    assert!(
+        matches!(r, Err(StoreError::InvalidState { id, .. }) if id == ids[4]),
+        "{r:?}"
+    );
+    let st = s.stats().unwrap();
+    assert_eq!(
+        (st.totals.pending, st.totals.delivered, st.totals.rejected),
+        (1, 3, 1)
+    );
+    assert_eq!(st.totals.pending_bytes, 10);
+    assert_eq!(s.next_pending("a", 10).unwrap().len(), 0);
+    assert_eq!(s.next_pending("b", 10).unwrap()[0].info.id, ids[3]);
+    for id in &ids[..3] {
+        let m = s.get(*id).unwrap().unwrap();
+        assert_eq!(m.info.state, State::Delivered);
+        assert!(m.info.delivered_at.is_some());
+    }
+    // Confirming again is a no-op; counters survive a reopen.
+    s.confirm_many(&ids[..3]).unwrap();
+    drop(s);
+    let s = Store::open(d.path(), opts()).unwrap();
+    let st = s.stats().unwrap();
+    assert_eq!(
+        (st.totals.pending, st.totals.delivered, st.totals.rejected),
+        (1, 3, 1)
+    );
+    // Delivered messages are pruned like singly confirmed ones.
+    assert_eq!(s.purge_delivered().unwrap(), 3);
+}
