@@ -228,10 +228,8 @@ fn maintainer_scripts_create_the_user_once_and_never_touch_the_store_on_upgrade(
     );
     if !Path::new("/var/lib/labagent").exists() {
         assert!(
-            has(
-                &fresh,
-                "install -d -m 0700 -o labagent -g labagent /var/lib/labagent"
-            ),
+            has(&fresh, "install -d -m 0700 /var/lib/labagent")
+                && has(&fresh, "chown labagent:labagent /var/lib/labagent"),
             "{fresh:?}"
         );
     }
