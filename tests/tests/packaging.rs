@@ -38,7 +38,8 @@ fn deb() -> &'static Path {
             .arg("--bin")
             .arg(labagent_tests::labagent_bin())
             .arg("--out")
-            .arg(dir.path()));
+            .arg(dir.path())
+            .arg("--fast"));
         let deb = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
