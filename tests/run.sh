@@ -15,6 +15,11 @@ for tool in strace; do
 done
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
+# cross/ and QEMU tests (packaging.rs, qemu_aarch64.rs): qemu-user, the aarch64 cross gcc
+# (links the musl target), systemd-analyze for the unit's exposure.
+command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   as_root apt-get update -qq
@@ -31,6 +36,7 @@ fi
 
 # The hal must build for a bare-metal target (no_std + alloc).
 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
+rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1 || rustup target add aarch64-unknown-linux-musl
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -40,6 +46,12 @@ echo "==> hal builds for thumbv7em-none-eabihf (no_std)"
 cargo build --quiet -p labagent-hal --no-default-features --target thumbv7em-none-eabihf
 echo "==> build binaries (end-to-end tests run the real labagent)"
 cargo build --quiet --workspace --bins --examples
+echo "==> aarch64-musl under qemu-aarch64: hal and config tests; labagent for qemu_aarch64.rs"
+qemu_start=$(date +%s)
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64 \
+  cargo test --quiet -p labagent-hal -p labagent-config --target aarch64-unknown-linux-musl
+cargo build --quiet -p labagent --bin labagent --target aarch64-unknown-linux-musl
+echo "==> aarch64 part: $(( $(date +%s) - qemu_start ))s"
 echo "==> cargo test"
 cargo test --workspace --no-fail-fast
 
