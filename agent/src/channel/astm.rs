@@ -43,11 +43,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{ChannelCtx, Dir, OrderReport};
+use super::{ChannelCtx, Dir};
 use crate::source::Conn;
-use crate::store::{
-    Appended, Fragment, NewMessage, Order, OrderOutcome, OrderState, Store, StoreError,
-};
+use crate::store::{Appended, Fragment, NewMessage, Order, OrderOutcome, Store, StoreError};
 
 /// Attempts per order before it is given up (each attempt is a whole E1381 transfer).
 const ORDER_ATTEMPTS: u32 = 5;
@@ -404,7 +402,8 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                     }
                     SendEvent::Delivered => {
                         if let Some(o) = order.take() {
-                            finish_order(&ctx, o, OrderOutcome::Delivered, "delivered").await;
+                            ctx.finish_order(&o.id, OrderOutcome::Delivered, "delivered")
+                                .await;
                         }
                         order_check = true;
                     }
@@ -416,7 +415,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                                 OrderOutcome::Retry
                             };
                             let why = format!("{ev:?}");
-                            finish_order(&ctx, o, outcome, &why).await;
+                            ctx.finish_order(&o.id, outcome, &why).await;
                         }
                         order_not_before = Some(Instant::now() + ORDER_RETRY);
                         order_check = true;
@@ -474,7 +473,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                         }
                         Err(e) => {
                             let why = format!("order cannot be sent: {e:?}");
-                            finish_order(&ctx, o, OrderOutcome::Failed, &why).await;
+                            ctx.finish_order(&o.id, OrderOutcome::Failed, &why).await;
                             order_check = true;
                         }
                     }
@@ -508,7 +507,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                     }
                     rx.handle_line_lost();
                     if let Some(o) = order.take() {
-                        finish_order(&ctx, o, OrderOutcome::Retry, "line lost").await;
+                        ctx.finish_order(&o.id, OrderOutcome::Retry, "line lost").await;
                     }
                     line_lost = true;
                 }
@@ -569,38 +568,4 @@ pub fn order_text(text: &str) -> Vec<u8> {
         out.push(b'\r');
     }
     out
-}
-
-async fn finish_order(ctx: &ChannelCtx, o: Order, outcome: OrderOutcome, detail: &str) {
-    let id = o.id.clone();
-    let d = detail.to_string();
-    match ctx
-        .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
-        .await
-    {
-        Ok(o) => {
-            let state = match o.state {
-                OrderState::Delivered => Some("delivered"),
-                OrderState::Failed => Some("failed"),
-                OrderState::Pending => None,
-            };
-            match state {
-                Some(state) => {
-                    tracing::info!(channel = %ctx.name(), order = %o.id, state, "order finished");
-                    ctx.report_order(OrderReport {
-                        channel: ctx.name().to_string(),
-                        id: o.id,
-                        state: state.to_string(),
-                        detail: detail.to_string(),
-                    });
-                }
-                None => tracing::warn!(channel = %ctx.name(), order = %o.id, attempts = o.attempts,
-                    detail, "order not delivered; will retry"),
-            }
-        }
-        Err(e) => {
-            ctx.counters.set_error(&e.to_string());
-            tracing::error!(channel = %ctx.name(), order = %o.id, error = %e, "cannot record the order's outcome");
-        }
-    }
 }

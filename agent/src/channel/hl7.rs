@@ -52,9 +52,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{ChannelCtx, Dir, OrderReport};
+use super::{ChannelCtx, Dir};
 use crate::source::Conn;
-use crate::store::{Order, OrderOutcome, OrderState};
+use crate::store::{Order, OrderOutcome};
 
 /// The channel's `[channel.hl7] ack` as the hal's mode.
 pub fn ack_mode(a: &labagent_config::AckMode) -> AckMode {
@@ -317,40 +317,6 @@ pub fn ack_code_for(msg: &[u8], control_id: &[u8]) -> Option<String> {
     })
 }
 
-async fn finish_order(ctx: &ChannelCtx, o: &Order, outcome: OrderOutcome, detail: &str) {
-    let id = o.id.clone();
-    let d = detail.to_string();
-    match ctx
-        .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
-        .await
-    {
-        Ok(o) => {
-            let state = match o.state {
-                OrderState::Delivered => Some("delivered"),
-                OrderState::Failed => Some("failed"),
-                OrderState::Pending => None,
-            };
-            match state {
-                Some(state) => {
-                    tracing::info!(channel = %ctx.name(), order = %o.id, state, "order finished");
-                    ctx.report_order(OrderReport {
-                        channel: ctx.name().to_string(),
-                        id: o.id,
-                        state: state.to_string(),
-                        detail: detail.to_string(),
-                    });
-                }
-                None => tracing::warn!(channel = %ctx.name(), order = %o.id, attempts = o.attempts,
-                    detail, "order not delivered; will retry"),
-            }
-        }
-        Err(e) => {
-            ctx.counters.set_error(&e.to_string());
-            tracing::error!(channel = %ctx.name(), order = %o.id, error = %e, "cannot record the order's outcome");
-        }
-    }
-}
-
 /// A failed attempt: retry, or give up after [`ORDER_ATTEMPTS`].
 fn retry_or_fail(o: &Order) -> OrderOutcome {
     if o.attempts + 1 >= ORDER_ATTEMPTS {
@@ -427,7 +393,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                             }
                             Err(e) => {
                                 let why = format!("order is not an HL7 message: {e}");
-                                finish_order(&ctx, &o, OrderOutcome::Failed, &why).await;
+                                ctx.finish_order(&o.id, OrderOutcome::Failed, &why).await;
                                 order_check = true;
                             }
                         }
@@ -455,7 +421,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
             },
             _ = sleep_until(deadline) => {
                 if let Some(f) = inflight.take() {
-                    finish_order(&ctx, &f.order, retry_or_fail(&f.order), "no ACK from the instrument").await;
+                    ctx.finish_order(&f.order.id, retry_or_fail(&f.order), "no ACK from the instrument").await;
                     not_before = Some(Instant::now() + ORDER_RETRY);
                 }
                 order_check = true;
@@ -475,7 +441,8 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                     "connection closed inside an MLLP block; the partial block was not acknowledged");
             }
             if let Some(f) = inflight.take() {
-                finish_order(&ctx, &f.order, retry_or_fail(&f.order), "line lost").await;
+                ctx.finish_order(&f.order.id, retry_or_fail(&f.order), "line lost")
+                    .await;
             }
             return Ok(());
         }
@@ -501,9 +468,8 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                             _ => OrderOutcome::Failed,
                         };
                         let f = inflight.take().expect("checked above");
-                        finish_order(
-                            &ctx,
-                            &f.order,
+                        ctx.finish_order(
+                            &f.order.id,
                             outcome,
                             &format!("instrument answered {code}"),
                         )

@@ -26,7 +26,7 @@ use std::time::SystemTime;
 use tokio::sync::{broadcast, watch};
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, Store, StoreError};
+use crate::store::{Appended, NewMessage, OrderOutcome, OrderState, Store, StoreError};
 pub use stats::{ChannelCounters, ChannelSnapshot};
 
 /// Direction of wire bytes, for the monitor.
@@ -132,6 +132,44 @@ impl ChannelCtx {
             dir,
             bytes: bytes.into(),
         });
+    }
+
+    /// Records an order's outcome in the outbox and, once it is final (delivered or
+    /// failed), reports it to the uplink; a retry is only logged.
+    pub async fn finish_order(&self, order_id: &str, outcome: OrderOutcome, detail: &str) {
+        let id = order_id.to_string();
+        let d = detail.to_string();
+        match self
+            .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
+            .await
+        {
+            Ok(o) => {
+                let state = match o.state {
+                    OrderState::Delivered => Some("delivered"),
+                    OrderState::Failed => Some("failed"),
+                    OrderState::Pending => None,
+                };
+                match state {
+                    Some(state) => {
+                        tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
+                        self.report_order(OrderReport {
+                            channel: self.name().to_string(),
+                            id: o.id,
+                            state: state.to_string(),
+                            detail: detail.to_string(),
+                        });
+                    }
+                    None => {
+                        tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
+                        detail, "order not delivered; will retry")
+                    }
+                }
+            }
+            Err(e) => {
+                self.counters.set_error(&e.to_string());
+                tracing::error!(channel = %self.name(), order = %order_id, error = %e, "cannot record the order's outcome");
+            }
+        }
     }
 
     /// Reports an order's fate to the uplink.
