@@ -34,30 +34,10 @@ pub enum QueueRequest {
     },
 }
 
+/// Seconds-precision UTC time for listings (the uplink's RFC 3339 form, milliseconds cut).
 fn ts(t: SystemTime) -> String {
-    let s = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let (days, rem) = (s / 86_400, s % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let full = crate::uplink::queue::rfc3339(t);
+    format!("{}Z", &full[..19])
 }
 
 fn state_name(s: State) -> &'static str {
@@ -192,7 +172,6 @@ mod tests {
             ts(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
             "2026-11-18T11:06:40Z"
         );
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
     }
 
     #[test]
