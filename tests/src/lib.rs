@@ -52,6 +52,15 @@ pub fn labagent() -> Command {
         "CREDENTIALS_DIRECTORY",
         "NOTIFY_SOCKET",
         "RUST_LOG",
+        // A proxy in the developer's or CI's environment must not route loopback tests.
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
     ] {
         c.env_remove(var);
     }
