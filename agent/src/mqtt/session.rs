@@ -23,7 +23,7 @@ use super::net::NetEvent;
 use super::status::MqttStatus;
 use super::{MqttSettings, OrderSink};
 use crate::channel::OrderReport;
-use crate::uplink::queue::rfc3339;
+use crate::uplink::queue::Envelope;
 use crate::uplink::{Outgoing, Queue, UplinkState};
 
 /// How long a stop waits for PUBACKs of what is in flight.
@@ -65,31 +65,9 @@ struct FetchOut {
     rejected: u64,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: &'a str,
-    agent: &'a str,
-    channel: &'a str,
-    protocol: &'a str,
-    received_at: String,
-    clock_synced: bool,
-    text: &'a str,
-    meta: &'a serde_json::Value,
-}
-
 /// The JSON envelope of ARCHITECTURE.md "Upload contract", one per message.
 pub fn envelope(agent: &str, m: &Outgoing) -> Vec<u8> {
-    serde_json::to_vec(&Envelope {
-        id: &m.id,
-        agent,
-        channel: &m.channel,
-        protocol: m.protocol.as_str(),
-        received_at: rfc3339(m.received_at),
-        clock_synced: m.clock_synced,
-        text: &m.text,
-        meta: &m.meta,
-    })
-    .unwrap_or_default()
+    serde_json::to_vec(&Envelope::of(agent, m)).unwrap_or_default()
 }
 
 #[derive(Serialize)]

@@ -56,6 +56,35 @@ pub struct Outgoing {
     pub meta: serde_json::Value,
 }
 
+/// The JSON envelope of ARCHITECTURE.md "Upload contract": one per message, in HTTP
+/// `format = "json"` batches and as each MQTT publish.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    pub id: &'a str,
+    pub agent: &'a str,
+    pub channel: &'a str,
+    pub protocol: &'a str,
+    pub received_at: String,
+    pub clock_synced: bool,
+    pub text: &'a str,
+    pub meta: &'a serde_json::Value,
+}
+
+impl<'a> Envelope<'a> {
+    pub fn of(agent: &'a str, m: &'a Outgoing) -> Envelope<'a> {
+        Envelope {
+            id: &m.id,
+            agent,
+            channel: &m.channel,
+            protocol: m.protocol.as_str(),
+            received_at: rfc3339(m.received_at),
+            clock_synced: m.clock_synced,
+            text: &m.text,
+            meta: &m.meta,
+        }
+    }
+}
+
 /// The queue of undelivered messages, per channel, oldest first.
 pub trait Queue: Send + Sync {
     /// Channels that may have pending messages.

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use super::auth::{AuthError, Authenticator, Credential};
 use super::backoff::{seed, Backoff, Clock, SystemClock};
 use super::http::{HttpClient, NetErrorKind};
-use super::queue::{rfc3339, Outgoing, Queue, TokenCache};
+use super::queue::{rfc3339, Envelope, Outgoing, Queue, TokenCache};
 use super::response::{classify, Action};
 use super::status::{UplinkState, UplinkStatus};
 use super::tls::TlsError;
@@ -393,29 +392,9 @@ impl Uplink {
     }
 
     fn envelopes(&self, batch: &[Outgoing]) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            id: &'a str,
-            agent: &'a str,
-            channel: &'a str,
-            protocol: &'a str,
-            received_at: String,
-            clock_synced: bool,
-            text: &'a str,
-            meta: &'a serde_json::Value,
-        }
         let list: Vec<Envelope<'_>> = batch
             .iter()
-            .map(|m| Envelope {
-                id: &m.id,
-                agent: &self.settings.agent_id,
-                channel: &m.channel,
-                protocol: m.protocol.as_str(),
-                received_at: rfc3339(m.received_at),
-                clock_synced: m.clock_synced,
-                text: &m.text,
-                meta: &m.meta,
-            })
+            .map(|m| Envelope::of(&self.settings.agent_id, m))
             .collect();
         serde_json::to_vec(&list).unwrap_or_default()
     }
