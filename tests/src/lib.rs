@@ -4,6 +4,7 @@
 //! the README's test command builds every binary first and we find it next to our own
 //! test executable (`target/<profile>/deps/..`).
 
+pub mod config;
 pub mod mosquitto;
 pub mod process;
 /// The pty helper is product code (`labagent simulate --pty-link`); tests use the same file.

@@ -38,29 +38,7 @@ fn message(sample: &str, results: usize) -> Vec<u8> {
 }
 
 pub fn write_config(dir: &Path, upstream: &Upstream, channel: &str) -> std::path::PathBuf {
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[agent]
-id = "e2e"
-state_dir = "{state}"
-status_socket = "{sock}"
-[uplink]
-kind = "http"
-url = "{url}"
-allow_plain_http = true
-[uplink.auth]
-method = "none"
-{channel}
-"#,
-            state = dir.join("state").display(),
-            sock = dir.join("status.sock").display(),
-            url = upstream.url("/ingest"),
-        ),
-    )
-    .unwrap();
-    cfg
+    labagent_tests::config::write(dir, "e2e", &upstream.url("/ingest"), "", channel)
 }
 
 fn read_byte(w: &mut PtyWire) -> u8 {

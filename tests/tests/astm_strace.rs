@@ -6,12 +6,13 @@
 //! The uplink points at a closed port, so no confirmation writes interleave (they are
 //! deliberately not synced) and every store write comes from an append.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use labagent::simulate::AstmInstrument;
+use labagent_tests::config;
 use labagent_tests::process::AgentProcess;
 use labagent_tests::strace::{check, has_stx};
 
@@ -62,29 +63,14 @@ fn every_ack_to_the_instrument_follows_a_store_fsync() {
         "{STRACE} is missing: apt-get install strace (tests/run.sh does this)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"strace\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
-             [uplink]\nkind = \"http\"\nurl = \"http://127.0.0.1:{dead}/x\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n\
-             [[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("state").display(),
-            dir.path().join("status.sock").display()
-        ),
-    )
-    .unwrap();
+    let port = config::free_port();
+    let cfg = config::write(
+        dir.path(),
+        "strace",
+        &config::dead_url(),
+        "",
+        &config::listen_channel("chem", "astm", port),
+    );
     let trace = dir.path().join("trace");
     let mut cmd = Command::new(STRACE);
     cmd.args(["-f", "-s", "64", "-e"])

@@ -10,53 +10,26 @@
 //! on `MSH|^~\&|`, so only messages with default separators can go this way.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use labagent::service::adapters::decode;
+use labagent_tests::config::{self, free_port};
 use labagent_tests::process::AgentProcess;
 use labagent_tests::repo_path;
 use labagent_tests::upstream::Upstream;
 
 const T: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_config(dir: &Path, up: &Upstream, port: u16) -> std::path::PathBuf {
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[agent]
-id = "e2e"
-state_dir = "{state}"
-status_socket = "{sock}"
-[uplink]
-kind = "http"
-url = "{url}"
-allow_plain_http = true
-[uplink.auth]
-method = "none"
-[[channel]]
-name = "hema"
-protocol = "hl7"
-listen = "127.0.0.1:{port}"
-"#,
-            state = dir.join("state").display(),
-            sock = dir.join("status.sock").display(),
-            url = up.url("/ingest"),
-        ),
+    config::write(
+        dir,
+        "e2e",
+        &up.url("/ingest"),
+        "",
+        &config::listen_channel("hema", "hl7", port),
     )
-    .unwrap();
-    cfg
 }
 
 /// The messages `mllp_send --loose` makes of a file (its `read_loose`): LF and CR LF

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use labagent::simulate::wire::PtyWire;
 use labagent::simulate::{hl7_messages, send_hl7, Pacer, HL7_SAMPLES};
+use labagent_tests::config;
 use labagent_tests::process::AgentProcess;
 use labagent_tests::upstream::Upstream;
 
@@ -18,33 +19,13 @@ fn hl7_over_a_pty_is_acknowledged_and_uploaded_once() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start();
     let link = dir.path().join("usb-Hematology_E2E-if00-port0");
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[agent]
-id = "e2e"
-state_dir = "{state}"
-status_socket = "{sock}"
-[uplink]
-kind = "http"
-url = "{url}"
-allow_plain_http = true
-[uplink.auth]
-method = "none"
-[[channel]]
-name = "hema"
-protocol = "hl7"
-serial = "{link}"
-baud = 115200
-"#,
-            state = dir.path().join("state").display(),
-            sock = dir.path().join("status.sock").display(),
-            url = up.url("/ingest"),
-            link = link.display(),
-        ),
-    )
-    .unwrap();
+    let cfg = config::write(
+        dir.path(),
+        "e2e",
+        &up.url("/ingest"),
+        "",
+        &config::serial_channel("hema", "hl7", &link, 115_200),
+    );
 
     let mut pty = PtyWire::create(Some(&link)).unwrap();
     let mut agent = AgentProcess::start(&cfg);

@@ -3,12 +3,13 @@
 //! the block it answers was read (ARCHITECTURE.md, "Durability"). Same method as
 //! `astm_strace.rs`: `strace -f`, the uplink on a closed port so only appends write.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use labagent::simulate::{send_hl7, Pacer};
+use labagent_tests::config;
 use labagent_tests::process::AgentProcess;
 use labagent_tests::strace::{check, has_vt};
 
@@ -50,27 +51,14 @@ fn every_hl7_ack_follows_a_store_fsync() {
         "{STRACE} is missing: apt-get install strace (tests/run.sh does this)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let free = || {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, dead) = (free(), free());
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"strace\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
-             [uplink]\nkind = \"http\"\nurl = \"http://127.0.0.1:{dead}/x\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n\
-             [[channel]]\nname = \"hema\"\nprotocol = \"hl7\"\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("state").display(),
-            dir.path().join("status.sock").display()
-        ),
-    )
-    .unwrap();
+    let port = config::free_port();
+    let cfg = config::write(
+        dir.path(),
+        "strace",
+        &config::dead_url(),
+        "",
+        &config::listen_channel("hema", "hl7", port),
+    );
     let trace = dir.path().join("trace");
     let mut cmd = Command::new(STRACE);
     cmd.args(["-f", "-s", "64", "-e"])

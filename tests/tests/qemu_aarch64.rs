@@ -9,12 +9,13 @@
 //! Serial is not tested here: Debian 12's qemu-user 7.2 answers the `TCGETS2` ioctl with
 //! ENOSYS, so serialport cannot open a tty under it. Serial is tested natively (astm_serial).
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use labagent::simulate::AstmInstrument;
+use labagent_tests::config;
 use labagent_tests::process::AgentProcess;
 use labagent_tests::upstream::Upstream;
 
@@ -76,25 +77,14 @@ fn aarch64_build_under_qemu_delivers_astm_from_a_tcp_instrument() {
     let mut cmd = qemu();
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"qemu\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
-             [uplink]\nkind = \"http\"\nurl = \"{}\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n\
-             [[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("state").display(),
-            dir.path().join("status.sock").display(),
-            up.url("/ingest"),
-        ),
-    )
-    .unwrap();
+    let port = config::free_port();
+    let cfg = config::write(
+        dir.path(),
+        "qemu",
+        &up.url("/ingest"),
+        "",
+        &config::listen_channel("chem", "astm", port),
+    );
     cmd.arg(&bin)
         .arg("run")
         .arg("--config")

@@ -1,10 +1,11 @@
 //! `labagent queue` against the real binary: through the running agent's status socket
 //! (sled allows one process per database), and directly on the store once it stopped.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use labagent::simulate::AstmInstrument;
+use labagent_tests::config;
 use labagent_tests::process::AgentProcess;
 use labagent_tests::upstream::Upstream;
 
@@ -31,25 +32,14 @@ fn list_show_retry_export_live_and_stopped() {
     let up = Upstream::start();
     // The first message is refused as malformed (400): parked as rejected.
     up.script(400, 1);
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"q\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
-             [uplink]\nkind = \"http\"\nurl = \"{}\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n\
-             [[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.path().join("state").display(),
-            dir.path().join("status.sock").display(),
-            up.url("/ingest"),
-        ),
-    )
-    .unwrap();
+    let port = config::free_port();
+    let cfg = config::write(
+        dir.path(),
+        "q",
+        &up.url("/ingest"),
+        "",
+        &config::listen_channel("chem", "astm", port),
+    );
     let mut agent = AgentProcess::start(&cfg);
     agent.wait_line(0, &["agent running"], T);
     let msgs: Vec<Vec<u8>> = (0..2)

@@ -6,45 +6,25 @@
 //! Every wait is on an event: a datagram, a log line, a port answering.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use labagent::simulate::AstmInstrument;
+use labagent_tests::config::{self, free_port};
 use labagent_tests::process::AgentProcess;
 use labagent_tests::upstream::Upstream;
 
 const T: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn channel(name: &str, port: u16) -> String {
-    format!("[[channel]]\nname = \"{name}\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n")
+    config::listen_channel(name, "astm", port)
 }
 
 fn write_config(dir: &Path, up: &Upstream, extra_agent: &str, channels: &str) -> PathBuf {
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"svc\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n{extra_agent}\n\
-             [uplink]\nkind = \"http\"\nurl = \"{}\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n{channels}",
-            dir.join("state").display(),
-            dir.join("status.sock").display(),
-            up.url("/ingest"),
-        ),
-    )
-    .unwrap();
-    cfg
+    config::write(dir, "svc", &up.url("/ingest"), extra_agent, channels)
 }
 
 fn message(i: usize) -> Vec<u8> {
@@ -183,21 +163,14 @@ fn sighup_adds_and_removes_channels_and_refuses_a_broken_file() {
 fn sigterm_during_ingestion_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     // A dead upstream: everything stays in the store, where we count it.
-    let dead = free_port();
     let port = free_port();
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"svc\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
-             [uplink]\nkind = \"http\"\nurl = \"http://127.0.0.1:{dead}/x\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n{}",
-            dir.path().join("state").display(),
-            dir.path().join("status.sock").display(),
-            channel("chem", port)
-        ),
-    )
-    .unwrap();
+    let cfg = config::write(
+        dir.path(),
+        "svc",
+        &config::dead_url(),
+        "",
+        &channel("chem", port),
+    );
     let mut agent = AgentProcess::start(&cfg);
     agent.wait_line(0, &["agent running"], T);
     let msgs: Vec<Vec<u8>> = (0..400).map(message).collect();

@@ -108,21 +108,13 @@ impl Proxy {
 }
 
 fn config(dir: &Path, up: &Upstream, port: u16) -> std::path::PathBuf {
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[agent]\nid = \"proxy\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
-             [uplink]\nkind = \"http\"\nurl = \"{}\"\nallow_plain_http = true\n\
-             [uplink.auth]\nmethod = \"none\"\n\
-             [[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n",
-            dir.join("state").display(),
-            dir.join("status.sock").display(),
-            up.url("/ingest"),
-        ),
+    labagent_tests::config::write(
+        dir,
+        "proxy",
+        &up.url("/ingest"),
+        "",
+        &labagent_tests::config::listen_channel("chem", "astm", port),
     )
-    .unwrap();
-    cfg
 }
 
 fn run(no_proxy: Option<&str>) -> (Proxy, Upstream, String) {

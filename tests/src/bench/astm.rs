@@ -113,34 +113,13 @@ fn agent_bin() -> PathBuf {
 }
 
 fn write_config(dir: &Path, up: &Upstream, link: &Path, baud: u32) -> PathBuf {
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[agent]
-id = "bench"
-state_dir = "{state}"
-status_socket = "{sock}"
-[uplink]
-kind = "http"
-url = "{url}"
-allow_plain_http = true
-[uplink.auth]
-method = "none"
-[[channel]]
-name = "chem"
-protocol = "astm"
-serial = "{link}"
-baud = {baud}
-"#,
-            state = dir.join("state").display(),
-            sock = dir.join("status.sock").display(),
-            url = up.url("/ingest"),
-            link = link.display(),
-        ),
+    labagent_tests::config::write(
+        dir,
+        "bench",
+        &up.url("/ingest"),
+        "",
+        &labagent_tests::config::serial_channel("chem", "astm", link, baud),
     )
-    .expect("write config");
-    cfg
 }
 
 struct Run {
