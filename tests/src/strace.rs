@@ -5,7 +5,48 @@
 //! an ACK.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::AgentProcess;
+
+/// Where the tests expect strace (tests/run.sh installs it).
+pub const STRACE: &str = "/usr/bin/strace";
+
+/// A traced agent on one listen channel of `protocol`, the uplink on a closed port (so
+/// only appends write to the store): `strace -f -s 64` of the syscalls the checker reads,
+/// into `dir/trace`. Returns the agent (ready: "agent running" logged), the channel's
+/// port, the trace path and the store directory.
+pub fn traced_agent(dir: &Path, protocol: &str) -> (AgentProcess, u16, PathBuf, PathBuf) {
+    assert!(
+        Path::new(STRACE).exists(),
+        "{STRACE} is missing: apt-get install strace (tests/run.sh does this)"
+    );
+    let port = crate::config::free_port();
+    let cfg = crate::config::write(
+        dir,
+        "strace",
+        &crate::config::dead_url(),
+        "",
+        &crate::config::listen_channel("traced", protocol, port),
+    );
+    let trace = dir.join("trace");
+    let mut cmd = Command::new(STRACE);
+    cmd.args(["-f", "-s", "64", "-e"])
+        .arg(
+            "trace=openat,close,accept,accept4,read,recvfrom,write,sendto,pwrite64,fsync,fdatasync",
+        )
+        .arg("-o")
+        .arg(&trace)
+        .arg(crate::labagent_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NO_COLOR", "1");
+    let agent = AgentProcess::spawn_wrapped(cmd);
+    agent.wait_line(0, &["agent running"], Duration::from_secs(30));
+    (agent, port, trace, dir.join("state").join("store"))
+}
 
 /// What the checker found.
 #[derive(Debug, Default, PartialEq)]

@@ -8,20 +8,15 @@
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use labagent::simulate::AstmInstrument;
-use labagent_tests::config;
-use labagent_tests::process::AgentProcess;
-use labagent_tests::strace::{check, has_stx};
+use labagent_tests::strace::{check, has_stx, traced_agent};
 
 /// An ASTM ACK written to the instrument: the single byte 0x06.
 fn is_ack(args: &str) -> bool {
     args.contains(", \"\\6\"")
 }
-
-const STRACE: &str = "/usr/bin/strace";
 
 #[test]
 fn checker_catches_an_ack_before_the_sync() {
@@ -58,33 +53,8 @@ fn checker_catches_an_ack_before_the_sync() {
 
 #[test]
 fn every_ack_to_the_instrument_follows_a_store_fsync() {
-    assert!(
-        Path::new(STRACE).exists(),
-        "{STRACE} is missing: apt-get install strace (tests/run.sh does this)"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let port = config::free_port();
-    let cfg = config::write(
-        dir.path(),
-        "strace",
-        &config::dead_url(),
-        "",
-        &config::listen_channel("chem", "astm", port),
-    );
-    let trace = dir.path().join("trace");
-    let mut cmd = Command::new(STRACE);
-    cmd.args(["-f", "-s", "64", "-e"])
-        .arg(
-            "trace=openat,close,accept,accept4,read,recvfrom,write,sendto,pwrite64,fsync,fdatasync",
-        )
-        .arg("-o")
-        .arg(&trace)
-        .arg(labagent_tests::labagent_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NO_COLOR", "1");
-    let mut agent = AgentProcess::spawn_wrapped(cmd);
-    agent.wait_line(0, &["listening"], Duration::from_secs(30));
+    let (mut agent, port, trace, store_dir) = traced_agent(dir.path(), "astm");
 
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
@@ -111,12 +81,7 @@ fn every_ack_to_the_instrument_follows_a_store_fsync() {
     assert!(st.success(), "{st:?}\n{}", agent.log());
 
     let text = std::fs::read_to_string(&trace).unwrap();
-    let v = check(
-        &text,
-        &dir.path().join("state").join("store"),
-        has_stx,
-        is_ack,
-    );
+    let v = check(&text, &store_dir, has_stx, is_ack);
     eprintln!("{v:?}");
     assert!(
         v.frames >= 20,

@@ -5,20 +5,15 @@
 
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use labagent::simulate::{send_hl7, Pacer};
-use labagent_tests::config;
-use labagent_tests::process::AgentProcess;
-use labagent_tests::strace::{check, has_vt};
+use labagent_tests::strace::{check, has_vt, traced_agent};
 
 /// An MLLP ACK block written to the sender.
 fn is_ack(args: &str) -> bool {
     args.contains("\"\\vMSH")
 }
-
-const STRACE: &str = "/usr/bin/strace";
 
 #[test]
 fn checker_catches_an_ack_before_the_sync() {
@@ -46,33 +41,8 @@ fn checker_catches_an_ack_before_the_sync() {
 
 #[test]
 fn every_hl7_ack_follows_a_store_fsync() {
-    assert!(
-        Path::new(STRACE).exists(),
-        "{STRACE} is missing: apt-get install strace (tests/run.sh does this)"
-    );
     let dir = tempfile::tempdir().unwrap();
-    let port = config::free_port();
-    let cfg = config::write(
-        dir.path(),
-        "strace",
-        &config::dead_url(),
-        "",
-        &config::listen_channel("hema", "hl7", port),
-    );
-    let trace = dir.path().join("trace");
-    let mut cmd = Command::new(STRACE);
-    cmd.args(["-f", "-s", "64", "-e"])
-        .arg(
-            "trace=openat,close,accept,accept4,read,recvfrom,write,sendto,pwrite64,fsync,fdatasync",
-        )
-        .arg("-o")
-        .arg(&trace)
-        .arg(labagent_tests::labagent_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NO_COLOR", "1");
-    let mut agent = AgentProcess::spawn_wrapped(cmd);
-    agent.wait_line(0, &["agent running"], Duration::from_secs(30));
+    let (mut agent, port, trace, store_dir) = traced_agent(dir.path(), "hl7");
 
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
@@ -99,12 +69,7 @@ fn every_hl7_ack_follows_a_store_fsync() {
     assert!(st.success(), "{st:?}\n{}", agent.log());
 
     let text = std::fs::read_to_string(&trace).unwrap();
-    let v = check(
-        &text,
-        &dir.path().join("state").join("store"),
-        has_vt,
-        is_ack,
-    );
+    let v = check(&text, &store_dir, has_vt, is_ack);
     eprintln!("{v:?}");
     assert!(v.frames >= 20, "expected a block read per message: {v:?}");
     assert_eq!(v.acks_after_frames, 20, "every message was ACKed: {v:?}");
