@@ -435,3 +435,33 @@ fn the_demo_delivers_every_message() {
         "{out}"
     );
 }
+
+#[test]
+fn sighup_rebuilds_the_uplink_when_its_settings_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Upstream::start(), Upstream::start());
+    let port = free_port();
+    let cfg = write_config(dir.path(), &a, "", &channel("chem", port));
+    let mut agent = AgentProcess::start(&cfg);
+    agent.wait_line(0, &["agent running"], T);
+    assert!(send(port, &[message(1)])[0].delivered);
+    a.wait_for(T, "the first message at A", |r| r.len() == 1);
+
+    let m = agent.mark();
+    write_config(dir.path(), &b, "", &channel("chem", port));
+    signal(agent.pid(), rustix::process::Signal::Hup);
+    agent.wait_line(
+        m,
+        &[
+            "configuration reloaded",
+            "uplink_rebuilt=true",
+            "restarted=0",
+        ],
+        T,
+    );
+    assert!(send(port, &[message(2)])[0].delivered);
+    b.wait_for(T, "the second message at B", |r| r.len() == 1);
+    assert_eq!(a.accepted().len(), 1, "A got nothing after the reload");
+    let st = agent.terminate(T);
+    assert!(st.success(), "{}", agent.log());
+}

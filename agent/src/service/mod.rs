@@ -472,23 +472,26 @@ impl Agent {
             uplink: new.uplink.clone(),
             channels: new.channels.clone(),
         };
-        let old_uplink = std::mem::replace(&mut self.config, keep);
+        let old = std::mem::replace(&mut self.config, keep);
         if uplink_changed {
             if let Some(u) = self.uplink.take() {
                 u.shutdown().await;
             }
             match self.start_uplink().await {
-                Ok(()) => {
-                    self.start_pending_uplink();
-                    tracing::info!("uplink rebuilt")
-                }
+                Ok(()) => tracing::info!("uplink rebuilt"),
                 Err(e) => {
-                    tracing::error!(error = %e, "new uplink settings cannot be used; keeping messages stored until it is fixed");
-                    *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = Hooks::default();
-                    self.registry.set_uplink(None);
-                    let _ = old_uplink;
+                    // The file passed validation but the uplink cannot start with it: keep
+                    // the one that ran (messages stay stored either way).
+                    tracing::error!(error = %e, "new uplink settings cannot be used; the previous ones stay");
+                    self.config.uplink = old.uplink;
+                    if let Err(e) = self.start_uplink().await {
+                        tracing::error!(error = %e, "the previous uplink did not restart either; messages stay stored");
+                        *self.hooks.write().unwrap_or_else(|e| e.into_inner()) = Hooks::default();
+                        self.registry.set_uplink(None);
+                    }
                 }
             }
+            self.start_pending_uplink();
         }
         self.publish_channels();
         tracing::info!(
