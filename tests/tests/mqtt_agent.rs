@@ -137,6 +137,17 @@ fn sigkill_mid_stream_loses_nothing_and_duplicates_keep_their_id() {
         );
     }
     eprintln!("{N} messages, {left} pending at the kill, {dups} sent twice");
+    // `labagent status` reports the MQTT uplink like the HTTP one.
+    let out = labagent_tests::labagent()
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["uplink"]["kind"], "mqtt", "{v}");
+    assert_eq!(v["uplink"]["state"], "ok", "{v}");
+    assert!(v["uplink"]["delivered"].as_u64().unwrap() >= 1, "{v}");
     let st = agent.terminate(T);
     assert!(st.success(), "exit after SIGTERM: {st:?}\n{}", agent.log());
     assert_eq!(pending(&state), 0, "the inbox is drained");

@@ -1,27 +1,20 @@
 //! What `labagent status` shows about the MQTT uplink, through a `tokio::sync::watch`.
 //! Never a token or a secret: only the token's expiry.
 
-use std::time::SystemTime;
+use crate::uplink::{AuthMode, UplinkStatus};
 
-use crate::uplink::{AuthMode, UplinkState};
-
-/// A snapshot of the MQTT uplink.
+/// A snapshot of the MQTT uplink: the fields every uplink has (state, auth, deliveries —
+/// [`UplinkStatus`], reached through `Deref`) and MQTT's own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttStatus {
-    /// `Ok` while connected; `BackingOff` between attempts; `Paused` when the broker
-    /// refuses us (credentials, TLS); `CredentialsProblem` when no token can be had.
-    pub state: UplinkState,
+    /// `state` is `Ok` while connected; `BackingOff` between attempts; `Paused` when the
+    /// broker refuses us (credentials, TLS); `CredentialsProblem` when no token can be
+    /// had. `delivered` counts messages released from the inbox on PUBACK, `rejected`
+    /// those parked because no MQTT packet can carry them.
+    pub common: UplinkStatus,
     pub connected: bool,
     /// What the broker said at the last CONNACK.
     pub session_present: Option<bool>,
-    pub auth_mode: AuthMode,
-    pub token_expires_at: Option<SystemTime>,
-    pub last_delivery: Option<SystemTime>,
-    pub last_error: Option<String>,
-    /// Messages released from the inbox on PUBACK (since start).
-    pub delivered: u64,
-    /// Messages parked because no MQTT packet can carry them.
-    pub rejected: u64,
     /// Publishes awaiting their PUBACK.
     pub in_flight: usize,
     /// Orders made durable in the outbox and acknowledged to the broker.
@@ -33,18 +26,25 @@ pub struct MqttStatus {
 impl MqttStatus {
     pub fn new(auth_mode: AuthMode) -> Self {
         MqttStatus {
-            state: UplinkState::Starting,
+            common: UplinkStatus::new(auth_mode),
             connected: false,
             session_present: None,
-            auth_mode,
-            token_expires_at: None,
-            last_delivery: None,
-            last_error: None,
-            delivered: 0,
-            rejected: 0,
             in_flight: 0,
             orders_received: 0,
             reports_published: 0,
         }
+    }
+}
+
+impl std::ops::Deref for MqttStatus {
+    type Target = UplinkStatus;
+    fn deref(&self) -> &UplinkStatus {
+        &self.common
+    }
+}
+
+impl std::ops::DerefMut for MqttStatus {
+    fn deref_mut(&mut self) -> &mut UplinkStatus {
+        &mut self.common
     }
 }

@@ -49,17 +49,7 @@ impl UplinkSource {
     pub fn current(&self) -> UplinkStatus {
         match self {
             UplinkSource::Http(rx) => rx.borrow().clone(),
-            UplinkSource::Mqtt(rx) => {
-                let m = rx.borrow();
-                let mut u = UplinkStatus::new(m.auth_mode);
-                u.state = m.state.clone();
-                u.token_expires_at = m.token_expires_at;
-                u.last_delivery = m.last_delivery;
-                u.last_error = m.last_error.clone();
-                u.delivered = m.delivered;
-                u.rejected = m.rejected;
-                u
-            }
+            UplinkSource::Mqtt(rx) => rx.borrow().common.clone(),
         }
     }
 }
