@@ -507,25 +507,28 @@ impl Agent {
         needs_restart
     }
 
-    /// Health for the watchdog: the store answers and every channel task is alive.
-    /// A dead uplink is not unhealthy: buffering is the job.
-    pub async fn healthy(&self) -> Result<(), String> {
+    /// Health for the watchdog — the store answers and every channel task is alive (a
+    /// dead uplink is not unhealthy: buffering is the job) — and the `STATUS=` line, from
+    /// one snapshot.
+    pub async fn health(&self) -> (Result<(), String>, String) {
         for (name, c) in &self.channels {
             if c.task.is_finished() {
-                return Err(format!("channel {name} task ended"));
+                return (Err(format!("channel {name} task ended")), String::new());
             }
         }
-        let s = self.store.clone();
+        let r = self.registry.clone();
         match tokio::time::timeout(
             HEALTH_TIMEOUT,
-            tokio::task::spawn_blocking(move || s.stats()),
+            tokio::task::spawn_blocking(move || r.snapshot()),
         )
         .await
         {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("store: {e}")),
-            Ok(Err(e)) => Err(format!("store task: {e}")),
-            Err(_) => Err("store did not answer".into()),
+            Ok(Ok(snap)) => match &snap.store.error {
+                None => (Ok(()), snap.summary()),
+                Some(e) => (Err(format!("store: {e}")), snap.summary()),
+            },
+            Ok(Err(e)) => (Err(format!("status task: {e}")), String::new()),
+            Err(_) => (Err("store did not answer".into()), String::new()),
         }
     }
 
@@ -604,13 +607,13 @@ impl Agent {
                     last_status = s;
                 }
                 _ = tick.tick() => {
-                    match self.healthy().await {
+                    let (health, s) = self.health().await;
+                    match health {
                         Ok(()) if watchdog => self.notifier.watchdog(),
                         Ok(()) => {}
                         Err(why) => tracing::error!(%why, "unhealthy: not feeding the watchdog"),
                     }
-                    let s = self.summary().await;
-                    if s != last_status {
+                    if !s.is_empty() && s != last_status {
                         self.notifier.status(&s);
                         last_status = s;
                     }
