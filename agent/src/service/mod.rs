@@ -15,7 +15,6 @@ pub mod settings;
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -569,13 +568,6 @@ impl Agent {
         tracing::info!("agent stopped");
     }
 
-    /// Runs until `shutdown` completes, then stops (no signals, no systemd; tests, demo).
-    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
-        shutdown.await;
-        tracing::info!("stop requested");
-        self.stop().await;
-    }
-
     /// The service loop of `labagent run`: tells systemd READY, feeds the watchdog while
     /// healthy, updates STATUS, reloads `config_path` on SIGHUP, stops on SIGTERM/SIGINT.
     pub async fn serve(mut self, config_path: PathBuf, notifier: Notifier) {
@@ -646,16 +638,5 @@ impl Agent {
         tokio::task::spawn_blocking(move || r.snapshot().summary())
             .await
             .unwrap_or_default()
-    }
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn termination() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
