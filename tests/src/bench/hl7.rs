@@ -132,22 +132,6 @@ struct Ours {
     _dir: tempfile::TempDir,
 }
 
-/// CPU time (user + system) of this whole process so far: the agent's runtime, its store
-/// threads and the client threads.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'; clock ticks.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    // USER_HZ: 100 on Linux.
-    Duration::from_millis(ticks * 10)
-}
-
 fn start_ours(tmpfs: bool) -> Ours {
     let dir = if tmpfs {
         tempfile::tempdir_in("/dev/shm").expect("tempdir in /dev/shm")
@@ -254,13 +238,13 @@ pub fn run() -> Vec<Row> {
 
     let ours = start_ours(false);
     let syncs0 = ours.store.stats().map(|s| s.syncs).unwrap_or(0);
-    let cpu0 = cpu_time();
+    let cpu0 = crate::sys::cpu_time("self");
     let one = drive(ours.addr, 1, ONE_CONN, 0);
     let syncs1 = ours.store.stats().map(|s| s.syncs).unwrap_or(0);
-    let cpu1 = cpu_time();
+    let cpu1 = crate::sys::cpu_time("self");
     let eight = drive(ours.addr, 8, PER_CONN_8, 1);
     let syncs8 = ours.store.stats().map(|s| s.syncs).unwrap_or(0);
-    let cpu8 = cpu_time();
+    let cpu8 = crate::sys::cpu_time("self");
     let stored = ours.store.stats().map(|s| s.totals.pending).unwrap_or(0);
     let n1 = (ONE_CONN + WARMUP) as f64;
     let n8 = (8 * (PER_CONN_8 + WARMUP)) as f64;
@@ -304,9 +288,9 @@ pub fn run() -> Vec<Row> {
     // The same on tmpfs: what is left when a sync costs nothing (the CPU ceiling).
     if std::path::Path::new("/dev/shm").is_dir() {
         let shm = start_ours(true);
-        let c0 = cpu_time();
+        let c0 = crate::sys::cpu_time("self");
         let e = drive(shm.addr, 8, PER_CONN_8, 2);
-        let c1 = cpu_time();
+        let c1 = crate::sys::cpu_time("self");
         rows.push(Row::new(
             "labagent, 8 connections, store on tmpfs",
             format!("{:.0} msgs/s", e.rate),

@@ -10,6 +10,7 @@ mod fsync;
 mod hl7;
 mod mqtt;
 mod service;
+mod sys;
 mod table;
 mod uplink;
 

@@ -38,50 +38,14 @@ fn text(i: usize) -> Vec<u8> {
 }
 
 fn fill(store: &Store, n: usize) -> Duration {
-    let t0 = Instant::now();
-    let threads = 32;
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let st = store.clone();
-            s.spawn(move || {
-                for i in (t..n).step_by(threads) {
-                    st.append(NewMessage {
-                        channel: "chem".into(),
-                        protocol: "astm".into(),
-                        received_at: SystemTime::now(),
-                        clock_synced: true,
-                        bytes: text(i),
-                        meta: serde_json::json!({"frames": 1}),
-                    })
-                    .expect("append");
-                }
-            });
-        }
-    });
-    t0.elapsed()
-}
-
-/// CPU time (user + system) of this process so far, from /proc/self/stat (clock ticks).
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    // Fields 14 and 15 of stat(5); `after` starts at field 3.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    let hz = 100; // USER_HZ: /proc reports ticks of 1/100 s on Linux
-    Duration::from_secs_f64(ticks as f64 / hz as f64)
-}
-
-fn proc_status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    crate::sys::fill(store, n as u64, 32, |i| NewMessage {
+        channel: "chem".into(),
+        protocol: "astm".into(),
+        received_at: SystemTime::now(),
+        clock_synced: true,
+        bytes: text(i as usize),
+        meta: serde_json::json!({"frames": 1}),
+    })
 }
 
 pub fn run() -> Vec<Row> {
@@ -99,7 +63,7 @@ pub fn run() -> Vec<Row> {
         d
     };
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let rss_start = proc_status_kib("VmRSS:");
+    let rss_start = crate::sys::status_kib("self", "VmRSS:");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -120,7 +84,7 @@ pub fn run() -> Vec<Row> {
         s.window = w;
     }
     let window = s.window;
-    let cpu0 = cpu_time();
+    let cpu0 = crate::sys::cpu_time("self");
     let (elapsed, drained) = rt.block_on(async {
         let h = mqtt::spawn(
             s,
@@ -150,8 +114,8 @@ pub fn run() -> Vec<Row> {
         h.shutdown().await;
         (elapsed, drained)
     });
-    let cpu = cpu_time().saturating_sub(cpu0);
-    let peak = proc_status_kib("VmHWM:");
+    let cpu = crate::sys::cpu_time("self").saturating_sub(cpu0);
+    let peak = crate::sys::status_kib("self", "VmHWM:");
     let rate = n as f64 / elapsed.as_secs_f64();
     let mib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     vec![

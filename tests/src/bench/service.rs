@@ -8,30 +8,14 @@
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use labagent::store::{NewMessage, Store, StoreOptions};
 
 use crate::table::Row;
 
-fn env_u64(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config(dir: &Path, channels: usize) -> PathBuf {
-    let dead = free_port();
+    let dead = labagent_tests::config::free_port();
     let mut text = format!(
         "[agent]\nid = \"bench\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
          [buffer]\nmax_bytes = \"64GiB\"\nmin_free = \"1MiB\"\n\
@@ -43,7 +27,7 @@ fn config(dir: &Path, channels: usize) -> PathBuf {
     for i in 0..channels {
         text.push_str(&format!(
             "[[channel]]\nname = \"ch{i}\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{}\"\n",
-            free_port()
+            labagent_tests::config::free_port()
         ));
     }
     let p = dir.join("config.toml");
@@ -88,61 +72,26 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
-/// utime + stime of a process, in clock ticks (100/s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &s[s.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat; after the comm they are at index 11 and 12.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn prefill(dir: &Path, n: u64) -> Duration {
-    let t0 = Instant::now();
     let opts = StoreOptions {
         max_bytes: 64 << 30,
         min_free: 1 << 20,
         ..StoreOptions::default()
     };
-    let store = Arc::new(Store::open(dir.join("state").join("store"), opts).unwrap());
-    let writers = 8;
+    let store = Store::open(dir.join("state").join("store"), opts).unwrap();
     let body = vec![b'x'; 1000];
-    std::thread::scope(|s| {
-        for w in 0..writers {
-            let store = store.clone();
-            let body = body.clone();
-            s.spawn(move || {
-                let mut i = w;
-                while i < n {
-                    let mut b = body.clone();
-                    b.extend_from_slice(format!("{i:016}").as_bytes());
-                    store
-                        .append(NewMessage {
-                            channel: format!("ch{}", i % 4),
-                            protocol: "astm".into(),
-                            received_at: SystemTime::now(),
-                            clock_synced: true,
-                            bytes: b,
-                            meta: serde_json::Value::Null,
-                        })
-                        .unwrap();
-                    i += writers;
-                }
-            });
+    crate::sys::fill(&store, n, 8, |i| {
+        let mut b = body.clone();
+        b.extend_from_slice(format!("{i:016}").as_bytes());
+        NewMessage {
+            channel: format!("ch{}", i % 4),
+            protocol: "astm".into(),
+            received_at: SystemTime::now(),
+            clock_synced: true,
+            bytes: b,
+            meta: serde_json::Value::Null,
         }
-    });
-    store.sync().unwrap();
-    t0.elapsed()
+    })
 }
 
 pub fn run() -> Vec<Row> {
@@ -150,8 +99,8 @@ pub fn run() -> Vec<Row> {
         std::env::var("LABAGENT_BENCH_DIR").unwrap_or_else(|_| "/var/tmp/labagent-bench".into()),
     );
     std::fs::create_dir_all(&base).unwrap();
-    let pending = env_u64("LABAGENT_BENCH_PENDING", 1_000_000);
-    let idle = env_u64("LABAGENT_BENCH_IDLE_SECS", 60);
+    let pending = crate::sys::env_u64("LABAGENT_BENCH_PENDING", 1_000_000);
+    let idle = crate::sys::env_u64("LABAGENT_BENCH_IDLE_SECS", 60);
     let mut rows = Vec::new();
 
     // Empty store, 4 channels: READY, then idle CPU and RSS.
@@ -165,10 +114,10 @@ pub fn run() -> Vec<Row> {
     ));
     let pid = child.id();
     let t0 = Instant::now();
-    let c0 = cpu_ticks(pid);
+    let c0 = crate::sys::cpu_time(&pid.to_string());
     std::thread::sleep(Duration::from_secs(idle));
-    let c1 = cpu_ticks(pid);
-    let cpu = (c1 - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0;
+    let c1 = crate::sys::cpu_time(&pid.to_string());
+    let cpu = (c1 - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
     rows.push(Row::new(
         format!("idle CPU over {idle} s, 4 listen channels"),
         format!("{cpu:.3} % of a core"),
@@ -176,12 +125,18 @@ pub fn run() -> Vec<Row> {
     ));
     rows.push(Row::new(
         "RSS idle (VmRSS)",
-        format!("{:.1} MiB", status_kib(pid, "VmRSS:") as f64 / 1024.0),
+        format!(
+            "{:.1} MiB",
+            crate::sys::status_kib(&pid.to_string(), "VmRSS:") as f64 / 1024.0
+        ),
         "target ≤ 16 MiB",
     ));
     rows.push(Row::new(
         "peak RSS so far (VmHWM)",
-        format!("{:.1} MiB", status_kib(pid, "VmHWM:") as f64 / 1024.0),
+        format!(
+            "{:.1} MiB",
+            crate::sys::status_kib(&pid.to_string(), "VmHWM:") as f64 / 1024.0
+        ),
         "",
     ));
     stop(child);
@@ -205,7 +160,7 @@ pub fn run() -> Vec<Row> {
         format!("RSS after READY, {pending} pending"),
         format!(
             "{:.1} MiB",
-            status_kib(child.id(), "VmRSS:") as f64 / 1024.0
+            crate::sys::status_kib(&child.id().to_string(), "VmRSS:") as f64 / 1024.0
         ),
         "",
     ));

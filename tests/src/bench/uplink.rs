@@ -28,16 +28,6 @@ use crate::table::Row;
 
 const CHANNELS: u64 = 4;
 
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -161,41 +151,26 @@ impl Queue for Timed {
 
 /// N messages of 1 KiB over 4 channels, 8 writer threads (group commit), synced.
 fn prefill(dir: &Path, n: u64) -> (Store, Duration) {
-    let t0 = Instant::now();
     let opts = StoreOptions {
         max_bytes: 64 << 30,
         min_free: 1 << 20,
         ..StoreOptions::default()
     };
     let store = Store::open(dir.join("store"), opts).expect("open store");
-    let writers = 8;
     let body = vec![b'x'; 1000];
-    std::thread::scope(|s| {
-        for w in 0..writers {
-            let store = store.clone();
-            let body = body.clone();
-            s.spawn(move || {
-                let mut i = w;
-                while i < n {
-                    let mut b = body.clone();
-                    b.extend_from_slice(format!("{i:024}").as_bytes());
-                    store
-                        .append(NewMessage {
-                            channel: format!("ch{}", i % CHANNELS),
-                            protocol: "astm".into(),
-                            received_at: SystemTime::now(),
-                            clock_synced: true,
-                            bytes: b,
-                            meta: serde_json::Value::Null,
-                        })
-                        .expect("append");
-                    i += writers;
-                }
-            });
+    let took = crate::sys::fill(&store, n, 8, |i| {
+        let mut b = body.clone();
+        b.extend_from_slice(format!("{i:024}").as_bytes());
+        NewMessage {
+            channel: format!("ch{}", i % CHANNELS),
+            protocol: "astm".into(),
+            received_at: SystemTime::now(),
+            clock_synced: true,
+            bytes: b,
+            meta: serde_json::Value::Null,
         }
     });
-    store.sync().expect("sync");
-    (store, t0.elapsed())
+    (store, took)
 }
 
 fn case(base: &Path, n: u64, name: &str, format: Format, rows: &mut Vec<Row>) {
@@ -228,14 +203,14 @@ fn case(base: &Path, n: u64, name: &str, format: Format, rows: &mut Vec<Row>) {
     .expect("uplink");
     // Linux ≥ 4.0: writing 5 resets VmHWM to the current RSS.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let before = status_kib("VmRSS:");
+    let before = crate::sys::status_kib("self", "VmRSS:");
     let t = Instant::now();
     assert!(
         u.drain(),
         "{name}: the uplink stopped before the queue was empty"
     );
     let el = t.elapsed();
-    let peak = status_kib("VmHWM:");
+    let peak = crate::sys::status_kib("self", "VmHWM:");
     let st = store.stats().expect("stats");
     let received = counts.messages.load(Ordering::Relaxed);
     assert_eq!(st.totals.pending, 0, "{name}: messages left pending");
