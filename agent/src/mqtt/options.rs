@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 
 use super::{MqttError, MqttSettings};
 use crate::uplink::auth::{Authenticator, Credential};
-use crate::uplink::tls::TlsError;
+use crate::uplink::tls::{native_roots, read_pem_certs, TlsError};
 use crate::uplink::{AuthError, AuthMode, Secret};
 
 /// A broker address parsed from `mqtt://host[:port]` or `mqtts://host[:port]`.
@@ -67,13 +67,9 @@ pub fn tls_client_config(
     client_key: Option<&Path>,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::warn!(error = %e, "some system root certificates could not be read");
-    }
-    roots.add_parsable_certificates(native.certs);
+    roots.add_parsable_certificates(native_roots());
     if let Some(path) = ca_file {
-        for c in read_certs(path, "ca_file")? {
+        for c in read_pem_certs(path, "ca_file")? {
             roots.add(c).map_err(|e| TlsError::File {
                 kind: "ca_file",
                 path: path.to_owned(),
@@ -96,7 +92,7 @@ pub fn tls_client_config(
     .with_root_certificates(roots);
     match (client_cert, client_key) {
         (Some(c), Some(k)) => {
-            let chain = read_certs(c, "client_cert")?;
+            let chain = read_pem_certs(c, "client_cert")?;
             let key = PrivateKeyDer::from_pem_file(k).map_err(|e| TlsError::File {
                 kind: "client_key",
                 path: k.to_owned(),
@@ -113,24 +109,6 @@ pub fn tls_client_config(
         (None, None) => Ok(builder.with_no_client_auth()),
         _ => Err(TlsError::HalfClientCert),
     }
-}
-
-fn read_certs(path: &Path, kind: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file_err = |detail: String| TlsError::File {
-        kind,
-        path: path.to_owned(),
-        detail,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(certs)
 }
 
 /// The MQTT options for `settings` (credentials are set before each connection attempt).

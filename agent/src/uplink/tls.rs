@@ -36,17 +36,10 @@ pub fn tls_config(
     client_cert: Option<&Path>,
     client_key: Option<&Path>,
 ) -> Result<TlsConfig, TlsError> {
-    let mut roots: Vec<Certificate<'static>> = Vec::new();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::warn!(error = %e, "some system root certificates could not be read");
-    }
-    roots.extend(
-        native
-            .certs
-            .iter()
-            .map(|c| Certificate::from_der(c.as_ref()).to_owned()),
-    );
+    let mut roots: Vec<Certificate<'static>> = native_roots()
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
     if let Some(path) = ca_file {
         let extra = read_certs(path, "ca_file")?;
         tracing::debug!(path = %path.display(), count = extra.len(), "extra trusted roots");
@@ -71,7 +64,11 @@ pub fn tls_config(
         .build())
 }
 
-fn read_certs(path: &Path, kind: &'static str) -> Result<Vec<Certificate<'static>>, TlsError> {
+/// The certificates of a PEM file (at least one), for both the HTTPS and MQTT uplinks.
+pub(crate) fn read_pem_certs(
+    path: &Path,
+    kind: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_err = |detail: String| TlsError::File {
         kind,
         path: path.to_owned(),
@@ -79,7 +76,6 @@ fn read_certs(path: &Path, kind: &'static str) -> Result<Vec<Certificate<'static
     };
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(e.to_string()))?
-        .map(|c| c.map(|c| Certificate::from_der(c.as_ref()).to_owned()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(e.to_string()))?;
     if certs.is_empty() {
@@ -88,6 +84,22 @@ fn read_certs(path: &Path, kind: &'static str) -> Result<Vec<Certificate<'static
         });
     }
     Ok(certs)
+}
+
+/// The system's trusted roots; unreadable ones are logged and skipped.
+pub(crate) fn native_roots() -> Vec<CertificateDer<'static>> {
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "some system root certificates could not be read");
+    }
+    native.certs
+}
+
+fn read_certs(path: &Path, kind: &'static str) -> Result<Vec<Certificate<'static>>, TlsError> {
+    Ok(read_pem_certs(path, kind)?
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect())
 }
 
 fn read_key(path: &Path) -> Result<PrivateKey<'static>, TlsError> {
