@@ -148,3 +148,25 @@ fn ports_runs_on_any_host() {
     let r = run(labagent().arg("ports"));
     assert_eq!(r.code, Some(0), "{r:?}");
 }
+
+#[test]
+fn status_monitor_and_queue_without_a_running_agent_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("status.sock");
+    for args in [vec!["status"], vec!["monitor", "chem"]] {
+        let r = run(labagent().args(&args).arg("--socket").arg(&sock));
+        assert_eq!(r.code, Some(1), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("cannot reach the agent") && r.stderr.contains("is it running"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    // A stale socket file (the agent was killed): the same clear answer, not a hang.
+    std::os::unix::net::UnixListener::bind(&sock)
+        .map(drop)
+        .unwrap();
+    let r = run(labagent().args(["status", "--socket"]).arg(&sock));
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("cannot reach the agent"), "{}", r.stderr);
+}
