@@ -7,7 +7,8 @@
 //! `LABAGENT_BENCH_PENDING` (default 1_000_000), `LABAGENT_BENCH_CYCLES` (default
 //! 5_000_000), `LABAGENT_BENCH_SAMPLE` (cycles between samples, default 500_000),
 //! `LABAGENT_BENCH_DIR` (default /var/tmp/labagent-bench: must be a real disk, not tmpfs),
-//! `LABAGENT_BENCH_ONLY` (comma list of: fsync,writers,pending,cycles).
+//! `LABAGENT_BENCH_ONLY` (comma list of: fsync,writers,pending,cycles),
+//! `LABAGENT_BENCH_ENGINES` (comma list of: sled+log,sled,redb; default all built).
 //! Heavy parts run in child processes (the same binary, `child ...` arguments) so RSS
 //! (VmHWM) and crash recovery are measured in a fresh process.
 
@@ -35,15 +36,33 @@ fn opts() -> StoreOptions {
 }
 
 fn engines() -> Vec<(&'static str, EngineKind)> {
+    let mut v = all_engines();
+    // LABAGENT_BENCH_ENGINES=sled+log,redb picks some (the long sections take hours for all).
+    if let Ok(only) = std::env::var("LABAGENT_BENCH_ENGINES") {
+        let all = v.clone();
+        v.retain(|(n, _)| only.split(',').any(|o| o == *n));
+        assert!(
+            !v.is_empty(),
+            "LABAGENT_BENCH_ENGINES: none of {only} in {all:?}"
+        );
+    }
+    v
+}
+
+/// Any engine by name, whether or not `LABAGENT_BENCH_ENGINES` selected it (child processes).
+fn all_engines() -> Vec<(&'static str, EngineKind)> {
     #[allow(unused_mut)]
-    let mut v = vec![("sled", EngineKind::Sled)];
+    let mut v = vec![
+        ("sled+log", EngineKind::Sled),
+        ("sled", EngineKind::SledDirect),
+    ];
     #[cfg(feature = "bench-redb")]
     v.push(("redb", EngineKind::Redb));
     v
 }
 
 fn kind(name: &str) -> EngineKind {
-    engines()
+    all_engines()
         .into_iter()
         .find(|(n, _)| *n == name)
         .expect("engine")

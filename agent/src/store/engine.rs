@@ -60,6 +60,7 @@ pub(crate) struct SledEngine {
 impl SledEngine {
     pub(crate) fn open(dir: &Path, cache_capacity: u64) -> io::Result<Self> {
         let sled_dir = dir.join("sled");
+        remove_unfinished_snapshots(&sled_dir)?;
         let config = sled::Config::new()
             .path(&sled_dir)
             .cache_capacity(cache_capacity)
@@ -91,6 +92,26 @@ impl SledEngine {
             db_file,
         })
     }
+}
+
+/// sled 0.34 writes its snapshot at open to `snap.<lsn>.generating` and renames it when
+/// complete. If the write fails (ENOSPC), the unfinished file stays, and the next open
+/// takes it for a snapshot and fails with "Read corrupted data" (its candidate filter
+/// skips only `.in___motion`). A `.generating` file is never complete: remove it.
+fn remove_unfinished_snapshots(sled_dir: &Path) -> io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(sled_dir) else {
+        return Ok(());
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "store: removing a snapshot sled did not finish writing");
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {

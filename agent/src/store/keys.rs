@@ -18,7 +18,11 @@
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// 2: the write-ahead log (`wal/`) is part of the store; a version-1 binary would ignore
+/// it after a crash, so it must refuse the store. Version 1 stores are upgraded in place.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Formats this binary opens and upgrades to [`FORMAT_VERSION`].
+pub(crate) const UPGRADABLE: &[u32] = &[1];
 
 pub(crate) const VERSION: &[u8] = b"V";
 pub(crate) const STORE_ID: &[u8] = b"U";

@@ -89,6 +89,7 @@ mod quota;
 mod redb;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -139,11 +140,15 @@ impl Default for StoreOptions {
     }
 }
 
-/// Which engine backs the store. `Redb` exists for the benchmark comparison only.
+/// Which engine backs the store. Only `Sled` is used by the agent; the others exist for
+/// the benchmark comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
+    /// sled behind the store's write-ahead log (`wal.rs`): one fdatasync per group.
     #[default]
     Sled,
+    /// sled alone, flushed and fsynced per group (the design before the log).
+    SledDirect,
     #[cfg(feature = "bench-redb")]
     Redb,
 }
@@ -334,7 +339,8 @@ impl Store {
     /// Opens with an explicit engine (the benchmark compares sled and redb).
     pub fn open_with(dir: impl AsRef<Path>, opts: StoreOptions, kind: EngineKind) -> Result<Store> {
         let opener = match kind {
-            EngineKind::Sled => engine::sled_opener(opts.cache_capacity),
+            EngineKind::Sled => wal::wal_opener(engine::sled_opener(opts.cache_capacity)),
+            EngineKind::SledDirect => engine::sled_opener(opts.cache_capacity),
             #[cfg(feature = "bench-redb")]
             EngineKind::Redb => redb::redb_opener(),
         };
@@ -563,7 +569,18 @@ fn load(eng: &dyn Engine) -> Result<Writer> {
                     .try_into()
                     .map_err(|_| StoreError::Corrupt("bad version record".into()))?,
             );
-            if found != keys::FORMAT_VERSION {
+            if keys::UPGRADABLE.contains(&found) {
+                eng.apply(vec![(
+                    keys::VERSION.to_vec(),
+                    Some(keys::FORMAT_VERSION.to_be_bytes().to_vec()),
+                )])?;
+                eng.sync()?;
+                tracing::info!(
+                    from = found,
+                    to = keys::FORMAT_VERSION,
+                    "store format upgraded"
+                );
+            } else if found != keys::FORMAT_VERSION {
                 return Err(StoreError::UnsupportedFormat {
                     found,
                     supported: keys::FORMAT_VERSION,

@@ -225,16 +225,31 @@ fn drop_oldest_delivered_first_then_undelivered() {
 
 #[test]
 fn enospc_refuses_reopens_and_loses_nothing() {
+    // The engine fails under the write-ahead log (as the agent runs), and without it.
+    for with_log in [true, false] {
+        enospc_case(with_log);
+    }
+}
+
+/// The engine (with or without the write-ahead log under it) fails writes and reopens with
+/// ENOSPC while `full` is set. `a_full_file_system_...` below fills a real file system.
+fn enospc_case(with_log: bool) {
     let d = tempfile::tempdir().unwrap();
     let full = Arc::new(AtomicBool::new(false));
     let f2 = Arc::clone(&full);
+    let sled: Opener =
+        Arc::new(|dir: &Path| Ok(Box::new(SledEngine::open(dir, 8 << 20)?) as Box<dyn Engine>));
+    let inner = if with_log {
+        wal::wal_opener(sled)
+    } else {
+        sled
+    };
     let opener: Opener = Arc::new(move |dir: &Path| {
         if f2.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(28));
         }
-        let inner = Box::new(SledEngine::open(dir, 8 << 20)?);
         Ok(Box::new(FaultyEngine {
-            inner,
+            inner: inner(dir)?,
             full: Arc::clone(&f2),
         }) as Box<dyn Engine>)
     });
@@ -248,7 +263,7 @@ fn enospc_refuses_reopens_and_loses_nothing() {
         let e = s.append(msg("a", &i.to_be_bytes())).unwrap_err();
         assert!(
             matches!(e, StoreError::Io(ref io) if io.raw_os_error() == Some(28)),
-            "{e}"
+            "with_log {with_log}: {e}"
         );
     }
     full.store(false, Ordering::SeqCst);
@@ -265,27 +280,46 @@ fn enospc_refuses_reopens_and_loses_nothing() {
     }
 }
 
+fn set_version(dir: &std::path::Path, v: u32) {
+    let e = SledEngine::open(dir, 1 << 20).unwrap();
+    e.apply(vec![(
+        keys::VERSION.to_vec(),
+        Some(v.to_be_bytes().to_vec()),
+    )])
+    .unwrap();
+    e.sync().unwrap();
+}
+
 #[test]
 fn format_version_is_checked() {
     let d = tempfile::tempdir().unwrap();
     drop(Store::open(d.path(), opts()).unwrap());
-    {
-        let e = SledEngine::open(d.path(), 1 << 20).unwrap();
-        e.apply(vec![(
-            keys::VERSION.to_vec(),
-            Some(99u32.to_be_bytes().to_vec()),
-        )])
-        .unwrap();
-        e.sync().unwrap();
-    }
+    set_version(d.path(), 99);
     match Store::open(d.path(), opts()) {
         Err(StoreError::UnsupportedFormat {
             found: 99,
-            supported: 1,
+            supported: 2,
         }) => {}
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("opened a store of another format"),
     }
+}
+
+#[test]
+fn format_1_is_upgraded_in_place() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open_with(d.path(), opts(), EngineKind::SledDirect).unwrap();
+    let id = s.append(msg("a", b"from version 1")).unwrap().id;
+    drop(s);
+    set_version(d.path(), 1);
+    let s = Store::open(d.path(), opts()).unwrap();
+    assert_eq!(s.get(id).unwrap().unwrap().bytes, b"from version 1");
+    drop(s);
+    let e = SledEngine::open(d.path(), 1 << 20).unwrap();
+    assert_eq!(
+        e.get(keys::VERSION).unwrap().unwrap(),
+        keys::FORMAT_VERSION.to_be_bytes()
+    );
 }
 
 #[test]
@@ -558,4 +592,95 @@ fn confirm_many_is_confirm_for_a_batch() {
     );
     // Delivered messages are pruned like singly confirmed ones.
     assert_eq!(s.purge_delivered().unwrap(), 3);
+}
+
+/// A real full file system: a 16 MiB tmpfs with 8 MiB of ballast (needs root, as the test suite runs; skipped with
+/// a message otherwise). Appends fill it until the store refuses, every refusal is an error
+/// (never `Ok`), and once space is freed the store takes messages again; every message it
+/// accepted is there after a restart.
+#[test]
+fn a_full_file_system_refuses_then_recovers_and_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=16m",
+            "labagent-test",
+            mnt.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        assert!(
+            !rustix::process::geteuid().is_root(),
+            "mount failed as root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    // Ballast to free later: "space returned".
+    let ballast = mnt.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 8 << 20]).unwrap();
+    let dir = mnt.join("store");
+    let s = Store::open(&dir, opts()).unwrap();
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for i in 0..20_000u32 {
+        let mut bytes = vec![b'x'; 1024];
+        bytes[..4].copy_from_slice(&i.to_be_bytes());
+        match s.append(msg("a", &bytes)) {
+            Ok(r) => {
+                assert_eq!(refused, 0, "accepted after a refusal with no space freed");
+                acked.push((r.id, bytes));
+            }
+            Err(StoreError::Io(e)) => {
+                eprintln!("append {i} refused: {e}");
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(refused, 3, "the file system never filled");
+    assert!(acked.len() > 100, "filled too early: {}", acked.len());
+    std::fs::remove_file(&ballast).unwrap();
+    // Delivering frees nothing on disk (sled's file never shrinks), freeing the ballast does.
+    let mut after = 0;
+    for i in 0..20u32 {
+        let bytes = format!("after {i}").into_bytes();
+        match s.append(msg("a", &bytes)) {
+            Ok(r) => {
+                acked.push((r.id, bytes));
+                after += 1;
+            }
+            Err(e) => eprintln!("after freeing space, append {i} refused: {e}"),
+        }
+    }
+    eprintln!(
+        "{} accepted before the disk filled, {after} of 20 after",
+        acked.len() - after
+    );
+    assert_eq!(after, 20, "the store did not recover once space was freed");
+    drop(s);
+    let s = Store::open(&dir, opts()).unwrap();
+    for (id, bytes) in &acked {
+        assert_eq!(
+            &s.get(*id).unwrap().expect("accepted message lost").bytes,
+            bytes
+        );
+    }
 }
