@@ -31,6 +31,11 @@ pub(crate) trait Engine: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     /// Bytes the engine occupies on disk.
     fn disk_bytes(&self) -> io::Result<u64>;
+    /// Makes everything applied so far durable *in the engine's own files* (not only in a
+    /// log in front of it): what an older binary, which knows no log, would read.
+    fn checkpoint(&self) -> io::Result<()> {
+        self.sync()
+    }
 }
 
 /// Opens engines; the store reopens through it after an IO error (sled stays failed after
@@ -218,5 +223,9 @@ impl Engine for FaultyEngine {
     }
     fn disk_bytes(&self) -> io::Result<u64> {
         self.inner.disk_bytes()
+    }
+    fn checkpoint(&self) -> io::Result<()> {
+        self.check()?;
+        self.inner.checkpoint()
     }
 }

@@ -6,7 +6,7 @@
 //! [`GroupCommit::wait`] with its generation. The committer reads the newest generation
 //! *before* it syncs, so one sync covers every write with a generation up to that number;
 //! then it wakes all waiters it covered. N concurrent appenders therefore share one
-//! flush + fsync, and a lone appender pays exactly one.
+//! sync (one fdatasync of the write-ahead log), and a lone appender pays exactly one.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};

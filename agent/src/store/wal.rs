@@ -52,11 +52,11 @@ use super::engine::{dir_size, sync_dir, Engine, Op, Opener};
 
 /// Checkpoint once the current log file holds this much (the live layer holds about as
 /// much in memory).
-pub(crate) const CHECKPOINT_BYTES: u64 = 2 << 20;
+pub(crate) const CHECKPOINT_BYTES: u64 = 512 << 10;
 /// Writers wait for a checkpoint once the live layer holds this many checkpoints' worth.
 const BACKPRESSURE: u64 = 4;
 /// The frozen layer goes to the engine in batches of this many writes.
-const ENGINE_BATCH: usize = 4096;
+const ENGINE_BATCH: usize = 128;
 /// Checkpoint at least this often while batches arrive (and once after they stop).
 pub(crate) const CHECKPOINT_AFTER: Duration = Duration::from_secs(2);
 /// Reopen the engine (sled then writes a snapshot) after this much has gone through it.
@@ -220,11 +220,21 @@ fn create_log(dir: &Path, n: u64) -> io::Result<File> {
 
 /// `len u32 LE | crc32 u32 LE | payload`, payload = `count u32` then per op
 /// `kind u8 (1 put, 0 remove) | key len u32 | key | [value len u32 | value]`.
-fn encode(ops: &[Op]) -> Vec<u8> {
+/// Refuses a batch over [`MAX_RECORD`] (replay would take it for corruption).
+fn encode(ops: &[Op]) -> io::Result<Vec<u8>> {
     let size: usize = ops
         .iter()
         .map(|(k, v)| 9 + k.len() + v.as_ref().map_or(0, Vec::len))
         .sum();
+    if size + 4 > MAX_RECORD as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a store batch of {size} bytes is over the {} MiB record limit (lower max_message)",
+                MAX_RECORD >> 20
+            ),
+        ));
+    }
     let mut rec = Vec::with_capacity(12 + size);
     rec.extend_from_slice(&[0; 8]);
     rec.extend_from_slice(&(ops.len() as u32).to_le_bytes());
@@ -241,7 +251,7 @@ fn encode(ops: &[Op]) -> Vec<u8> {
     let crc = crc32fast::hash(&rec[8..]);
     rec[0..4].copy_from_slice(&len.to_le_bytes());
     rec[4..8].copy_from_slice(&crc.to_le_bytes());
-    rec
+    Ok(rec)
 }
 
 fn decode(payload: &[u8]) -> Option<Vec<Op>> {
@@ -280,8 +290,10 @@ enum Next {
     /// A batch and the bytes its record took.
     Record(Vec<Op>, u64),
     End,
-    /// A record that is cut short or fails its checksum, at this offset.
-    Bad(u64),
+    /// A record cut short by the end of the file (a write the crash interrupted).
+    Torn(u64),
+    /// A whole record that fails its length bound, checksum or decoding.
+    Corrupt(u64),
 }
 
 fn read_record(r: &mut impl Read, offset: u64) -> io::Result<Next> {
@@ -290,26 +302,26 @@ fn read_record(r: &mut impl Read, offset: u64) -> io::Result<Next> {
     while got < 8 {
         match r.read(&mut head[got..])? {
             0 if got == 0 => return Ok(Next::End),
-            0 => return Ok(Next::Bad(offset)),
+            0 => return Ok(Next::Torn(offset)),
             n => got += n,
         }
     }
     let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
     if len > MAX_RECORD {
-        return Ok(Next::Bad(offset));
+        return Ok(Next::Corrupt(offset));
     }
     let mut payload = vec![0u8; len as usize];
     if let Err(e) = r.read_exact(&mut payload) {
         return match e.kind() {
-            io::ErrorKind::UnexpectedEof => Ok(Next::Bad(offset)),
+            io::ErrorKind::UnexpectedEof => Ok(Next::Torn(offset)),
             _ => Err(e),
         };
     }
     if crc32fast::hash(&payload) != crc {
-        return Ok(Next::Bad(offset));
+        return Ok(Next::Corrupt(offset));
     }
-    Ok(decode(&payload).map_or(Next::Bad(offset), |ops| {
+    Ok(decode(&payload).map_or(Next::Corrupt(offset), |ops| {
         Next::Record(ops, 8 + u64::from(len))
     }))
 }
@@ -327,22 +339,33 @@ fn replay(layer: &mut Layer, path: &Path, last: bool) -> io::Result<(u64, u64)> 
                 n += 1;
             }
             Next::End => return Ok((n, offset)),
-            Next::Bad(at) if last => {
+            Next::Torn(at) if last => {
                 // A write the crash cut short; it was never reported durable (its
                 // fdatasync had not returned). Cut it off, so that once a newer file
                 // exists it does not read as corruption.
                 tracing::warn!(file = %path.display(), offset = at, "store log: torn record at the end removed");
-                let f = OpenOptions::new().write(true).open(path)?;
-                f.set_len(at)?;
-                f.sync_all()?;
+                truncate(path, at)?;
                 return Ok((n, offset));
             }
-            Next::Bad(at) => {
-                tracing::error!(file = %path.display(), offset = at, "store log: corrupt record in an older log file; the rest of that file is skipped");
+            Next::Torn(at) | Next::Corrupt(at) => {
+                // Not a crash's torn tail: keep the file for inspection, then go on with
+                // what could be read (the records after it cannot be delimited).
+                let copy = path.with_extension("wal.corrupt");
+                std::fs::copy(path, &copy)?;
+                tracing::error!(file = %path.display(), offset = at, copy = %copy.display(), "store log: corrupt record; the rest of the file is skipped and a copy kept");
+                if last {
+                    truncate(path, at)?;
+                }
                 return Ok((n, offset));
             }
         }
     }
+}
+
+fn truncate(path: &Path, at: u64) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(at)?;
+    f.sync_all()
 }
 
 impl WalEngine {
@@ -365,6 +388,11 @@ impl WalEngine {
         }
         if batches > 0 {
             tracing::info!(batches, bytes, "store log replayed after an unclean stop");
+        } else {
+            // Nothing to carry over: the old files need no checkpoint to go.
+            for (_, path) in &files {
+                std::fs::remove_file(path)?;
+            }
         }
         let number = files.last().map_or(1, |(n, _)| n + 1);
         let file = create_log(&wal_dir, number)?;
@@ -400,12 +428,6 @@ impl WalEngine {
             core,
             checkpointer: Some(checkpointer),
         })
-    }
-
-    /// Flushes the engine and drops the log files it covered (tests).
-    #[cfg(test)]
-    pub(crate) fn checkpoint(&self) -> io::Result<()> {
-        self.core.checkpoint(false)
     }
 
     /// Drops the engine like a crash would: no final checkpoint (tests).
@@ -483,6 +505,12 @@ impl Core {
     /// the engine, syncs it, deletes the older files; reopens the engine when enough has
     /// gone through it. `closing`: no new file, every file goes.
     fn checkpoint(&self, closing: bool) -> io::Result<()> {
+        self.checkpoint_with(closing, !closing)
+    }
+
+    /// `may_reopen`: false on a writer's path (backpressure), where a reopen would hold
+    /// every read and write for the time sled takes to open.
+    fn checkpoint_with(&self, closing: bool, may_reopen: bool) -> io::Result<()> {
         let _one = lock(&self.checkpointing);
         let (keep_from, reopen, frozen) = {
             let mut log = lock(&self.log);
@@ -491,7 +519,12 @@ impl Core {
                 return Ok(());
             }
             // Invariant 2: the old file is durable before anyone syncs only the new one.
-            log.file.sync_data()?;
+            // An fsync error is reported once per file: poison before the lock is released,
+            // so a concurrent `sync` whose fdatasync then returns 0 still fails.
+            if let Err(e) = log.file.sync_data() {
+                log.poisoned.get_or_insert((e.kind(), e.to_string()));
+                return Err(e);
+            }
             let keep_from = if closing {
                 log.number + 1
             } else {
@@ -506,7 +539,7 @@ impl Core {
             let mut layers = self.layers.write().unwrap_or_else(|p| p.into_inner());
             let frozen = Arc::new(std::mem::take(&mut layers.live));
             layers.frozen = Arc::clone(&frozen);
-            let reopen = !closing && log.since_open >= self.tuning.reopen_after_bytes;
+            let reopen = may_reopen && log.since_open >= self.tuning.reopen_after_bytes;
             (keep_from, reopen, frozen)
         };
         self.write_frozen(&frozen)?;
@@ -602,7 +635,7 @@ impl Engine for WalEngine {
                 .checkpoint(false)
                 .inspect_err(|e| self.core.poison(e))?;
         }
-        let rec = encode(&ops);
+        let rec = encode(&ops)?;
         let mut log = lock(&self.core.log);
         log.check()?;
         if let Err(e) = (&*log.file).write_all(&rec) {
@@ -689,11 +722,17 @@ impl Engine for WalEngine {
             log.check()?;
             Arc::clone(&log.file)
         };
-        file.sync_data().inspect_err(|e| self.core.poison(e))
+        file.sync_data().inspect_err(|e| self.core.poison(e))?;
+        // A checkpoint's fdatasync of the same file may have taken the error.
+        lock(&self.core.log).check()
     }
 
     fn disk_bytes(&self) -> io::Result<u64> {
         Ok(self.core.inner().disk_bytes()? + dir_size(&self.core.wal_dir)?)
+    }
+
+    fn checkpoint(&self) -> io::Result<()> {
+        self.core.checkpoint(false)
     }
 }
 
@@ -833,7 +872,7 @@ mod tests {
         let file = e.log_files().pop().unwrap();
         e.crash();
         // Half of a fourth record, as a crash in the middle of its write leaves it.
-        let rec = encode(&[put("k3", "v")]);
+        let rec = encode(&[put("k3", "v")]).unwrap();
         let mut f = OpenOptions::new().append(true).open(&file).unwrap();
         f.write_all(&rec[..rec.len() / 2]).unwrap();
         drop(f);
@@ -853,6 +892,8 @@ mod tests {
         std::fs::write(&file, bytes).unwrap();
         let e = WalEngine::open(d.path(), mem_opener(&disk), manual()).unwrap();
         assert_eq!(get(&e, "k4"), None);
+        // Not a torn tail but a bad checksum: a copy is kept for inspection.
+        assert!(file.with_extension("wal.corrupt").exists());
         assert_eq!(get(&e, "k2").as_deref(), Some("v"));
     }
 
@@ -1002,7 +1043,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_garbage_is_refused() {
         let ops = vec![put("k", "v"), (b"gone".to_vec(), None), put("", "")];
-        let rec = encode(&ops);
+        let rec = encode(&ops).unwrap();
         match read_record(&mut &rec[..], 0).unwrap() {
             Next::Record(back, len) => {
                 assert_eq!(back, ops);
@@ -1014,8 +1055,24 @@ mod tests {
         huge[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             read_record(&mut &huge[..], 0).unwrap(),
-            Next::Bad(0)
+            Next::Corrupt(0)
+        ));
+        let short = &rec[..rec.len() - 1];
+        assert!(matches!(
+            read_record(&mut &short[..], 0).unwrap(),
+            Next::Torn(0)
+        ));
+        let mut flipped = rec.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(
+            read_record(&mut &flipped[..], 0).unwrap(),
+            Next::Corrupt(0)
         ));
         assert!(matches!(read_record(&mut &[][..], 0).unwrap(), Next::End));
+        let big = vec![(b"k".to_vec(), Some(vec![0u8; MAX_RECORD as usize]))];
+        assert_eq!(
+            encode(&big).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
     }
 }
