@@ -69,7 +69,7 @@ impl SledEngine {
         let config = sled::Config::new()
             .path(&sled_dir)
             .cache_capacity(cache_capacity)
-            // Our committer flushes; sled's own 500 ms flusher would only add writes.
+            // We flush (checkpoints); sled's own 500 ms flusher would only add writes.
             .flush_every_ms(None);
         // After a drop (restart in-process, reopen after an IO error) sled's IO threads
         // release the file lock a moment later: retry for up to 5 s before giving up

@@ -1,23 +1,22 @@
-//! Group commit: one committer thread turns many "make my write durable" requests into one
-//! `Engine::sync`.
+//! Group commit: many "make my write durable" requests turn into one `Engine::sync`.
 //!
 //! Every write applied to the engine gets a generation number (assigned under the store's
 //! write lock, so generation order = apply order). A writer that needs durability calls
-//! [`GroupCommit::wait`] with its generation. The committer reads the newest generation
-//! *before* it syncs, so one sync covers every write with a generation up to that number;
-//! then it wakes all waiters it covered. N concurrent appenders therefore share one
-//! sync (one fdatasync of the write-ahead log), and a lone appender pays exactly one.
+//! [`GroupCommit::wait`] with its generation. If no sync is running, that writer becomes
+//! the leader: it reads the newest generation *before* it syncs, so its one sync covers
+//! every write with a generation up to that number, and wakes every waiter it covered.
+//! Writers arriving during a sync wait for it; if it did not cover them, one of them leads
+//! the next. N concurrent appenders therefore share one sync (one fdatasync of the
+//! write-ahead log), and a lone appender pays exactly one, in its own thread — no hand-off
+//! to another thread and back on the path to its ACK.
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 
 #[derive(Default)]
 struct State {
     /// Highest generation applied to the engine.
     written: u64,
-    /// Highest generation somebody waits for.
-    requested: u64,
     /// Everything up to here is durable.
     synced: u64,
     /// Generations covered by a sync, successful or not.
@@ -27,6 +26,8 @@ struct State {
     failures: Vec<(u64, u64)>,
     last_error: Option<(io::ErrorKind, String)>,
     syncs: u64,
+    /// A leader is syncing.
+    syncing: bool,
     stop: bool,
 }
 
@@ -44,54 +45,20 @@ impl State {
 
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
-    work: Condvar,
     done: Condvar,
+    sync: SyncFn,
 }
 
-pub(crate) type SyncFn = Box<dyn Fn() -> io::Result<()> + Send>;
+pub(crate) type SyncFn = Box<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 impl GroupCommit {
-    pub(crate) fn new() -> Arc<Self> {
+    /// `sync` makes everything applied so far durable.
+    pub(crate) fn new(sync: SyncFn) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
-            work: Condvar::new(),
             done: Condvar::new(),
+            sync,
         })
-    }
-
-    /// Starts the committer thread; `sync` makes everything applied so far durable.
-    pub(crate) fn spawn(self: &Arc<Self>, sync: SyncFn) -> io::Result<JoinHandle<()>> {
-        let me = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("store-commit".into())
-            .spawn(move || me.run(sync))
-    }
-
-    fn run(&self, sync: SyncFn) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            while !st.stop && st.requested <= st.covered {
-                st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            if st.stop && st.requested <= st.covered {
-                return;
-            }
-            let target = st.written;
-            drop(st);
-            let r = sync();
-            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            st.syncs += 1;
-            match r {
-                Ok(()) => st.synced = st.synced.max(target),
-                Err(e) => {
-                    let lo = st.synced;
-                    st.push_failure(lo, target);
-                    st.last_error = Some((e.kind(), e.to_string()));
-                }
-            }
-            st.covered = st.covered.max(target);
-            self.done.notify_all();
-        }
     }
 
     /// Records that a write was applied; call under the store's write lock.
@@ -102,13 +69,9 @@ impl GroupCommit {
     }
 
     /// Blocks until generation `gen` is durable, or returns the error of the sync that
-    /// covered it.
+    /// covered it. Syncs itself when nobody else is syncing.
     pub(crate) fn wait(&self, gen: u64) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.requested < gen {
-            st.requested = gen;
-            self.work.notify_one();
-        }
         loop {
             if st.failures.iter().any(|&(lo, hi)| gen > lo && gen <= hi) {
                 let (kind, msg) = st
@@ -123,7 +86,28 @@ impl GroupCommit {
             if st.stop {
                 return Err(io::Error::other("store is closing"));
             }
-            st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+            if st.syncing {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // Lead: one sync for everything written so far.
+            st.syncing = true;
+            let target = st.written;
+            drop(st);
+            let r = (self.sync)();
+            st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.syncing = false;
+            st.syncs += 1;
+            match r {
+                Ok(()) => st.synced = st.synced.max(target),
+                Err(e) => {
+                    let lo = st.synced;
+                    st.push_failure(lo, target);
+                    st.last_error = Some((e.kind(), e.to_string()));
+                }
+            }
+            st.covered = st.covered.max(target);
+            self.done.notify_all();
         }
     }
 
@@ -158,7 +142,6 @@ impl GroupCommit {
     pub(crate) fn stop(&self) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.stop = true;
-        self.work.notify_all();
         self.done.notify_all();
     }
 }

@@ -33,8 +33,9 @@
 //!    counters, next sequence) is written in one atomic batch (one log record, checked by
 //!    its CRC at replay); after a crash it is there whole or not at all. Counters live in the same batches as the changes they count, so
 //!    they are exact after any crash.
-//! 4. **Group commit.** Concurrent writers share syncs (`group_commit.rs`): one committer
-//!    thread syncs once for every writer whose batch was applied before the sync started.
+//! 4. **Group commit.** Concurrent writers share syncs (`group_commit.rs`): a leader
+//!    (the first writer to wait while no sync runs) syncs once for every writer whose batch
+//!    was applied before the sync started.
 //! 5. **Stable ids.** A message id is `<store id>-<sequence>` (`1a2b3c4d-000000000042`): the
 //!    sequence is a persisted u64 that only grows; the store id is random per store, so ids
 //!    never repeat, even if the store directory is deleted. Use it as `Idempotency-Key`.
@@ -75,7 +76,7 @@
 //!
 //! Every method blocks (disk IO, and appends wait for a sync, typically 0.3–5 ms). From
 //! async code call them in `tokio::task::spawn_blocking`. [`Store`] is `Clone + Send +
-//! Sync`: clones share one engine, one committer thread and one write lock.
+//! Sync`: clones share one engine, one group commit and one write lock.
 //!
 //! # Measured (sled 0.34.7)
 //!
@@ -324,7 +325,6 @@ struct Shared {
     writer: Mutex<Writer>,
     gc: Arc<GroupCommit>,
     failed: AtomicBool,
-    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// State owned by the single writer (under `Shared::writer`).
@@ -356,15 +356,14 @@ impl Store {
         let eng = opener(dir)?;
         let writer = load(&*eng)?;
         let engine: EngineSlot = Arc::new(RwLock::new(Some(eng)));
-        let gc = GroupCommit::new();
         let slot = Arc::clone(&engine);
-        let handle = gc.spawn(Box::new(move || {
+        let gc = GroupCommit::new(Box::new(move || {
             let g = slot.read().unwrap_or_else(|p| p.into_inner());
             match g.as_ref() {
                 Some(e) => e.sync(),
                 None => Err(io::Error::other("store engine is closed")),
             }
-        }))?;
+        }));
         let store = Store {
             shared: Arc::new(Shared {
                 dir: dir.to_path_buf(),
@@ -374,7 +373,6 @@ impl Store {
                 writer: Mutex::new(writer),
                 gc,
                 failed: AtomicBool::new(false),
-                committer: Mutex::new(Some(handle)),
             }),
         };
         store.abandon_all_partials()?;
@@ -537,14 +535,6 @@ impl Drop for Shared {
             }
         }
         self.gc.stop();
-        if let Some(h) = self
-            .committer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = h.join();
-        }
     }
 }
 
