@@ -700,8 +700,13 @@ impl Engine for WalEngine {
         let mut out = Vec::new();
         let mut cursor = start.to_vec();
         let mut inner_done = false;
+        // Pages grow while the layers hide what they bring: a drain confirms (removes)
+        // the oldest queue entries, and until the next checkpoint sled still has them, so
+        // a scan of the queue from its start steps over every removal since then.
+        let mut page_size = 16;
         while out.len() < limit {
-            let want = (limit - out.len()).clamp(16, 1024);
+            let want = (limit - out.len()).clamp(page_size, 1024.max(page_size));
+            page_size = (page_size * 4).min(16 * 1024);
             let page = if inner_done {
                 Vec::new()
             } else {
