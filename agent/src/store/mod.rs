@@ -80,7 +80,7 @@
 //!
 //! # Measured (sled 0.34.7)
 //!
-//! See `docs/perf/store.md`: with the log, one writer reaches ~60 % of the disk's raw
+//! See `docs/perf/store.md`: with the log, one writer reaches ~75 % of the disk's raw
 //! fsync rate and eight writers ~9k appends/s (sled alone: ~40 % and ~4.5k/s). sled's RSS
 //! is not bounded by `cache_capacity`, and its file never shrinks.
 
