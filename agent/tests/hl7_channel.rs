@@ -101,9 +101,14 @@ async fn connect(a: &Agent) -> TcpStream {
 
 /// Reads one MLLP block (the ACK), without its framing.
 async fn read_ack(s: &mut TcpStream) -> Vec<u8> {
+    read_block(s, T).await
+}
+
+/// Reads one MLLP block within `within`, without its framing.
+async fn read_block(s: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut out = Vec::new();
     let mut b = [0u8; 1];
-    tokio::time::timeout(T, async {
+    tokio::time::timeout(within, async {
         loop {
             let n = s.read(&mut b).await.unwrap();
             assert_eq!(n, 1, "connection closed before an ACK; got {out:?}");
@@ -701,6 +706,69 @@ async fn orders_are_sent_and_the_instruments_ack_decides() {
     assert!(a.store.next_orders("lab", 10).unwrap().is_empty());
     // The ACKs were answers, not messages: only the result is stored.
     assert_eq!(pending_bytes(&a.store), vec![message("R1", "", "", "1")]);
+}
+
+/// An instrument that never answers an order: the driver waits `ORDER_ACK_TIMEOUT`, puts
+/// the order back, sends it again `ORDER_RETRY` later, and gives it up (reported
+/// "failed") after its fifth unanswered attempt. Virtual clock: tokio's paused time
+/// advances only while every task waits, so the minutes of timeouts take no real time.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_order_is_retried_then_failed() {
+    use labagent::channel::hl7::ORDER_ACK_TIMEOUT;
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let hooks = Hooks {
+        order: Arc::new(move |r| {
+            let _ = tx.send(r);
+        }),
+        ..Hooks::default()
+    };
+    let a = start(Setup {
+        hooks,
+        ..Setup::default()
+    })
+    .await;
+    a.store
+        .put_order(NewOrder {
+            id: "ord-9".into(),
+            channel: "lab".into(),
+            text: "MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|O9|P|2.5\nORC|NW|ord-9\n"
+                .into(),
+        })
+        .unwrap();
+    let mut s = connect(&a).await;
+    let long = Duration::from_secs(600);
+    let mut sent_at = Vec::new();
+    for attempt in 1..=5 {
+        let block = read_block(&mut s, long).await;
+        assert!(block.windows(3).any(|w| w == b"|O9"), "{block:?}");
+        sent_at.push(tokio::time::Instant::now());
+        // Never answered; the order stays in the outbox until its last attempt.
+        if attempt < 5 {
+            assert!(
+                reports.try_recv().is_err(),
+                "reported after attempt {attempt}"
+            );
+        }
+    }
+    for w in sent_at.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            gap >= ORDER_ACK_TIMEOUT,
+            "resent {gap:?} after the previous attempt, before its ACK timeout"
+        );
+    }
+    let r = tokio::time::timeout(long, reports.recv())
+        .await
+        .expect("no report after the fifth attempt")
+        .unwrap();
+    assert_eq!((r.id.as_str(), r.state.as_str()), ("ord-9", "failed"));
+    assert!(r.detail.contains("no ACK"), "{}", r.detail);
+    assert!(a.store.next_orders("lab", 10).unwrap().is_empty());
+    // The connection still carries results.
+    assert_eq!(
+        roundtrip(&mut s, &message("R9", "", "", "1")).await,
+        ("AA".into(), "R9".into())
+    );
 }
 
 // ---- connect: the agent is the TCP client (an instrument or middleware listens) -------
