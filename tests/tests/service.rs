@@ -93,6 +93,71 @@ fn systemd_notify_ready_watchdog_status_stopping() {
     wait_datagram(&rx, &["STOPPING=1"], &mut seen);
 }
 
+/// A store that stops answering correctly starves the watchdog (systemd then restarts the
+/// agent), and feeding resumes once the store answers again. The store is broken from
+/// outside by removing its log directory: its size (part of every status snapshot) can no
+/// longer be read.
+#[test]
+fn a_broken_store_starves_the_watchdog_until_it_answers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start();
+    let cfg = write_config(dir.path(), &up, "", &channel("chem", free_port()));
+    let sock = dir.path().join("notify.sock");
+    let rx = UnixDatagram::bind(&sock).unwrap();
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
+        .arg(labagent_tests::labagent_bin())
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock)
+        // A ping every 100 ms.
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null());
+    let mut agent = AgentProcess::spawn(cmd);
+    let mut seen = Vec::new();
+    wait_datagram(&rx, &["READY=1"], &mut seen);
+    wait_datagram(&rx, &["WATCHDOG=1"], &mut seen);
+
+    let wal = dir.path().join("state").join("store").join("wal");
+    let m = agent.mark();
+    std::fs::remove_dir_all(&wal).unwrap();
+    agent.wait_line(m, &["unhealthy: not feeding the watchdog", "store"], T);
+    // Pings of the healthy ticks before it were sent before that line was logged: drop
+    // them. From the first unhealthy tick on, ten tick periods without a ping.
+    let mut buf = [0u8; 4096];
+    rx.set_nonblocking(true).unwrap();
+    while rx.recv(&mut buf).is_ok() {}
+    rx.set_nonblocking(false).unwrap();
+    let mut fed = Vec::new();
+    let quiet_until = std::time::Instant::now() + Duration::from_millis(1000);
+    loop {
+        let left = quiet_until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        rx.set_read_timeout(Some(left)).unwrap();
+        match rx.recv(&mut buf) {
+            Ok(n) => {
+                let d = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if d.contains("WATCHDOG=1") {
+                    fed.push(d);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(
+        fed.is_empty(),
+        "watchdog fed while the store was broken: {fed:?}"
+    );
+
+    std::fs::create_dir(&wal).unwrap();
+    rx.set_read_timeout(Some(T)).unwrap();
+    wait_datagram(&rx, &["WATCHDOG=1"], &mut seen);
+    let st = agent.terminate(T);
+    assert!(st.success(), "{st:?}\n{}", agent.log());
+}
+
 #[test]
 fn watchdog_pid_of_another_process_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
