@@ -32,13 +32,24 @@ struct State {
 }
 
 impl State {
+    /// Records `(lo, hi]` as failed. Overlapping or adjacent ranges merge; past 64 ranges
+    /// the two oldest merge, which may fail generations between them too — never the
+    /// other way round: a generation once failed never reads as synced.
     fn push_failure(&mut self, lo: u64, hi: u64) {
-        if hi > lo {
-            self.failures.push((lo, hi));
-            // Waiters of old ranges have been woken long ago; keep the list short.
-            if self.failures.len() > 64 {
-                self.failures.remove(0);
+        if hi <= lo {
+            return;
+        }
+        if let Some(last) = self.failures.last_mut() {
+            if lo <= last.1 && hi >= last.0 {
+                *last = (last.0.min(lo), last.1.max(hi));
+                return;
             }
+        }
+        self.failures.push((lo, hi));
+        if self.failures.len() > 64 {
+            let (a, b) = (self.failures[0], self.failures[1]);
+            self.failures[1] = (a.0.min(b.0), a.1.max(b.1));
+            self.failures.remove(0);
         }
     }
 }
@@ -94,7 +105,13 @@ impl GroupCommit {
             st.syncing = true;
             let target = st.written;
             drop(st);
-            let r = (self.sync)();
+            let r = {
+                // If the sync panics, its range fails and the other waiters wake.
+                let guard = LeaderGuard { gc: self, target };
+                let r = (self.sync)();
+                std::mem::forget(guard);
+                r
+            };
             st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             st.syncing = false;
             st.syncs += 1;
@@ -109,6 +126,13 @@ impl GroupCommit {
             st.covered = st.covered.max(target);
             self.done.notify_all();
         }
+    }
+
+    /// A generation no write has: waiting for it waits for a sync that starts from now
+    /// (a duplicate's original, or everything before `Store::sync`, may sit in a range
+    /// that failed before a reopen; a fresh sync decides).
+    pub(crate) fn fresh(&self) -> u64 {
+        self.note_write()
     }
 
     /// The engine is being replaced: writes applied but not yet synced are gone.
@@ -129,11 +153,6 @@ impl GroupCommit {
         self.done.notify_all();
     }
 
-    /// The newest write generation.
-    pub(crate) fn current(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).written
-    }
-
     /// Number of syncs done so far.
     pub(crate) fn syncs(&self) -> u64 {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).syncs
@@ -143,5 +162,67 @@ impl GroupCommit {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.stop = true;
         self.done.notify_all();
+    }
+}
+
+/// Unwinds a leader whose sync panicked: fails its range, frees the leadership, wakes all.
+struct LeaderGuard<'a> {
+    gc: &'a GroupCommit,
+    target: u64,
+}
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        let mut st = self.gc.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.syncing = false;
+        let lo = st.synced;
+        st.push_failure(lo, self.target);
+        st.last_error = Some((io::ErrorKind::Other, "store sync panicked".into()));
+        st.covered = st.covered.max(self.target);
+        self.gc.done.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn a_panicking_sync_fails_its_range_and_hangs_nobody() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = Arc::clone(&calls);
+        let gc = GroupCommit::new(Box::new(move || {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("sync blew up");
+            }
+            Ok(())
+        }));
+        let g1 = gc.note_write();
+        let gc2 = Arc::clone(&gc);
+        let led = std::thread::spawn(move || gc2.wait(g1)).join();
+        assert!(
+            led.is_err(),
+            "the leader's panic propagates to its own caller"
+        );
+        // The failed generation never reads as synced, even after a good sync.
+        assert!(gc.wait(g1).is_err());
+        let g2 = gc.note_write();
+        gc.wait(g2).unwrap();
+        assert!(gc.wait(g1).is_err());
+    }
+
+    #[test]
+    fn failures_merge_and_a_failed_generation_stays_failed() {
+        let gc = GroupCommit::new(Box::new(|| Err(io::Error::other("disk gone"))));
+        let first = gc.note_write();
+        assert!(gc.wait(first).is_err());
+        // Many more failed rounds, more than the range list keeps separately.
+        for _ in 0..200 {
+            let g = gc.note_write();
+            assert!(gc.wait(g).is_err());
+            gc.discard_unsynced();
+        }
+        assert!(gc.wait(first).is_err(), "the first failure was forgotten");
     }
 }

@@ -142,7 +142,7 @@ impl Store {
         self.ensure_healthy(&mut w)?;
         if let Some(seq) = self.find_dup(&h.channel, &sha)? {
             let id = self.id(&w, seq);
-            let gen = self.shared.gc.current();
+            let gen = self.shared.gc.fresh();
             drop(w);
             self.durable(gen)?;
             return Ok(Appended {

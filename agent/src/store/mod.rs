@@ -386,7 +386,7 @@ impl Store {
 
     /// Makes everything written so far durable (e.g. confirmations before shutdown).
     pub fn sync(&self) -> Result<()> {
-        let gen = self.shared.gc.current();
+        let gen = self.shared.gc.fresh();
         self.shared.gc.wait(gen).map_err(|e| self.io_failed(e))
     }
 
@@ -509,7 +509,11 @@ impl Store {
         {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;
-            eng.apply(ops).map_err(|e| self.io_failed(e))?;
+            eng.apply(ops).map_err(|e| match e.kind() {
+                // A batch the log refuses by size: this message's problem, not the store's.
+                io::ErrorKind::InvalidInput => StoreError::Io(e),
+                _ => self.io_failed(e),
+            })?;
         }
         w.counters.extend(changed);
         w.next_seq = next_seq;

@@ -73,7 +73,7 @@ impl Store {
         {
             let g = self.engine()?;
             if g.as_ref().ok_or_else(closed)?.get(&key)?.is_some() {
-                let gen = self.shared.gc.current();
+                let gen = self.shared.gc.fresh();
                 drop(g);
                 drop(w);
                 self.durable(gen)?;

@@ -355,6 +355,11 @@ fn replay(layer: &mut Layer, path: &Path, last: bool) -> io::Result<(u64, u64)> 
                 // what could be read (the records after it cannot be delimited).
                 let copy = path.with_extension("wal.corrupt");
                 std::fs::copy(path, &copy)?;
+                // The copy must outlive the truncation or deletion that follows.
+                File::open(&copy)?.sync_all()?;
+                if let Some(dir) = copy.parent() {
+                    sync_dir(dir)?;
+                }
                 tracing::error!(file = %path.display(), offset = at, copy = %copy.display(), "store log: corrupt record; the rest of the file is skipped and a copy kept");
                 if last {
                     truncate(path, at)?;
@@ -663,7 +668,7 @@ impl Engine for WalEngine {
         if self.core.live_bytes.load(Ordering::Relaxed) >= limit.saturating_mul(BACKPRESSURE) {
             // Invariant 6: the engine fell behind; write it out before growing further.
             self.core
-                .checkpoint(false)
+                .checkpoint_with(false, false)
                 .inspect_err(|e| self.core.poison(e))?;
         }
         let rec = encode(&ops)?;
