@@ -5,7 +5,9 @@
 //! write (the append writes its log record in the caller's thread), or, if that thread
 //! wrote nothing to the store, of any store file after the last write to any store file.
 //! Writes the checkpointer makes to sled in the background are copies of records already
-//! synced in the log, and need no sync before an ACK. SIGKILL tests cannot show this (the
+//! synced in the log, and need no sync before an ACK. The per-thread rule relies on
+//! `store_crash` appending and ACKing on one thread; the end-to-end strace tests of the
+//! drivers (`tests/src/strace.rs`) use an any-store-fsync-after-the-frame rule instead. SIGKILL tests cannot show this (the
 //! page cache outlives the process); strace can.
 
 use std::collections::HashMap;
