@@ -202,8 +202,12 @@ async fn unplug_waits_with_backoff_then_replug_behind_the_same_symlink() {
     assert_eq!(status.borrow().state, PortState::Reconnecting);
     assert!(status.borrow().last_error.is_some());
 
+    // The node /dev/pts/N is gone; another test's pty could get the same N at any
+    // moment, so the symlink is pointed at a path that never exists (udev removes a
+    // by-id link on unplug; a dangling one is the same to the agent).
+    dev.point_to(&dir.path().join("unplugged")).unwrap();
     let mut conns = supervise(link);
-    // The node /dev/pts/N is gone, the symlink dangles: waiting for the device.
+    // The symlink dangles: waiting for the device.
     status
         .wait_for(|s| s.state == PortState::WaitingForDevice)
         .await

@@ -53,9 +53,16 @@ fn list_show_retry_export_live_and_stopped() {
     });
     agent.wait_line(0, &["rejected"], T);
 
-    // Live, through the socket.
-    let (ok, out, err) = queue(&cfg, &["list"]);
-    assert!(ok, "{err}");
+    // Live, through the socket. The upstream has answered 200, but the agent marks the
+    // message delivered only once it has read that answer: ask until it has.
+    let deadline = std::time::Instant::now() + T;
+    let out = loop {
+        let (ok, out, err) = queue(&cfg, &["list"]);
+        assert!(ok, "{err}");
+        if out.contains("delivered") || std::time::Instant::now() > deadline {
+            break out;
+        }
+    };
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(
