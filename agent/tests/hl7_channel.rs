@@ -643,9 +643,12 @@ async fn every_hl7_fixture_goes_through_the_driver() {
 
 // ---- orders: outbox → MLLP → the instrument's ACK -----------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_are_sent_and_the_instruments_ack_decides() {
-    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+/// A listen channel whose order reports (delivered / failed) arrive on the receiver.
+async fn start_with_order_reports() -> (
+    Agent,
+    tokio::sync::mpsc::UnboundedReceiver<labagent::channel::OrderReport>,
+) {
+    let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
     let hooks = Hooks {
         order: Arc::new(move |r| {
             let _ = tx.send(r);
@@ -657,6 +660,12 @@ async fn orders_are_sent_and_the_instruments_ack_decides() {
         ..Setup::default()
     })
     .await;
+    (a, reports)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_sent_and_the_instruments_ack_decides() {
+    let (a, mut reports) = start_with_order_reports().await;
     let order = |id: &str, ctl: &str| {
         NewOrder {
         id: id.into(),
@@ -715,18 +724,7 @@ async fn orders_are_sent_and_the_instruments_ack_decides() {
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_order_is_retried_then_failed() {
     use labagent::channel::hl7::ORDER_ACK_TIMEOUT;
-    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let hooks = Hooks {
-        order: Arc::new(move |r| {
-            let _ = tx.send(r);
-        }),
-        ..Hooks::default()
-    };
-    let a = start(Setup {
-        hooks,
-        ..Setup::default()
-    })
-    .await;
+    let (a, mut reports) = start_with_order_reports().await;
     a.store
         .put_order(NewOrder {
             id: "ord-9".into(),

@@ -61,24 +61,30 @@ fn wait_datagram(rx: &UnixDatagram, parts: &[&str], seen: &mut Vec<String>) -> S
     }
 }
 
-#[test]
-fn systemd_notify_ready_watchdog_status_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let up = Upstream::start();
-    let cfg = write_config(dir.path(), &up, "", &channel("chem", free_port()));
-    let sock = dir.path().join("notify.sock");
+/// `labagent run` with one channel as systemd starts it with `WatchdogSec`: a notify
+/// socket (returned) and WATCHDOG_USEC; systemd sets WATCHDOG_PID to the main pid, and
+/// `exec` keeps the shell's pid.
+fn start_under_watchdog(dir: &Path, up: &Upstream, usec: &str) -> (AgentProcess, UnixDatagram) {
+    let cfg = write_config(dir, up, "", &channel("chem", free_port()));
+    let sock = dir.join("notify.sock");
     let rx = UnixDatagram::bind(&sock).unwrap();
-    // systemd sets WATCHDOG_PID to the main pid: `exec` keeps the shell's pid.
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
         .arg(labagent_tests::labagent_bin())
         .arg(&cfg)
         .env("NOTIFY_SOCKET", &sock)
-        .env("WATCHDOG_USEC", "400000")
+        .env("WATCHDOG_USEC", usec)
         .env("RUST_LOG", "labagent=debug")
         .stdout(Stdio::null());
-    let mut agent = AgentProcess::spawn(cmd);
+    (AgentProcess::spawn(cmd), rx)
+}
+
+#[test]
+fn systemd_notify_ready_watchdog_status_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::start();
+    let (mut agent, rx) = start_under_watchdog(dir.path(), &up, "400000");
     let mut seen = Vec::new();
     let ready = wait_datagram(&rx, &["READY=1"], &mut seen);
     assert!(
@@ -101,19 +107,8 @@ fn systemd_notify_ready_watchdog_status_stopping() {
 fn a_broken_store_starves_the_watchdog_until_it_answers_again() {
     let dir = tempfile::tempdir().unwrap();
     let up = Upstream::start();
-    let cfg = write_config(dir.path(), &up, "", &channel("chem", free_port()));
-    let sock = dir.path().join("notify.sock");
-    let rx = UnixDatagram::bind(&sock).unwrap();
-    let mut cmd = std::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg("WATCHDOG_PID=$$ exec \"$0\" run --config \"$1\"")
-        .arg(labagent_tests::labagent_bin())
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &sock)
-        // A ping every 100 ms.
-        .env("WATCHDOG_USEC", "200000")
-        .stdout(Stdio::null());
-    let mut agent = AgentProcess::spawn(cmd);
+    // A ping every 100 ms.
+    let (mut agent, rx) = start_under_watchdog(dir.path(), &up, "200000");
     let mut seen = Vec::new();
     wait_datagram(&rx, &["READY=1"], &mut seen);
     wait_datagram(&rx, &["WATCHDOG=1"], &mut seen);
