@@ -19,8 +19,6 @@ struct State {
     written: u64,
     /// Everything up to here is durable.
     synced: u64,
-    /// Generations covered by a sync, successful or not.
-    covered: u64,
     /// Ranges `(lo, hi]` of generations whose sync failed or whose writes were discarded
     /// by a reopen; their writers get an error even if a later sync covers the number.
     failures: Vec<(u64, u64)>,
@@ -123,7 +121,6 @@ impl GroupCommit {
                     st.last_error = Some((e.kind(), e.to_string()));
                 }
             }
-            st.covered = st.covered.max(target);
             self.done.notify_all();
         }
     }
@@ -149,7 +146,6 @@ impl GroupCommit {
             }
         }
         st.synced = st.synced.max(hi);
-        st.covered = st.covered.max(hi);
         self.done.notify_all();
     }
 
@@ -178,7 +174,6 @@ impl Drop for LeaderGuard<'_> {
         let lo = st.synced;
         st.push_failure(lo, self.target);
         st.last_error = Some((io::ErrorKind::Other, "store sync panicked".into()));
-        st.covered = st.covered.max(self.target);
         self.gc.done.notify_all();
     }
 }

@@ -478,6 +478,7 @@ impl Core {
         // Opening sled (and replaying the log) allocates and frees a lot.
         trim_heap();
         let mut trimmed = Instant::now();
+        let mut owed = false;
         let mut log = lock(&self.log);
         loop {
             let deadline = Instant::now() + after;
@@ -491,6 +492,14 @@ impl Core {
                     && (log.bytes >= self.tuning.checkpoint_bytes || now >= deadline);
                 if due {
                     break;
+                }
+                if owed && log.bytes == 0 && now >= deadline {
+                    // A quiet period after checkpoints: hand their freed memory back.
+                    drop(log);
+                    trim_heap();
+                    (trimmed, owed) = (Instant::now(), false);
+                    log = lock(&self.log);
+                    continue;
                 }
                 let wait = if now >= deadline {
                     after
@@ -508,12 +517,13 @@ impl Core {
                 tracing::error!(error = %e, "store checkpoint failed; the store will be reopened on the next write");
                 self.poison(&e);
             }
-            // Under load at most every TRIM_EVERY; after the last checkpoint of a burst
-            // (nothing new in the log) at once, so an idle agent is small.
-            let idle = self.live_bytes.load(Ordering::Relaxed) == 0;
-            if idle || trimmed.elapsed() >= TRIM_EVERY {
+            // Under load at most every TRIM_EVERY; otherwise owed until the log has been
+            // quiet for a checkpoint period, so an idle agent is small.
+            if trimmed.elapsed() >= TRIM_EVERY {
                 trim_heap();
-                trimmed = Instant::now();
+                (trimmed, owed) = (Instant::now(), false);
+            } else {
+                owed = true;
             }
             log = lock(&self.log);
         }
