@@ -595,9 +595,9 @@ fn confirm_many_is_confirm_for_a_batch() {
 }
 
 /// A real full file system: a 16 MiB tmpfs with 8 MiB of ballast (needs root, as the test suite runs; skipped with
-/// a message otherwise). Appends fill it until the store refuses, every refusal is an error
-/// (never `Ok`), and once space is freed the store takes messages again; every message it
-/// accepted is there after a restart.
+/// a message otherwise). Appends fill it until the store has refused three times, every
+/// refusal is an error, and once space is freed the store takes messages again; every
+/// message it accepted is there after a restart.
 #[test]
 fn a_full_file_system_refuses_then_recovers_and_loses_nothing() {
     let d = tempfile::tempdir().unwrap();
@@ -641,10 +641,10 @@ fn a_full_file_system_refuses_then_recovers_and_loses_nothing() {
         let mut bytes = vec![b'x'; 1024];
         bytes[..4].copy_from_slice(&i.to_be_bytes());
         match s.append(msg("a", &bytes)) {
-            Ok(r) => {
-                assert_eq!(refused, 0, "accepted after a refusal with no space freed");
-                acked.push((r.id, bytes));
-            }
+            // An append may succeed after a refusal: reopening after the error lets the
+            // store delete its covered log files, whose preallocated space then takes new
+            // records. What counts is that every accepted message is there at the end.
+            Ok(r) => acked.push((r.id, bytes)),
             Err(StoreError::Io(e)) => {
                 eprintln!("append {i} refused: {e}");
                 refused += 1;
@@ -684,3 +684,4 @@ fn a_full_file_system_refuses_then_recovers_and_loses_nothing() {
         );
     }
 }
+
