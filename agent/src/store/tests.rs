@@ -685,3 +685,22 @@ fn a_full_file_system_refuses_then_recovers_and_loses_nothing() {
     }
 }
 
+#[test]
+fn sled_apply_each_writes_in_order_and_survives_a_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let e = SledEngine::open(d.path(), 1 << 20).unwrap();
+    e.apply_each(vec![
+        (b"a".to_vec(), Some(b"1".to_vec())),
+        (b"b".to_vec(), Some(b"1".to_vec())),
+        (b"a".to_vec(), Some(b"2".to_vec())),
+        (b"b".to_vec(), None),
+    ])
+    .unwrap();
+    assert_eq!(e.get(b"a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(e.get(b"b").unwrap(), None);
+    e.sync().unwrap();
+    drop(e);
+    let e = SledEngine::open(d.path(), 1 << 20).unwrap();
+    assert_eq!(e.get(b"a").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(e.get(b"b").unwrap(), None);
+}

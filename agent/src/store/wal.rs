@@ -656,11 +656,11 @@ impl Core {
         for (k, v) in frozen {
             ops.push((k.clone(), v.clone()));
             if ops.len() == ENGINE_BATCH {
-                inner.apply(std::mem::take(&mut ops))?;
+                inner.apply_each(std::mem::take(&mut ops))?;
             }
         }
         if !ops.is_empty() {
-            inner.apply(ops)?;
+            inner.apply_each(ops)?;
         }
         inner.sync()
     }
