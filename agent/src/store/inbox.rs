@@ -53,7 +53,20 @@ fn put_chunks(ops: &mut Vec<Op>, seq: u64, first: u32, bytes: &[u8]) -> u32 {
 }
 
 fn hex(d: &[u8]) -> String {
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(d.len() * 2);
+    for b in d {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+#[test]
+fn hex_is_lowercase_two_digits_per_byte() {
+    assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+    let sha = [0x5au8; 32];
+    assert_eq!(sha_bytes(&hex(&sha)), Some(sha));
 }
 
 fn sha_bytes(hex_sha: &str) -> Option<[u8; 32]> {

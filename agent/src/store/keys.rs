@@ -128,8 +128,26 @@ pub(crate) struct Header {
 impl Header {
     /// Bytes charged to the quota for this message.
     pub fn charge(&self) -> u64 {
-        self.len + self.meta.to_string().len() as u64 + super::quota::PER_MESSAGE_OVERHEAD
+        self.len + json_len(&self.meta) + super::quota::PER_MESSAGE_OVERHEAD
     }
+}
+
+/// Length of `v` as compact JSON, without building the text.
+fn json_len(v: &serde_json::Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 /// Per-channel counters, persisted in the same batch as every change they count.
@@ -197,6 +215,12 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_len_is_the_compact_text_length() {
+        let v = serde_json::json!({"type": "ORU^R01", "n": [1, 2.5, null], "s": "é\"\n", "e": {}});
+        assert_eq!(super::json_len(&v), v.to_string().len() as u64);
+    }
+
     #[test]
     fn rfc3339() {
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
