@@ -138,11 +138,7 @@ fn start_ours(tmpfs: bool) -> Ours {
     } else {
         tempfile::tempdir().expect("tempdir")
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let store = Store::open(
         dir.path().join("store"),
         StoreOptions {
@@ -186,6 +182,72 @@ fn start_ours(tmpfs: bool) -> Ours {
         _stop: stop,
         _dir: dir,
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The floor of this harness: a bare tokio server that finds the end of each block and
+/// answers a fixed ACK — nothing parsed, nothing stored — and, with `sync`, first writes
+/// 1.3 KB (about what the store logs per message) into a preallocated file and
+/// `fdatasync`s it in place, as the store does. What any store-then-ACK server costs here.
+fn floor(sync: bool) -> Figures {
+    use std::os::unix::fs::FileExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.path().join("log"))
+        .expect("file");
+    rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, 64 << 20)
+        .expect("fallocate");
+    let file = std::sync::Arc::new(file);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    rt.spawn(async move {
+        let mut offset = 0u64;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut last = 0u8;
+            while let Ok(k @ 1..) = s.read(&mut buf).await {
+                // The client is lockstep: a block ends where a read ends in FS CR.
+                let done =
+                    buf[..k].ends_with(&[0x1c, 0x0d]) || (k == 1 && last == 0x1c && buf[0] == 0x0d);
+                last = buf[k - 1];
+                if !done {
+                    continue;
+                }
+                if sync {
+                    tokio::task::block_in_place(|| {
+                        file.write_all_at(&[b'x'; 1300], offset).expect("write");
+                        file.sync_data().expect("fdatasync");
+                    });
+                    offset += 1300;
+                }
+                if s.write_all(b"\x0bMSH|^~\\&|F|F\rMSA|AA|1\r\x1c\x0d")
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    });
+    let f = drive(addr, 1, ONE_CONN, 9);
+    drop(rt);
+    f
 }
 
 /// The python server as a child process, killed by its pid when dropped.
@@ -288,7 +350,19 @@ pub fn run() -> Vec<Row> {
     // The same on tmpfs: what is left when a sync costs nothing (the CPU ceiling).
     if std::path::Path::new("/dev/shm").is_dir() {
         let shm = start_ours(true);
+        let c = crate::sys::cpu_time("self");
+        let e1 = drive(shm.addr, 1, ONE_CONN, 3);
         let c0 = crate::sys::cpu_time("self");
+        rows.push(Row::new(
+            "labagent, 1 connection, store on tmpfs",
+            format!("{:.0} msgs/s", e1.rate),
+            format!(
+                "p50 {} p99 {}; {:.0} us CPU/msg; no disk: the path without the sync",
+                ms(e1.p50),
+                ms(e1.p99),
+                us(c0 - c, n1)
+            ),
+        ));
         let e = drive(shm.addr, 8, PER_CONN_8, 2);
         let c1 = crate::sys::cpu_time("self");
         rows.push(Row::new(
@@ -302,6 +376,26 @@ pub fn run() -> Vec<Row> {
             ),
         ));
     }
+
+    // What a server that stores nothing, or only syncs a log, gets through this harness.
+    let bare = floor(false);
+    let synced = floor(true);
+    rows.push(Row::new(
+        "floor: bare tokio server, fixed ACK, nothing stored",
+        format!("{:.0} msgs/s", bare.rate),
+        format!("p50 {} p99 {}; 1 connection", ms(bare.p50), ms(bare.p99)),
+    ));
+    rows.push(Row::new(
+        "floor: the same + 1.3 KB write + fdatasync per block",
+        format!("{:.0} msgs/s", synced.rate),
+        format!(
+            "p50 {} p99 {}; {:.0}% of the fsync rate; labagent 1 connection = {:.2} of this",
+            ms(synced.p50),
+            ms(synced.p99),
+            100.0 * synced.rate / fs_rate,
+            one.rate / synced.rate
+        ),
+    ));
 
     match start_python() {
         Some(py) => {
