@@ -25,7 +25,7 @@ pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);
 pub(crate) trait Engine: Send + Sync {
     fn get(&self, key: &[u8]) -> io::Result<Option<Vec<u8>>>;
     fn apply(&self, ops: Vec<Op>) -> io::Result<()>;
-    /// Applies `ops` in order, each write on its own: after a crash any prefix of them may
+    /// Applies `ops` in order, each write on its own: after a crash any subset of them may
     /// be there. Only for a caller that redoes them until a later `sync` (the log's
     /// checkpoint). Engines whose batches cost nothing extra keep the default.
     fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
@@ -236,6 +236,11 @@ impl Engine for FaultyEngine {
     fn apply(&self, ops: Vec<Op>) -> io::Result<()> {
         self.check()?;
         self.inner.apply(ops)
+    }
+
+    fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
+        self.check()?;
+        self.inner.apply_each(ops)
     }
     fn range(&self, s: &[u8], e: &[u8], l: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.inner.range(s, e, l)

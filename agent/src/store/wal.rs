@@ -5,8 +5,9 @@
 //! and the batch in two IO buffers, each followed by `sync_file_range`, then our
 //! `fdatasync` of `sled/db`), and sled writes every leaf a batch touches to its log as
 //! soon as the batch is applied (~16 KB written per 1 KiB message, since an append touches
-//! about five leaves). With this log, a batch is encoded into one record, appended to
-//! `wal/<n>.wal`, and kept in memory (the *live* layer) instead of going to the engine.
+//! about five leaves). With this log, a batch is encoded into one record, written after
+//! the previous one in `wal/<n>.wal` (a file preallocated with `fallocate`, so the
+//! `fdatasync` has no new file size to commit), and kept in memory (the *live* layer) instead of going to the engine.
 //! `sync` is one `fdatasync` of the log. A background checkpointer moves the live layer
 //! to the engine as one batch every [`CHECKPOINT_BYTES`] or [`CHECKPOINT_AFTER`], syncs
 //! the engine, and deletes the log files that batch covered; a key rewritten by every
@@ -26,12 +27,17 @@
 //! 3. A checkpoint switches files and freezes the live layer in one step (under the log's
 //!    lock): the frozen layer holds exactly the batches of the older files. A log file is
 //!    deleted only after the engine's `sync` that followed writing the frozen layer.
-//! 4. At open every log file is replayed in order into the engine, then the engine is
-//!    synced and the files deleted. Records are whole batches of absolute puts and
+//! 4. At open every log file is replayed in order into the live layer; the first
+//!    checkpoint writes it to the engine, syncs it and deletes the files. Records are whole batches of absolute puts and
 //!    removes, so replaying a batch the engine already has is harmless once every later
 //!    batch is replayed too: the last write of each key wins, as it did before the crash.
-//!    A record with a bad length or checksum ends its file (a write torn by the crash);
-//!    anything after it in an older file is reported as corruption and skipped.
+//!    The records end at a zero length followed only by zeros (preallocated space never
+//!    written). In the newest file, what a crash leaves of the writes whose `fdatasync` had
+//!    not returned is cut off (a record cut short by the end of the file, a zero length with
+//!    data after it, a record failing only its checksum with only zeros after it; a copy of
+//!    the bytes is kept when the disk has room). Anything else, and any bad record in an
+//!    older file, is corruption: a copy is kept (opening fails if it cannot be) and the rest
+//!    of that file is skipped.
 //! 5. sled writes its snapshot only when it opens, so its own crash recovery replays its
 //!    log since the last open. The checkpointer reopens the engine after
 //!    [`REOPEN_AFTER_BYTES`] of batches to keep that bounded.
@@ -322,7 +328,7 @@ enum Next {
     /// A record cut short by the end of the file (a write the crash interrupted).
     Torn(u64),
     /// A record that fails its length bound, checksum or decoding; `true` when it was read
-    /// whole (the reader is past it).
+    /// whole and failed only its checksum (the reader is past it).
     Corrupt(u64, bool),
 }
 
@@ -339,8 +345,12 @@ fn read_record(r: &mut impl Read, offset: u64) -> io::Result<Next> {
     let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes"));
     let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
     if len == 0 {
-        // A record holds at least its op count.
-        return Ok(Next::Unwritten(offset));
+        // A record holds at least its op count: nothing was written here.
+        return Ok(if crc == 0 {
+            Next::Unwritten(offset)
+        } else {
+            Next::Corrupt(offset, false)
+        });
     }
     if len > MAX_RECORD {
         return Ok(Next::Corrupt(offset, false));
@@ -355,9 +365,11 @@ fn read_record(r: &mut impl Read, offset: u64) -> io::Result<Next> {
     if crc32fast::hash(&payload) != crc {
         return Ok(Next::Corrupt(offset, true));
     }
-    Ok(decode(&payload).map_or(Next::Corrupt(offset, true), |ops| {
-        Next::Record(ops, 8 + u64::from(len))
-    }))
+    Ok(
+        decode(&payload).map_or(Next::Corrupt(offset, false), |ops| {
+            Next::Record(ops, 8 + u64::from(len))
+        }),
+    )
 }
 
 /// Whether everything from the reader's position to the end of the file is zero.
@@ -373,15 +385,17 @@ fn rest_is_zero(r: &mut impl Read) -> io::Result<bool> {
 }
 
 /// Replays `path` into `layer`; returns the batches replayed and the bytes they took.
-/// A torn record at the end of the newest file is cut off the file.
+/// The unsynced tail a crash leaves in the newest file is cut off.
 fn replay(layer: &mut Layer, path: &Path, last: bool) -> io::Result<(u64, u64)> {
     let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
     let (mut offset, mut n) = (0u64, 0u64);
-    // Where the records stop; whether that looks like the last write torn by a crash (a
-    // record cut short by the end of the file, or one failing its checksum with only
-    // unwritten space after it); and whether a copy is kept anyway: a flipped bit in the
-    // last record of a preallocated file looks just like a torn write.
-    let (at, torn, copy) = loop {
+    // Where the records stop, and whether what follows is the newest file's unsynced tail,
+    // as a crash leaves it after the last record whose fdatasync returned: a record cut
+    // short by the end of the file; a zero length with data after it (a later page of the
+    // unsynced writes reached the disk, the header's did not); or a record failing only its
+    // checksum with nothing but zeros after it. Anything else, and anything at all in an
+    // older file (synced before the next one was started), is corruption.
+    let (at, tail) = loop {
         match read_record(&mut r, offset)? {
             Next::Record(ops, len) => {
                 offset += len;
@@ -393,43 +407,56 @@ fn replay(layer: &mut Layer, path: &Path, last: bool) -> io::Result<(u64, u64)> 
                 if rest_is_zero(&mut r)? {
                     return Ok((n, offset));
                 }
-                break (at, false, true);
+                break (at, last);
             }
-            Next::Torn(at) => break (at, true, !last),
-            Next::Corrupt(at, whole) => {
-                let torn = whole && rest_is_zero(&mut r)?;
-                break (at, torn, true);
+            Next::Torn(at) => break (at, last),
+            Next::Corrupt(at, checksum) => {
+                break (at, last && checksum && rest_is_zero(&mut r)?);
             }
         }
     };
-    let kept = if copy { Some(keep_copy(path)?) } else { None };
-    let kept_name = kept.as_ref().map(|p| p.display().to_string());
-    if torn && last {
-        // Most likely a write the crash cut short; it was never reported durable (its
-        // fdatasync had not returned). Cut it off, so that once a newer file exists it
-        // does not read as corruption.
-        tracing::warn!(file = %path.display(), offset = at, copy = ?kept_name, "store log: torn record at the end removed");
+    if tail {
+        // Never acknowledged (its fdatasync had not returned). A flipped bit in the last
+        // record looks the same, so the bytes are kept when possible — but not at the cost
+        // of opening the store on a full disk.
+        let copy = keep_copy(path, at).unwrap_or_else(|e| {
+            tracing::warn!(file = %path.display(), error = %e, "store log: could not keep a copy of the unsynced tail");
+            None
+        });
+        tracing::warn!(file = %path.display(), offset = at, copy = ?copy, "store log: unsynced tail of the newest file removed (a write the crash cut short)");
     } else {
-        // Not a crash's torn tail: go on with what could be read (the records after it
-        // cannot be delimited).
-        tracing::error!(file = %path.display(), offset = at, copy = ?kept_name, "store log: corrupt record; the rest of the file is skipped and a copy kept");
+        // Go on with what could be read: the records after this one cannot be delimited.
+        let copy = keep_copy(path, at)?;
+        tracing::error!(file = %path.display(), offset = at, copy = ?copy, "store log: corrupt record; the rest of the file is skipped and a copy kept");
     }
     if last {
+        // So that once a newer file exists, this tail does not read as corruption.
         truncate(path, at)?;
     }
     Ok((n, offset))
 }
 
-/// Copies a log file next to it as `<n>.wal.corrupt`, durably, for inspection.
-fn keep_copy(path: &Path) -> io::Result<PathBuf> {
+/// Keeps the bytes of `path` from `from` on (trailing zeros dropped: preallocated space)
+/// as `<n>.wal.corrupt`, durably, for inspection. `None` when they are all zero.
+fn keep_copy(path: &Path, from: u64) -> io::Result<Option<PathBuf>> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(from))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if end == 0 {
+        return Ok(None);
+    }
     let copy = path.with_extension("wal.corrupt");
-    std::fs::copy(path, &copy)?;
+    let mut out = File::create(&copy)?;
+    out.write_all(&bytes[..end])?;
     // The copy must outlive the truncation or deletion that follows.
-    File::open(&copy)?.sync_all()?;
+    out.sync_all()?;
     if let Some(dir) = copy.parent() {
         sync_dir(dir)?;
     }
-    Ok(copy)
+    Ok(Some(copy))
 }
 
 fn truncate(path: &Path, at: u64) -> io::Result<()> {
@@ -1047,13 +1074,57 @@ mod tests {
         assert_eq!(get(&e, "k5").as_deref(), Some("v"));
     }
 
+    /// The copy of a crash's unsynced tail is best effort (a full disk must not keep the
+    /// store from opening); the copy of a corrupt record is not.
+    #[test]
+    fn a_torn_tail_opens_without_its_copy_but_corruption_needs_one() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::default());
+        let e = WalEngine::open(d.path(), mem_opener(&disk), manual()).unwrap();
+        let batches = vec![vec![put("a", "1")], vec![put("b", "1")]];
+        for b in &batches {
+            e.apply(b.clone()).unwrap();
+        }
+        e.sync().unwrap();
+        let file = e.log_files().pop().unwrap();
+        e.crash();
+        let pristine = std::fs::read(&file).unwrap();
+        // The copy cannot be created: a directory holds its name.
+        std::fs::create_dir(file.with_extension("wal.corrupt")).unwrap();
+        // Torn: the second record's last byte flipped, zeros after it.
+        let mut bytes = pristine.clone();
+        bytes[record_bytes(&batches) as usize - 1] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let e = WalEngine::open(d.path(), mem_opener(&disk), manual()).unwrap();
+        assert_eq!(get(&e, "a").as_deref(), Some("1"));
+        assert_eq!(get(&e, "b"), None);
+        e.crash();
+        // Corrupt: the first record's last byte flipped, a whole record after it.
+        let mut bytes = pristine;
+        bytes[record_bytes(&batches[..1]) as usize - 1] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        for f in log_files(&d.path().join("wal")).unwrap() {
+            if f.1 != file {
+                std::fs::remove_file(f.1).unwrap();
+            }
+        }
+        let err = WalEngine::open(d.path(), mem_opener(&disk), manual())
+            .err()
+            .expect("corruption without a copy must not be skipped");
+        assert!(err.to_string().contains("directory"), "{err}");
+    }
+
     #[test]
     fn log_files_are_preallocated_and_unwritten_space_ends_the_records() {
         let d = tempfile::tempdir().unwrap();
         let disk = Arc::new(Disk::default());
         let e = WalEngine::open(d.path(), mem_opener(&disk), manual()).unwrap();
         let file = e.log_files().pop().unwrap();
-        // The test's file system (ext4 or tmpfs here) supports fallocate.
+        let probe = File::create(d.path().join("probe")).unwrap();
+        if rustix::fs::fallocate(&probe, rustix::fs::FallocateFlags::empty(), 0, 4096).is_err() {
+            eprintln!("skipped: the test directory's file system has no fallocate");
+            return;
+        }
         assert_eq!(std::fs::metadata(&file).unwrap().len(), PREALLOC_BYTES);
         let batches: Vec<_> = (0..3).map(|i| vec![put(&format!("k{i}"), "v")]).collect();
         for b in &batches {
@@ -1277,6 +1348,22 @@ mod tests {
             Next::Corrupt(0, true)
         ));
         assert!(matches!(read_record(&mut &[][..], 0).unwrap(), Next::End));
+        // A zero length with a checksum is not unwritten space; a payload that passes its
+        // checksum but does not decode is corruption, never a torn write.
+        let mut head = [0u8; 8];
+        head[4..8].copy_from_slice(&7u32.to_le_bytes());
+        assert!(matches!(
+            read_record(&mut &head[..], 0).unwrap(),
+            Next::Corrupt(0, false)
+        ));
+        let payload = 9u32.to_le_bytes();
+        let mut bad = (payload.len() as u32).to_le_bytes().to_vec();
+        bad.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bad.extend_from_slice(&payload);
+        assert!(matches!(
+            read_record(&mut &bad[..], 0).unwrap(),
+            Next::Corrupt(0, false)
+        ));
         assert!(matches!(
             read_record(&mut &[0u8; 64][..], 0).unwrap(),
             Next::Unwritten(0)
