@@ -8,8 +8,9 @@
 //! Rules every driver keeps (ARCHITECTURE.md, "Durability"):
 //! - nothing is acknowledged to an instrument before the store said `Ok` (the store call
 //!   returns after the fsync); a store error is answered negatively (NAK, AR/CE, no reply);
-//! - store calls block: they run in `spawn_blocking` ([`ChannelCtx::store_call`]);
-//! - after a stored message, [`ChannelCtx::notify_stored`] wakes the uplink;
+//! - store calls block: [`ChannelCtx::store_call`] runs them in place (`block_in_place`)
+//!   on the agent's runtime, on the blocking pool elsewhere;
+//! - after a stored message, [`Hooks::stored`] wakes the uplink;
 //! - every byte read and written goes to [`ChannelCtx::tap`] for `labagent monitor`;
 //! - no patient data in logs at info or above: ids, lengths, counts only.
 
@@ -189,6 +190,11 @@ impl ChannelCtx {
     /// and then to be woken on a worker again: on one HL7 connection those two hand-offs
     /// took ~60 µs of a ~400 µs ACK (docs/perf/hl7.md). A current-thread runtime (tests on
     /// tokio's paused clock) cannot block in place; there the call goes to the pool.
+    ///
+    /// One difference remains: aborting the task (a channel stopped past its deadline)
+    /// takes effect only once a call under way returns, where through the pool the task
+    /// went at once and the call finished detached. A store that hangs for good starves the
+    /// systemd watchdog instead (`service`), and the agent is restarted.
     pub async fn store_call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
