@@ -16,6 +16,16 @@ pub mod upstream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// A tokio runtime like the agent's (multi-thread, 2 workers: the cores of the target
+/// machines), for tests and benchmarks that run agent parts in process.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// Path of the `labagent` binary built for the same profile as the running test.
 pub fn labagent_bin() -> PathBuf {
     if let Ok(p) = std::env::var("LABAGENT_BIN") {

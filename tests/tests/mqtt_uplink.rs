@@ -20,14 +20,6 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 const T: Duration = Duration::from_secs(30);
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn msg(i: usize) -> Outgoing {
     Outgoing {
         id: format!("m{i:06}"),
@@ -91,7 +83,7 @@ fn password_file_envelope_and_order() {
         vec![port],
     );
     let sub = TestClient::connect(port, "sub", Some(("sub", "subpw")), "labagent/#");
-    let rt = rt();
+    let rt = labagent_tests::runtime();
     let _g = rt.enter();
 
     // A wrong password: refused, paused, nothing leaves the queue.
@@ -285,7 +277,7 @@ fn tls_with_a_test_ca_and_a_client_certificate() {
         vec![plain, tls],
     );
     let sub = TestClient::connect(plain, "sub-tls", None, "labagent/#");
-    let rt = rt();
+    let rt = labagent_tests::runtime();
     let _g = rt.enter();
     let url = format!("mqtts://127.0.0.1:{tls}");
 
@@ -354,7 +346,7 @@ fn broker_restart(persistence: bool) {
         vec![port],
     );
     let sub = TestClient::connect(port, "sub-restart", Some(("sub", "subpw")), "labagent/#");
-    let rt = rt();
+    let rt = labagent_tests::runtime();
     let _g = rt.enter();
     let q = MemoryQueue::new();
     for i in 0..N {
@@ -511,7 +503,7 @@ fn client_credentials_token_as_password_renewed_by_reconnecting() {
     );
     let sub = TestClient::connect(port, "sub-cc", Some(("sub", "subpw")), "labagent/#");
     let (token_url, requests) = token_server(5);
-    let rt = rt();
+    let rt = labagent_tests::runtime();
     let _g = rt.enter();
     let q = MemoryQueue::new();
     for i in 0..3 {
@@ -557,7 +549,7 @@ fn an_order_that_cannot_be_stored_is_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::plain(&dir.path().join("broker"), "");
     let sub = TestClient::connect(broker.port(), "sub-fail", None, "labagent/#");
-    let rt = rt();
+    let rt = labagent_tests::runtime();
     let _g = rt.enter();
     struct Flaky(Mutex<Vec<String>>, std::sync::atomic::AtomicUsize);
     impl OrderSink for Flaky {

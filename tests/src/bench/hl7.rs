@@ -138,7 +138,7 @@ fn start_ours(tmpfs: bool) -> Ours {
     } else {
         tempfile::tempdir().expect("tempdir")
     };
-    let rt = runtime();
+    let rt = labagent_tests::runtime();
     let store = Store::open(
         dir.path().join("store"),
         StoreOptions {
@@ -184,14 +184,6 @@ fn start_ours(tmpfs: bool) -> Ours {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The floor of this harness: a bare tokio server that finds the end of each block and
 /// answers a fixed ACK — nothing parsed, nothing stored — and, with `sync`, first writes
 /// 1.3 KB (about what the store logs per message) into a preallocated file and
@@ -199,7 +191,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn floor(sync: bool) -> Figures {
     use std::os::unix::fs::FileExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rt = runtime();
+    let rt = labagent_tests::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let file = std::fs::File::options()
         .read(true)
@@ -347,34 +339,28 @@ pub fn run() -> Vec<Row> {
     ));
     drop(ours);
 
-    // The same on tmpfs: what is left when a sync costs nothing (the CPU ceiling).
+    // The same on tmpfs: what is left when a sync costs nothing.
     if std::path::Path::new("/dev/shm").is_dir() {
         let shm = start_ours(true);
-        let c = crate::sys::cpu_time("self");
-        let e1 = drive(shm.addr, 1, ONE_CONN, 3);
-        let c0 = crate::sys::cpu_time("self");
-        rows.push(Row::new(
-            "labagent, 1 connection, store on tmpfs",
-            format!("{:.0} msgs/s", e1.rate),
-            format!(
-                "p50 {} p99 {}; {:.0} us CPU/msg; no disk: the path without the sync",
-                ms(e1.p50),
-                ms(e1.p99),
-                us(c0 - c, n1)
-            ),
-        ));
-        let e = drive(shm.addr, 8, PER_CONN_8, 2);
-        let c1 = crate::sys::cpu_time("self");
-        rows.push(Row::new(
-            "labagent, 8 connections, store on tmpfs",
-            format!("{:.0} msgs/s", e.rate),
-            format!(
-                "p50 {} p99 {}; {:.0} us CPU/msg; no disk: the CPU ceiling",
-                ms(e.p50),
-                ms(e.p99),
-                us(c1 - c0, n8)
-            ),
-        ));
+        let runs = [
+            (1, ONE_CONN, n1, "the path without the sync"),
+            (8, PER_CONN_8, n8, "the CPU ceiling"),
+        ];
+        for (round, (conns, per, n, what)) in runs.into_iter().enumerate() {
+            let c0 = crate::sys::cpu_time("self");
+            let e = drive(shm.addr, conns, per, 3 + round);
+            let c1 = crate::sys::cpu_time("self");
+            rows.push(Row::new(
+                format!("labagent, {conns} connection(s), store on tmpfs"),
+                format!("{:.0} msgs/s", e.rate),
+                format!(
+                    "p50 {} p99 {}; {:.0} us CPU/msg; no disk: {what}",
+                    ms(e.p50),
+                    ms(e.p99),
+                    us(c1 - c0, n)
+                ),
+            ));
+        }
     }
 
     // What a server that stores nothing, or only syncs a log, gets through this harness.

@@ -65,11 +65,7 @@ pub fn run() -> Vec<Row> {
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let rss_start = crate::sys::status_kib("self", "VmRSS:");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = labagent_tests::runtime();
     let store = Store::open(&store_dir, StoreOptions::default()).expect("store");
     let mut s = MqttSettings::new(
         format!("mqtt://127.0.0.1:{}", broker.port()),
