@@ -1,7 +1,8 @@
 //! The real `labagent run` with `uplink.kind = "mqtt"` against a real mosquitto:
 //! SIGKILLed in the middle of draining its inbox, it loses nothing once restarted (a
 //! message may arrive twice, always with the same id); an order published to the broker
-//! reaches the instrument on a pty as valid ASTM frames, and `delivered` is published.
+//! reaches the instrument on a pty as valid ASTM frames, and `delivered` is published; one
+//! for a raw channel (which cannot carry orders) is reported `failed` at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -163,8 +164,11 @@ fn an_order_reaches_the_instrument_and_delivered_is_published() {
         dir.path(),
         broker.port(),
         &format!(
-            "[[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nserial = \"{}\"\nbaud = 115200\n",
-            link.display()
+            "[[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nserial = \"{}\"\nbaud = 115200\n\
+             [[channel]]\nname = \"meter\"\nprotocol = \"raw\"\nlisten = \"127.0.0.1:{}\"\n\
+             [channel.raw]\nstart = [0x02]\nend = [0x03]\n",
+            link.display(),
+            free_port()
         ),
         true,
     );
@@ -208,6 +212,29 @@ fn an_order_reaches_the_instrument_and_delivered_is_published() {
         serde_json::to_vec(&order).unwrap().as_slice(),
     );
     agent.wait_line(mark, &["order seen before"], T);
+
+    // A raw channel has no way to send an order: reported failed at once, not kept.
+    broker.wait_log(0, &["e2e", "labagent/e2e/meter/orders"], T);
+    let raw = serde_json::json!({"id": "ord-78", "text": "anything"});
+    sub.publish(
+        "labagent/e2e/meter/orders",
+        serde_json::to_vec(&raw).unwrap().as_slice(),
+    );
+    let got = sub.wait_for(T, "the raw channel's order status", |m| {
+        m.iter()
+            .any(|r| r.topic == "labagent/e2e/meter/orders/status")
+    });
+    let r = got
+        .iter()
+        .find(|r| r.topic == "labagent/e2e/meter/orders/status")
+        .unwrap()
+        .json();
+    assert_eq!(
+        (&r["id"], &r["state"]),
+        (&"ord-78".into(), &"failed".into()),
+        "{r}"
+    );
+    assert!(r["detail"].as_str().unwrap().contains("raw"), "{r}");
     let st = agent.terminate(T);
     assert!(st.success(), "exit after SIGTERM: {st:?}\n{}", agent.log());
 }

@@ -98,6 +98,9 @@ pub struct MqttSettings {
     /// Subscribe to the orders of `channels`.
     pub orders: bool,
     pub channels: Vec<String>,
+    /// Channels whose protocol carries no orders (`raw`): an order for one is acknowledged
+    /// and reported `failed` at once, not kept in an outbox nobody sends from.
+    pub no_orders: Vec<String>,
     /// Connect timeout and keep-alive.
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
@@ -123,6 +126,7 @@ impl MqttSettings {
             agent_id,
             orders: false,
             channels,
+            no_orders: Vec::new(),
             timeout: Duration::from_secs(30),
             ca_file: None,
             client_cert: None,
@@ -155,6 +159,12 @@ impl MqttSettings {
             agent_id: c.agent.id.clone(),
             orders: m.orders,
             channels: c.channels.iter().map(|ch| ch.name.clone()).collect(),
+            no_orders: c
+                .channels
+                .iter()
+                .filter(|ch| matches!(ch.settings, cfg::ProtocolSettings::Raw(_)))
+                .map(|ch| ch.name.clone())
+                .collect(),
             timeout: u.timeout,
             ca_file: u.ca_file.clone(),
             client_cert: u.client_cert.clone(),

@@ -6,7 +6,7 @@
 //! session reconnects: the broker sends the unacknowledged orders again (persistent
 //! session), and an id seen before is acknowledged without being stored twice. A malformed
 //! order is acknowledged (it would come back forever otherwise) and, when it has an id,
-//! reported `failed`.
+//! reported `failed`; so is an order for a channel whose protocol carries none (`raw`).
 
 use rumqttc::Publish;
 
@@ -44,8 +44,9 @@ impl Session {
             id: String,
             text: String,
         }
+        let raw = self.s.no_orders.contains(&channel);
         let order = match serde_json::from_slice::<Order>(&p.payload) {
-            Ok(o) if !o.id.is_empty() && !o.text.is_empty() => o,
+            Ok(o) if !o.id.is_empty() && !o.text.is_empty() && !raw => o,
             other => {
                 let id = serde_json::from_slice::<serde_json::Value>(&p.payload)
                     .ok()
@@ -54,6 +55,9 @@ impl Session {
                     Err(e) => format!(
                         "invalid order: {}",
                         format!("{:?}", e.classify()).to_lowercase()
+                    ),
+                    Ok(_) if raw => format!(
+                        "channel {channel} speaks raw: orders go to ASTM and HL7 instruments only"
                     ),
                     Ok(_) => "invalid order: empty id or text".to_string(),
                 };
