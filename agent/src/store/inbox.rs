@@ -693,8 +693,13 @@ impl Store {
         let g = self.engine()?;
         let eng = g.as_ref().ok_or_else(closed)?;
         let p = keys::queue_prefix(channel);
+        let (floor, version) = self.floor(channel);
         let mut out = Vec::new();
-        for (k, _) in eng.range(&p, &keys::prefix_end(&p), limit)? {
+        let entries = eng.range(&keys::queue(channel, floor), &keys::prefix_end(&p), limit)?;
+        if let Some((k, _)) = entries.first() {
+            self.raise_floor(channel, version, keys::seq_suffix(k));
+        }
+        for (k, _) in entries {
             let seq = keys::seq_suffix(&k);
             let h = header(&**eng, seq)?
                 .ok_or_else(|| StoreError::Corrupt(format!("queue entry {seq} without message")))?;

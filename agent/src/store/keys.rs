@@ -43,6 +43,15 @@ pub(crate) fn body_prefix(seq: u64) -> Vec<u8> {
 pub(crate) fn queue(chan: &str, seq: u64) -> Vec<u8> {
     cat(b"Q", chan.as_bytes(), &seq.to_be_bytes())
 }
+/// The channel and sequence of a [`queue`] key; `None` for any other key.
+pub(crate) fn parse_queue(key: &[u8]) -> Option<(&str, u64)> {
+    let rest = key.strip_prefix(b"Q")?;
+    if rest.len() < 10 || rest[rest.len() - 9] != 0 {
+        return None;
+    }
+    let chan = std::str::from_utf8(&rest[..rest.len() - 9]).ok()?;
+    Some((chan, seq_suffix(key)))
+}
 pub(crate) fn queue_prefix(chan: &str) -> Vec<u8> {
     cat(b"Q", chan.as_bytes(), &[])
 }
@@ -215,6 +224,15 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn queue_keys_parse_back() {
+        let k = super::queue("ch-a", 42);
+        assert_eq!(super::parse_queue(&k), Some(("ch-a", 42)));
+        assert_eq!(super::parse_queue(&super::msg(42)), None);
+        assert_eq!(super::parse_queue(&super::order_queue("ch-a", 42)), None);
+        assert_eq!(super::parse_queue(b"Q"), None);
+    }
+
     #[test]
     fn json_len_is_the_compact_text_length() {
         let v = serde_json::json!({"type": "ORU^R01", "n": [1, 2.5, null], "s": "é\"\n", "e": {}});

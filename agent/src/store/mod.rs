@@ -325,6 +325,22 @@ struct Shared {
     writer: Mutex<Writer>,
     gc: Arc<GroupCommit>,
     failed: AtomicBool,
+    floors: Mutex<QueueFloors>,
+}
+
+/// Where each channel's queue scan may start: no queue entry of the channel has a lower
+/// sequence. Why: the uplink takes the oldest pending message again and again, and the
+/// entries it confirmed stay in the engine (hidden by the log's layer) until the next
+/// checkpoint, so a scan from the queue's start stepped over all of them on every call
+/// (~150 µs per message in the raw HTTP drain, docs/perf/uplink-store.md).
+///
+/// A floor only rises after a scan found the queue's first entry above it, and only if no
+/// entry was re-queued meanwhile (`version`); a queue entry written for a sequence
+/// allocated earlier (retry, a completed fragment) lowers it and bumps `version`.
+#[derive(Default)]
+struct QueueFloors {
+    floors: std::collections::HashMap<String, u64>,
+    version: u64,
 }
 
 /// State owned by the single writer (under `Shared::writer`).
@@ -373,6 +389,7 @@ impl Store {
                 writer: Mutex::new(writer),
                 gc,
                 failed: AtomicBool::new(false),
+                floors: Mutex::default(),
             }),
         };
         store.abandon_all_partials()?;
@@ -479,6 +496,9 @@ impl Store {
         *slot = None;
         let eng = (self.shared.opener)(&self.shared.dir)?;
         *w = load(&*eng)?;
+        // Writes discarded by the reopen (a confirm, say) may bring entries back below a
+        // floor.
+        self.reset_floors();
         *slot = Some(eng);
         self.shared.failed.store(false, Ordering::SeqCst);
         tracing::warn!("store reopened after an IO error");
@@ -506,6 +526,7 @@ impl Store {
                 Some(next_seq.to_be_bytes().to_vec()),
             ));
         }
+        self.lower_floors(&ops, w.next_seq);
         {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;
@@ -518,6 +539,49 @@ impl Store {
         w.counters.extend(changed);
         w.next_seq = next_seq;
         Ok(self.shared.gc.note_write())
+    }
+
+    fn floors(&self) -> MutexGuard<'_, QueueFloors> {
+        self.shared.floors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Before a batch is applied: its queue entries for sequences allocated before
+    /// `next_seq` (re-queued, not new) may lie below their channel's floor.
+    fn lower_floors(&self, ops: &[Op], next_seq: u64) {
+        let mut requeued = ops.iter().filter_map(|(k, v)| {
+            v.as_ref()?;
+            let (chan, seq) = keys::parse_queue(k)?;
+            (seq < next_seq).then_some((chan, seq))
+        });
+        let Some(first) = requeued.next() else { return };
+        let mut f = self.floors();
+        f.version += 1;
+        for (chan, seq) in std::iter::once(first).chain(requeued) {
+            if let Some(floor) = f.floors.get_mut(chan) {
+                *floor = (*floor).min(seq);
+            }
+        }
+    }
+
+    fn reset_floors(&self) {
+        let mut f = self.floors();
+        f.floors.clear();
+        f.version += 1;
+    }
+
+    /// Where a scan of `channel`'s queue may start, and the version to raise it with.
+    fn floor(&self, channel: &str) -> (u64, u64) {
+        let f = self.floors();
+        (f.floors.get(channel).copied().unwrap_or(0), f.version)
+    }
+
+    /// After a scan from `floor(channel)` found `first` as the queue's first entry.
+    fn raise_floor(&self, channel: &str, version: u64, first: u64) {
+        let mut f = self.floors();
+        if f.version == version {
+            let floor = f.floors.entry(channel.to_string()).or_insert(0);
+            *floor = (*floor).max(first);
+        }
     }
 
     /// Waits until write generation `gen` is durable.
