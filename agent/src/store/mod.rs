@@ -343,6 +343,18 @@ struct QueueFloors {
     version: u64,
 }
 
+/// Queue entries in `ops` for sequences allocated before `next_seq` (re-queued, not new):
+/// they may lie below their channel's floor.
+fn requeued(ops: &[Op], next_seq: u64) -> Vec<(String, u64)> {
+    ops.iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()?;
+            let (chan, seq) = keys::parse_queue(k)?;
+            (seq < next_seq).then(|| (chan.to_string(), seq))
+        })
+        .collect()
+}
+
 /// State owned by the single writer (under `Shared::writer`).
 struct Writer {
     store_id: u32,
@@ -421,8 +433,9 @@ impl Store {
         let mut totals = Counters::default();
         let mut channels = Vec::new();
         for (channel, c) in counters {
+            // Nothing is queued below the floor (see `QueueFloors`).
             let oldest = eng.range(
-                &keys::queue_prefix(&channel),
+                &keys::queue(&channel, self.floor(&channel).0),
                 &keys::prefix_end(&keys::queue_prefix(&channel)),
                 1,
             )?;
@@ -526,16 +539,22 @@ impl Store {
                 Some(next_seq.to_be_bytes().to_vec()),
             ));
         }
-        self.lower_floors(&ops, w.next_seq);
-        {
+        // Lowered before the write, so scans starting now begin low enough, and again
+        // after it: a scan that read the lowered floor before the entry was visible may
+        // have raised it past the entry meanwhile.
+        let requeued = requeued(&ops, w.next_seq);
+        self.lower_floors(&requeued);
+        let r = {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;
-            eng.apply(ops).map_err(|e| match e.kind() {
-                // A batch the log refuses by size: this message's problem, not the store's.
-                io::ErrorKind::InvalidInput => StoreError::Io(e),
-                _ => self.io_failed(e),
-            })?;
-        }
+            eng.apply(ops)
+        };
+        self.lower_floors(&requeued);
+        r.map_err(|e| match e.kind() {
+            // A batch the log refuses by size: this message's problem, not the store's.
+            io::ErrorKind::InvalidInput => StoreError::Io(e),
+            _ => self.io_failed(e),
+        })?;
         w.counters.extend(changed);
         w.next_seq = next_seq;
         Ok(self.shared.gc.note_write())
@@ -545,20 +564,17 @@ impl Store {
         self.shared.floors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Before a batch is applied: its queue entries for sequences allocated before
-    /// `next_seq` (re-queued, not new) may lie below their channel's floor.
-    fn lower_floors(&self, ops: &[Op], next_seq: u64) {
-        let mut requeued = ops.iter().filter_map(|(k, v)| {
-            v.as_ref()?;
-            let (chan, seq) = keys::parse_queue(k)?;
-            (seq < next_seq).then_some((chan, seq))
-        });
-        let Some(first) = requeued.next() else { return };
+    /// Lowers the floors to re-queued entries, and makes raises by scans that read the
+    /// floors before this fail.
+    fn lower_floors(&self, requeued: &[(String, u64)]) {
+        if requeued.is_empty() {
+            return;
+        }
         let mut f = self.floors();
         f.version += 1;
-        for (chan, seq) in std::iter::once(first).chain(requeued) {
+        for (chan, seq) in requeued {
             if let Some(floor) = f.floors.get_mut(chan) {
-                *floor = (*floor).min(seq);
+                *floor = (*floor).min(*seq);
             }
         }
     }
@@ -578,9 +594,14 @@ impl Store {
     /// After a scan from `floor(channel)` found `first` as the queue's first entry.
     fn raise_floor(&self, channel: &str, version: u64, first: u64) {
         let mut f = self.floors();
-        if f.version == version {
-            let floor = f.floors.entry(channel.to_string()).or_insert(0);
-            *floor = (*floor).max(first);
+        if f.version != version {
+            return;
+        }
+        match f.floors.get_mut(channel) {
+            Some(floor) => *floor = (*floor).max(first),
+            None => {
+                f.floors.insert(channel.to_string(), first);
+            }
         }
     }
 

@@ -733,3 +733,40 @@ fn a_retried_message_below_the_scan_floor_is_found() {
     assert_eq!(s.peek("b").unwrap().unwrap().info.id, b);
     assert_eq!(s.peek("a").unwrap().unwrap().info.id, ids[0]);
 }
+
+/// Retries racing with a draining reader: afterwards every pending message is still
+/// found by a scan (a floor raised past a re-queued entry would hide it).
+#[test]
+fn retries_racing_a_drain_leave_nothing_hidden() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let ids: Vec<MessageId> = (0..200u32)
+        .map(|i| s.append(msg("a", &i.to_be_bytes())).unwrap().id)
+        .collect();
+    for id in &ids[..100] {
+        s.reject(*id, "bad").unwrap();
+    }
+    std::thread::scope(|sc| {
+        let r = s.clone();
+        sc.spawn(move || {
+            for id in &ids[..100] {
+                r.retry(*id).unwrap();
+            }
+        });
+        let q = s.clone();
+        sc.spawn(move || {
+            for _ in 0..400 {
+                if let Some(m) = q.peek("a").unwrap() {
+                    if m.info.id.seq % 3 == 0 {
+                        q.confirm(m.info.id).unwrap();
+                    }
+                }
+            }
+        });
+    });
+    let pending = s.stats().unwrap().totals.pending;
+    assert_eq!(
+        s.next_pending("a", usize::MAX).unwrap().len() as u64,
+        pending
+    );
+}
