@@ -277,6 +277,7 @@ impl Uplink {
             Action::Delivered => {
                 let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
                 self.queue.confirm(&ids);
+                tracing::debug!(count = ids.len(), "delivered and confirmed");
                 let now = self.clock.now();
                 self.publish(|s| {
                     s.delivered += ids.len() as u64;
