@@ -339,7 +339,7 @@ mod tests {
         let current = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        for rt in [multi, current] {
+        for (rt, multi) in [(multi, true), (current, false)] {
             let d = tempfile::tempdir().unwrap();
             let c = ctx(d.path());
             rt.block_on(async {
@@ -364,6 +364,20 @@ mod tests {
                 assert!(e.to_string().contains("store task failed"), "{e}");
                 // Still usable afterwards.
                 assert!(c.store_call(|s| s.stats()).await.is_ok());
+                // In place on the multi-thread runtime: the call runs on the task's own
+                // thread, with no hand-off to the pool and back.
+                let c3 = c.clone();
+                let (here, there) = tokio::spawn(async move {
+                    let here = std::thread::current().id();
+                    let there = c3
+                        .store_call(|_| Ok(std::thread::current().id()))
+                        .await
+                        .unwrap();
+                    (here, there)
+                })
+                .await
+                .unwrap();
+                assert_eq!(here == there, multi, "in place on multi-thread only");
             });
         }
     }

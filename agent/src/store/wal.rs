@@ -7,7 +7,8 @@
 //! soon as the batch is applied (~16 KB written per 1 KiB message, since an append touches
 //! about five leaves). With this log, a batch is encoded into one record, written after
 //! the previous one in `wal/<n>.wal` (a file preallocated with `fallocate`, so the
-//! `fdatasync` has no new file size to commit), and kept in memory (the *live* layer) instead of going to the engine.
+//! `fdatasync` has no new file size to commit), and kept in memory (the *live* layer)
+//! instead of going to the engine.
 //! `sync` is one `fdatasync` of the log. A background checkpointer moves the live layer
 //! to the engine as one batch every [`CHECKPOINT_BYTES`] or [`CHECKPOINT_AFTER`], syncs
 //! the engine, and deletes the log files that batch covered; a key rewritten by every
@@ -28,9 +29,10 @@
 //!    lock): the frozen layer holds exactly the batches of the older files. A log file is
 //!    deleted only after the engine's `sync` that followed writing the frozen layer.
 //! 4. At open every log file is replayed in order into the live layer; the first
-//!    checkpoint writes it to the engine, syncs it and deletes the files. Records are whole batches of absolute puts and
-//!    removes, so replaying a batch the engine already has is harmless once every later
-//!    batch is replayed too: the last write of each key wins, as it did before the crash.
+//!    checkpoint writes it to the engine, syncs it and deletes the files. Records are
+//!    whole batches of absolute puts and removes, so replaying a batch the engine already
+//!    has is harmless once every later batch is replayed too: the last write of each key
+//!    wins, as it did before the crash.
 //!    The records end at a zero length followed only by zeros (preallocated space never
 //!    written). In the newest file, what a crash leaves of the writes whose `fdatasync` had
 //!    not returned is cut off (a record cut short by the end of the file, a zero length with
@@ -227,9 +229,8 @@ fn log_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 
 /// A new, empty log file with [`PREALLOC_BYTES`] allocated. Why: `fdatasync` after an
 /// append must also commit the file's new size to the file system's journal; after a write
-/// into space already allocated it flushes the data alone. On this ext4 disk 1.3 KB
-/// write+`fdatasync` pairs ran at 4 600–4 800/s appending and 5 500–6 600/s inside an
-/// allocated file (docs/perf/store.md). Allocated space reads as zeros, which replay takes
+/// into space already allocated it flushes the data alone. On this ext4 disk one writer
+/// went from 74 % to 90–119 % of the (appending) fsync reference (docs/perf/store.md). Allocated space reads as zeros, which replay takes
 /// for the end of the records. Where the file system cannot allocate (no `fallocate`, or
 /// full), the file grows with each record as before.
 fn create_log(dir: &Path, n: u64) -> io::Result<File> {
@@ -906,6 +907,8 @@ mod tests {
         durable: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
         opens: Mutex<u64>,
         opened: Condvar,
+        /// Atomic batches the engine was given (the checkpoint should give none).
+        batches: AtomicU64,
     }
 
     struct Mem {
@@ -918,6 +921,10 @@ mod tests {
             Ok(lock(&self.live).get(key).cloned())
         }
         fn apply(&self, ops: Vec<Op>) -> io::Result<()> {
+            self.disk.batches.fetch_add(1, Ordering::SeqCst);
+            self.apply_each(ops)
+        }
+        fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
             let mut live = lock(&self.live);
             for (k, v) in ops {
                 match v {
@@ -1186,6 +1193,11 @@ mod tests {
         assert_eq!(first.len(), 1);
         e.checkpoint().unwrap();
         assert_eq!(lock(&disk.durable).len(), 1, "engine synced");
+        assert_eq!(
+            disk.batches.load(Ordering::SeqCst),
+            0,
+            "the checkpoint writes key by key, never an engine batch (sled's global lock)"
+        );
         let now = e.log_files();
         assert_eq!(now.len(), 1);
         assert_ne!(
