@@ -7,8 +7,8 @@
 //! Writes the checkpointer makes to sled in the background are copies of records already
 //! synced in the log, and need no sync before an ACK. The per-thread rule relies on
 //! `store_crash` appending and ACKing on one thread; the end-to-end strace tests of the
-//! drivers (`tests/src/strace.rs`) use an any-store-fsync-after-the-frame rule instead. SIGKILL tests cannot show this (the
-//! page cache outlives the process); strace can.
+//! drivers (`tests/src/strace.rs`) use an any-store-fsync-after-the-frame rule instead.
+//! SIGKILL tests cannot show this (the page cache outlives the process); strace can.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

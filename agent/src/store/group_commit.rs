@@ -30,6 +30,13 @@ struct State {
 }
 
 impl State {
+    /// The sync meant to cover everything up to `target` failed with `e`.
+    fn sync_failed(&mut self, target: u64, e: (io::ErrorKind, String)) {
+        let lo = self.synced;
+        self.push_failure(lo, target);
+        self.last_error = Some(e);
+    }
+
     /// Records `(lo, hi]` as failed. Overlapping or adjacent ranges merge; past 64 ranges
     /// the two oldest merge, which may fail generations between them too — never the
     /// other way round: a generation once failed never reads as synced.
@@ -115,11 +122,7 @@ impl GroupCommit {
             st.syncs += 1;
             match r {
                 Ok(()) => st.synced = st.synced.max(target),
-                Err(e) => {
-                    let lo = st.synced;
-                    st.push_failure(lo, target);
-                    st.last_error = Some((e.kind(), e.to_string()));
-                }
+                Err(e) => st.sync_failed(target, (e.kind(), e.to_string())),
             }
             self.done.notify_all();
         }
@@ -171,9 +174,10 @@ impl Drop for LeaderGuard<'_> {
     fn drop(&mut self) {
         let mut st = self.gc.state.lock().unwrap_or_else(|p| p.into_inner());
         st.syncing = false;
-        let lo = st.synced;
-        st.push_failure(lo, self.target);
-        st.last_error = Some((io::ErrorKind::Other, "store sync panicked".into()));
+        st.sync_failed(
+            self.target,
+            (io::ErrorKind::Other, "store sync panicked".into()),
+        );
         self.gc.done.notify_all();
     }
 }

@@ -80,8 +80,8 @@
 //!
 //! # Measured (sled 0.34.7)
 //!
-//! See `docs/perf/store.md`: with the log, one writer reaches ~75 % of the disk's raw
-//! fsync rate and eight writers ~9k appends/s (sled alone: ~40 % and ~4.5k/s). sled's RSS
+//! See `docs/perf/store.md`: with the log, one writer reaches 90–119 % of the disk's raw
+//! (appending) fsync rate and eight writers ~11k appends/s (sled alone: ~40 % and ~4k/s). sled's RSS
 //! is not bounded by `cache_capacity`, and its file never shrinks.
 
 mod engine;

@@ -385,28 +385,23 @@ pub fn run() -> Vec<Row> {
 
     match start_python() {
         Some(py) => {
-            let p1 = drive(py.addr, 1, ONE_CONN, 0);
-            let p8 = drive(py.addr, 8, PER_CONN_8, 1);
-            rows.push(Row::new(
-                "python-hl7 asyncio server (no storage), 1 connection",
-                format!("{:.0} msgs/s", p1.rate),
-                format!(
-                    "p50 {} p99 {}; labagent/python = {:.2}",
-                    ms(p1.p50),
-                    ms(p1.p99),
-                    one.rate / p1.rate
-                ),
-            ));
-            rows.push(Row::new(
-                "python-hl7 asyncio server (no storage), 8 connections",
-                format!("{:.0} msgs/s", p8.rate),
-                format!(
-                    "p50 {} p99 {}; labagent/python = {:.2}",
-                    ms(p8.p50),
-                    ms(p8.p99),
-                    eight.rate / p8.rate
-                ),
-            ));
+            let runs = [
+                (1, ONE_CONN, "1 connection", &one),
+                (8, PER_CONN_8, "8 connections", &eight),
+            ];
+            for (round, (conns, per, label, ours)) in runs.into_iter().enumerate() {
+                let p = drive(py.addr, conns, per, round);
+                rows.push(Row::new(
+                    format!("python-hl7 asyncio server (no storage), {label}"),
+                    format!("{:.0} msgs/s", p.rate),
+                    format!(
+                        "p50 {} p99 {}; labagent/python = {:.2}",
+                        ms(p.p50),
+                        ms(p.p99),
+                        ours.rate / p.rate
+                    ),
+                ));
+            }
         }
         None => rows.push(Row::new(
             "python-hl7 baseline",
