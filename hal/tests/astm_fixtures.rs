@@ -3,11 +3,15 @@
 //! must parse. Reads the repo's own copies always, and `../shared/fixtures` (relative
 //! to the workspace root) when present.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
-use labagent_hal::astm::receiver::{Event, Receiver, ReceiverConfig, Reject};
+use common::{feed, Buf, Model};
+use labagent_hal::astm::link::Link;
 use labagent_hal::astm::record::{records, split_messages, summary, RecordType};
 use labagent_hal::astm::{ENQ, EOT, NAK};
+use labagent_hal::session::{Event, Reject, Session};
 use labagent_hal::time::Instant;
 
 #[derive(Debug, Default, PartialEq)]
@@ -49,41 +53,33 @@ fn run(bytes: &[u8], chunks: &mut dyn FnMut() -> usize) -> Outcome {
     }
     input.extend_from_slice(bytes);
     input.push(EOT);
-    let mut r = Receiver::new(ReceiverConfig::default());
+    let mut link = Link::<Buf>::new(Default::default());
+    let mut model = Model::default();
     let mut out = Outcome::default();
     let mut rest = &input[..];
-    let mut buf = [0u8; 16];
     let now = Instant::ZERO;
-    let drain = |r: &mut Receiver, out: &mut Outcome, buf: &mut [u8; 16]| loop {
-        let mut progressed = false;
-        while let Some(n) = r.poll_transmit(buf) {
-            out.naks += buf[..n].iter().filter(|&&b| b == NAK).count();
-            progressed = true;
-        }
-        while let Some(e) = r.poll_event() {
-            progressed = true;
+    let note = |tx: Vec<u8>, events: Vec<Event>, out: &mut Outcome| {
+        out.naks += tx.iter().filter(|&&b| b == NAK).count();
+        for e in events {
             match e {
-                Event::NeedsCommit(_) => r.commit_ok(),
-                Event::MessageComplete(m) => out.messages.push(m.text),
-                Event::Incomplete(m) => out.incomplete.push(m.text),
                 Event::FrameRejected(j) => out.rejects.push(j),
-                Event::DuplicateFrame { .. } => out.duplicates += 1,
+                Event::DuplicateFrame => out.duplicates += 1,
                 _ => {}
             }
-        }
-        if !progressed {
-            break;
         }
     };
     while !rest.is_empty() {
         let n = chunks().clamp(1, rest.len());
         let (a, b) = rest.split_at(n);
-        r.handle_input(a, now);
-        drain(&mut r, &mut out, &mut buf);
+        let (tx, ev) = feed(&mut link, a, now, &mut |c| model.apply(c));
+        note(tx, ev, &mut out);
         rest = b;
     }
-    r.handle_line_lost();
-    drain(&mut r, &mut out, &mut buf);
+    link.handle_line_lost(now);
+    let (tx, ev) = feed(&mut link, &[], now, &mut |c| model.apply(c));
+    note(tx, ev, &mut out);
+    out.messages = model.texts();
+    out.incomplete = model.incomplete.iter().map(|(t, _)| t.clone()).collect();
     out
 }
 
@@ -144,17 +140,6 @@ fn expected() -> Vec<Expected> {
         .collect()
 }
 
-/// xorshift64*: a tiny deterministic PRNG.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 #[test]
 fn wire_fixtures_match_expected_table() {
     let table = expected();
@@ -181,7 +166,7 @@ fn wire_fixtures_match_expected_table() {
                 whole.incomplete.len()
             );
             for seed in 1..=20u64 {
-                let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+                let mut rng = common::Rng::new(seed);
                 let split = run(&bytes, &mut || (rng.next() % 17) as usize + 1);
                 assert_eq!(
                     split, whole,
@@ -229,7 +214,7 @@ fn record_layer_fixtures_parse() {
                 continue;
             }
             let text = std::fs::read(&f).unwrap();
-            let msgs = split_messages(&text);
+            let msgs: Vec<&[u8]> = split_messages(&text).collect();
             assert!(!msgs.is_empty(), "{f:?}");
             let s = summary(&text);
             assert!(s.records > 0, "{f:?}");

@@ -1,33 +1,18 @@
 //! A sender and a receiver session on a virtual clock, through a seeded lossy line.
 //!
-//! The model driver commits every `NeedsCommit` into an in-memory store (and refuses a
+//! The model driver applies every commit to an in-memory store (`common::Model`) (and refuses a
 //! few at random). With at most one error per frame exchange, every message reaches the
 //! store exactly once when the sender says `Delivered`, at most once otherwise, and
 //! nothing stored differs from what was sent. With several errors per frame the byte-sum
 //! checksum lets some corruption through: the rate is printed.
 
-use labagent_hal::astm::receiver::{Event as REvent, MessageEnd, Receiver, ReceiverConfig};
-use labagent_hal::astm::sender::{Event as SEvent, Sender, SenderConfig};
-use labagent_hal::time::Instant;
+mod common;
 
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
+use common::{Buf, Model, Rng};
+use labagent_hal::astm::link::Link;
+use labagent_hal::astm::sender::{Event as SEvent, Sender, SenderConfig};
+use labagent_hal::session::{MessageEnd, Session};
+use labagent_hal::time::Instant;
 
 fn message(rng: &mut Rng, id: usize) -> Vec<u8> {
     let mut m = format!("H|\\^&|||SIM^{id}|||||||P|1\rP|1||PID{id}||DOE^JANE\r").into_bytes();
@@ -80,14 +65,16 @@ fn corrupt(rng: &mut Rng, bytes: &mut Vec<u8>, k: u32) {
 
 fn simulate(seed: u64, errors: u32, per_mille: u64, stats: &mut Stats) {
     let mut rng = Rng::new(seed);
-    let mut s = Sender::new(SenderConfig::default());
-    let mut r = Receiver::new(ReceiverConfig::default());
+    let mut s = Sender::<Buf>::new(SenderConfig::default());
+    let mut r = Link::<Buf>::new(Default::default());
     let msgs: Vec<Vec<u8>> = (0..3).map(|i| message(&mut rng, i)).collect();
-    let mut store: Vec<(Vec<u8>, MessageEnd)> = Vec::new();
-    let mut partials: Vec<Vec<u8>> = Vec::new();
+    let mut model = Model::default();
+    let mut commit_rng = Rng::new(seed ^ 0xDEAD_BEEF);
     let mut outcomes = Vec::new();
     let mut now = Instant::ZERO;
     let mut buf = vec![0u8; s.max_transmit()];
+    let mut rb = vec![0u8; r.max_transmit()];
+    let mut held: Vec<u8> = Vec::new();
     let mut steps = 0u32;
     for m in &msgs {
         s.send(m, now).unwrap();
@@ -108,26 +95,25 @@ fn simulate(seed: u64, errors: u32, per_mille: u64, stats: &mut Stats) {
                     };
                     corrupt(&mut rng, &mut chunk, k);
                 }
-                r.handle_input(&chunk, now);
+                held.extend_from_slice(&chunk);
             }
-            while let Some(e) = r.poll_event() {
+            // The host takes what it can; the rest waits for its commit to be answered.
+            let n = r.handle_input(&held, now);
+            held.drain(..n);
+            progressed |= n > 0;
+            if let Some(c) = r.poll_commit() {
                 progressed = true;
-                match e {
-                    REvent::NeedsCommit(c) => {
-                        if rng.chance(20) {
-                            r.commit_failed();
-                        } else {
-                            for m in c.completed {
-                                store.push((m.text, m.end));
-                            }
-                            r.commit_ok();
-                        }
-                    }
-                    REvent::Incomplete(m) => partials.push(m.text),
-                    _ => {}
-                }
+                let ok = if commit_rng.chance(20) {
+                    model.refused += 1;
+                    false
+                } else {
+                    model.apply(c)
+                };
+                r.commit_done(ok, now);
             }
-            let mut rb = [0u8; 16];
+            while r.poll_event().is_some() {
+                progressed = true;
+            }
             while let Some(n) = r.poll_transmit(&mut rb) {
                 progressed = true;
                 let mut chunk = rb[..n].to_vec();
@@ -165,15 +151,24 @@ fn simulate(seed: u64, errors: u32, per_mille: u64, stats: &mut Stats) {
         outcomes.push(done);
     }
     // Let the receiver time out / finish.
-    while let Some(t) = r.poll_timeout() {
-        now = now.max(t);
-        r.handle_timeout(now);
-        while let Some(e) = r.poll_event() {
-            if let REvent::Incomplete(m) = e {
-                partials.push(m.text);
+    loop {
+        let n = r.handle_input(&held, now);
+        held.drain(..n);
+        if let Some(c) = r.poll_commit() {
+            model.apply(c);
+            r.commit_done(true, now);
+            continue;
+        }
+        while r.poll_event().is_some() {}
+        match r.poll_timeout() {
+            Some(t) => {
+                now = now.max(t);
+                r.handle_timeout(now);
             }
+            None => break,
         }
     }
+    let store = model.messages.clone();
     for (m, outcome) in msgs.iter().zip(&outcomes) {
         let n = store
             .iter()
@@ -196,7 +191,6 @@ fn simulate(seed: u64, errors: u32, per_mille: u64, stats: &mut Stats) {
         stats.stored += 1;
         let ok = match e {
             MessageEnd::Terminator => msgs.contains(t),
-            MessageEnd::Headless => msgs.iter().any(|m| m.ends_with(t)),
             _ => msgs.iter().any(|m| m.starts_with(t)),
         };
         if !ok {
@@ -212,8 +206,14 @@ fn simulate(seed: u64, errors: u32, per_mille: u64, stats: &mut Stats) {
             }
         }
     }
-    for p in &partials {
-        if !msgs.iter().any(|m| m.starts_with(p)) {
+    for (p, end) in &model.incomplete {
+        let ok = if *end == MessageEnd::Headless {
+            // Its start was lost: it is the end of a message sent.
+            msgs.iter().any(|m| m.ends_with(p))
+        } else {
+            msgs.iter().any(|m| m.starts_with(p))
+        };
+        if !ok {
             stats.bad_partial += 1;
         }
     }

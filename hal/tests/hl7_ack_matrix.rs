@@ -1,4 +1,5 @@
 //! The whole acknowledgement decision matrix: MSH-15 × MSH-16 × outcome × channel mode.
+#![cfg(feature = "alloc")]
 
 use labagent_hal::hl7::ack::{
     build_ack, build_minimal_ack, decide_ack, AckCode, AckMode, AckParams, Outcome,

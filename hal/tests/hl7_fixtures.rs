@@ -4,9 +4,14 @@
 //! corpus `../shared/fixtures/hl7` relative to the repository root. See
 //! `fixtures/hl7/EXPECTED.md` for what is expected of each.
 
+#![cfg(feature = "alloc")]
+
+mod common;
+
+use common::{frame_all, Framed};
 use labagent_hal::hl7::ack::{build_ack, AckCode, AckError, AckParams};
 use labagent_hal::hl7::charset::encoding_label;
-use labagent_hal::hl7::mllp::{encode, MllpEvent, MllpFramer};
+use labagent_hal::hl7::mllp::encode;
 use labagent_hal::hl7::msh::{AckCondition, MshView};
 use std::path::{Path, PathBuf};
 
@@ -37,11 +42,7 @@ fn files(ext: &str) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn frame_all(f: &mut MllpFramer, input: &[u8]) -> Vec<MllpEvent> {
-    let mut v = Vec::new();
-    f.feed(input, |e| v.push(e));
-    v
-}
+type MllpFramer = labagent_hal::hl7::mllp::MllpFramer<labagent_hal::buf::VecBuf>;
 
 const PARAMS: AckParams<'static> = AckParams {
     timestamp: b"20240101120000",
@@ -90,7 +91,7 @@ fn every_hl7_fixture_frames_parses_and_acks() {
         let mut f = MllpFramer::new(64 * 1024);
         assert_eq!(
             frame_all(&mut f, &block),
-            vec![MllpEvent::Message(msg.clone())],
+            vec![Framed::Message(msg.clone())],
             "{name}"
         );
         check_message(&name, &msg);
@@ -105,11 +106,7 @@ fn every_split_point_gives_the_same_message() {
             let mut f = MllpFramer::new(64 * 1024);
             let mut ev = frame_all(&mut f, &block[..cut]);
             ev.extend(frame_all(&mut f, &block[cut..]));
-            assert_eq!(
-                ev,
-                vec![MllpEvent::Message(msg.clone())],
-                "{name} cut {cut}"
-            );
+            assert_eq!(ev, vec![Framed::Message(msg.clone())], "{name} cut {cut}");
         }
     }
 }
@@ -124,7 +121,7 @@ fn all_fixtures_in_one_read_and_byte_by_byte() {
     }
     let want: Vec<_> = all
         .iter()
-        .map(|(_, m)| MllpEvent::Message(m.clone()))
+        .map(|(_, m)| Framed::Message(m.clone()))
         .collect();
     let mut f = MllpFramer::new(64 * 1024);
     assert_eq!(frame_all(&mut f, &stream), want);
@@ -143,7 +140,7 @@ fn mllp_captures_match_their_hl7_twin() {
         let mut f = MllpFramer::new(64 * 1024);
         let ev = frame_all(&mut f, &bytes);
         assert_eq!(ev.len(), 1, "{name}");
-        let MllpEvent::Message(msg) = &ev[0] else {
+        let Framed::Message(msg) = &ev[0] else {
             panic!("{name}: {ev:?}")
         };
         let twin = PathBuf::from(name.replace(".mllp.bin", ".hl7"));

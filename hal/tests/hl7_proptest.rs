@@ -1,8 +1,15 @@
 //! Property tests: no input panics; framing is lossless; ACKs always re-parse.
 
+#![cfg(feature = "alloc")]
+
+mod common;
+
+use common::{frame_all, Framed};
 use labagent_hal::hl7::ack::{build_ack, AckCode, AckParams};
 use labagent_hal::hl7::escape::{escape, unescape};
-use labagent_hal::hl7::mllp::{encode, MllpEvent, MllpFramer, FS, VT};
+use labagent_hal::hl7::mllp::{encode, MllpEvent, FS, VT};
+
+type MllpFramer = labagent_hal::hl7::mllp::MllpFramer<labagent_hal::buf::VecBuf>;
 use labagent_hal::hl7::msh::{Delimiters, MshView};
 use proptest::prelude::*;
 
@@ -25,7 +32,8 @@ proptest! {
         for c in data.chunks(chunk) {
             f.feed(c, |ev| match ev {
                 MllpEvent::Message(m) => assert!(m.len() <= max),
-                MllpEvent::Error(_) => {}
+                MllpEvent::TooLarge { head, .. } => assert!(head.len() <= max),
+                MllpEvent::Interrupted { .. } => {}
             });
         }
     }
@@ -45,9 +53,9 @@ proptest! {
         let mut f = MllpFramer::new(1024);
         let mut got = Vec::new();
         for w in points.windows(2) {
-            f.feed(&stream[w[0]..w[1]], |ev| got.push(ev));
+            got.extend(frame_all(&mut f, &stream[w[0]..w[1]]));
         }
-        let want: Vec<_> = msgs.iter().map(|(m, _)| MllpEvent::Message(m.clone())).collect();
+        let want: Vec<_> = msgs.iter().map(|(m, _)| Framed::Message(m.clone())).collect();
         prop_assert_eq!(got, want);
     }
 

@@ -1,8 +1,35 @@
 //! The raw framer on real captures (Snibe MAGLUMI) and re-creations of the mini VIDAS and
 //! Spotchem framings (the originals are GPL: read from the shared corpus when present).
 
-use labagent_hal::raw::{RawConfig, RawError, RawEvent, RawFramer};
+mod common;
+
+use labagent_hal::raw::{RawConfig, RawEvent as Borrowed};
 use std::path::Path;
+
+type RawFramer = labagent_hal::raw::RawFramer<common::Buf>;
+
+/// The framer's events, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RawEvent {
+    Message(Vec<u8>),
+    Error(RawError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RawError {
+    TooLarge { len: usize },
+    Restarted { fragment: Vec<u8> },
+}
+
+fn owned(e: Borrowed<'_>) -> RawEvent {
+    match e {
+        Borrowed::Message(m) => RawEvent::Message(m.to_vec()),
+        Borrowed::TooLarge { len } => RawEvent::Error(RawError::TooLarge { len }),
+        Borrowed::Restarted { fragment } => RawEvent::Error(RawError::Restarted {
+            fragment: fragment.to_vec(),
+        }),
+    }
+}
 
 fn local(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -26,7 +53,7 @@ fn run(cfg: &RawConfig, chunks: &[&[u8]]) -> Vec<RawEvent> {
     let mut f = RawFramer::new(cfg.clone());
     let mut v = Vec::new();
     for c in chunks {
-        f.feed(c, |e| v.push(e));
+        f.feed(c, |e| v.push(owned(e)));
     }
     v
 }
@@ -112,4 +139,32 @@ fn restart_reports_the_fragment() {
             RawEvent::Message(b"whole".to_vec()),
         ]
     );
+}
+
+#[test]
+fn through_the_session_the_reply_follows_each_commit() {
+    use labagent_hal::session::Event;
+    use labagent_hal::time::Instant;
+    let cfg = RawConfig::new(&[0x02], &[0x03], Some(&[0x06]), 64 * 1024).unwrap();
+    let cap = local("snibe_maglumi_1.bin");
+    let mut s = labagent_hal::raw::RawSession::<common::Buf>::new(cfg);
+    let mut model = common::Model::default();
+    let mut refuse = true;
+    let (tx, ev) = common::feed(
+        &mut s,
+        &[cap.clone(), cap.clone()].concat(),
+        Instant::ZERO,
+        &mut |c| {
+            // The first is refused (no reply), the second stored (ACK).
+            let ok = !std::mem::replace(&mut refuse, false);
+            if ok {
+                model.apply(c);
+            }
+            ok
+        },
+    );
+    assert_eq!(tx, [0x06]);
+    assert!(ev.contains(&Event::Refused) && ev.contains(&Event::Accepted { messages: 1 }));
+    assert_eq!(model.messages.len(), 1);
+    assert!(model.messages[0].0.ends_with(b"L|1|N\r"));
 }

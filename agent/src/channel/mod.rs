@@ -1,20 +1,23 @@
-//! Channel drivers: a hal protocol session on a [`Conn`], the store behind it.
+//! Channels: a hal protocol session on a [`Conn`], the store behind it.
 //!
-//! One driver per protocol (`astm`, `hl7`, `raw`), each a function
-//! `serve(conn, ctx) -> io::Result<()>` that runs one connection until it ends. The
-//! supervisor ([`run_channel`]) asks the channel's [`Link`] for connections and runs the
-//! driver on each (concurrently for `listen`).
+//! Every rule of a link lives in its hal session (`labagent_hal::astm::link::Link`,
+//! `hl7::session::Hl7Session`, `raw::RawSession`); one generic driver ([`driver::run`])
+//! runs any of them: bytes in → session → store → bytes out, orders in, events out.
+//! `astm`, `hl7` and `raw` only turn a channel's settings into its session and say what
+//! meta a stored message gets. The supervisor ([`run_channel`]) asks the channel's
+//! [`Link`] for connections and runs the driver on each (concurrently for `listen`).
 //!
-//! Rules every driver keeps (ARCHITECTURE.md, "Durability"):
-//! - nothing is acknowledged to an instrument before the store said `Ok` (the store call
-//!   returns after the fsync); a store error is answered negatively (NAK, AR/CE, no reply);
-//! - store calls block: [`ChannelCtx::store_call`] runs them in place (`block_in_place`)
-//!   on the agent's runtime, on the blocking pool elsewhere;
+//! Rules the driver keeps (ARCHITECTURE.md, "Durability"):
+//! - nothing is acknowledged to an instrument before its commit is durable: the pieces are
+//!   written at once and the commit waits for one `fdatasync` ([`commit`]); a store error
+//!   is answered negatively (NAK, AR/CE, no reply);
 //! - after a stored message, [`Hooks::stored`] wakes the uplink;
 //! - every byte read and written goes to [`ChannelCtx::tap`] for `labagent monitor`;
 //! - no patient data in logs at info or above: ids, lengths, counts only.
 
 pub mod astm;
+pub mod driver;
+pub mod durable;
 pub mod hl7;
 pub mod raw;
 pub mod stats;
@@ -25,6 +28,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
+
+use labagent_hal::buf::VecBuf;
+use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
 use crate::store::{Appended, NewMessage, OrderOutcome, OrderState, Store, StoreError};
@@ -90,6 +96,9 @@ pub struct ChannelCtx {
     tap: broadcast::Sender<WireEvent>,
     /// Signalled when an order for this channel was stored (the driver looks at the outbox).
     pub orders: tokio::sync::Notify,
+    /// Held by the connection sending an order: a `listen` channel's connections share
+    /// the outbox, and one order goes out at a time.
+    pub order_lock: Arc<tokio::sync::Mutex<()>>,
     /// Becomes true when the agent is stopping: refuse new transmissions politely.
     pub stopping: watch::Receiver<bool>,
 }
@@ -110,6 +119,7 @@ impl ChannelCtx {
             hooks,
             tap,
             orders: tokio::sync::Notify::new(),
+            order_lock: Arc::default(),
             stopping,
         })
     }
@@ -285,18 +295,70 @@ pub async fn run_channel(ctx: Arc<ChannelCtx>, mut link: Link) {
     while sessions.join_next().await.is_some() {}
 }
 
-/// One connection with the channel's protocol driver; logs how it ended.
+/// One connection with the channel's protocol session; logs how it ended.
 pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
+    use labagent_config::ProtocolSettings as P;
     let label = conn.label().to_string();
+    let enc = ctx.config.encoding.clone();
     let r = match &ctx.config.settings {
-        labagent_config::ProtocolSettings::Astm(_) => astm::serve(conn, ctx.clone()).await,
-        labagent_config::ProtocolSettings::Hl7(_) => hl7::serve(conn, ctx.clone()).await,
-        labagent_config::ProtocolSettings::Raw(_) => raw::serve(conn, ctx.clone()).await,
+        P::Astm(_) => astm::serve(conn, ctx.clone()).await,
+        P::Hl7(c) => {
+            let s = hl7::session(c);
+            driver::run(conn, ctx.clone(), s, &|b, e| hl7::stored_meta(b, e, &enc)).await
+        }
+        P::Raw(c) => match raw::raw_config(c) {
+            Ok(cfg) => {
+                let s = labagent_hal::raw::RawSession::<VecBuf>::new(cfg);
+                driver::run(conn, ctx.clone(), s, &|b, _| raw::meta(b, &enc)).await
+            }
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = r {
         ctx.counters.set_error(&e.to_string());
         tracing::debug!(channel = %ctx.name(), conn = %label, error = %e, "session ended");
     }
+}
+
+/// Makes a commit durable: its pieces written at once, then one wait for the sync that
+/// covers them. `true` only if every piece is durable.
+pub async fn commit(
+    ctx: &ChannelCtx,
+    d: &mut durable::Durable,
+    c: Commit<'_>,
+    meta: durable::MetaFn<'_>,
+) -> bool {
+    let (applied, ticket) = match d.apply(ctx, c, meta) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.after_store(&Err(e), 0);
+            return false;
+        }
+    };
+    if let Some(t) = ticket {
+        if let Err(e) = ctx.store.wait_durable(t).await {
+            d.not_durable();
+            ctx.after_store(&Err(e), 0);
+            return false;
+        }
+    }
+    d.durable();
+    for (a, len) in applied.stored {
+        ctx.counters.received();
+        ctx.after_store(&Ok(a), len);
+    }
+    for (a, len, why) in applied.rejected {
+        ctx.counters.received();
+        ctx.counters.rejected();
+        tracing::warn!(channel = %ctx.name(), id = %a.id, len, duplicate = a.duplicate, error = why,
+            "not a message of this protocol; kept as rejected, answered with an error");
+    }
+    for (len, end) in applied.incomplete {
+        ctx.counters.incomplete();
+        tracing::warn!(channel = %ctx.name(), len, end = end.as_str(),
+            "message ended before it was complete; kept as incomplete");
+    }
+    true
 }
 
 #[cfg(test)]

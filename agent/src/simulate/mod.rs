@@ -18,9 +18,11 @@ pub mod wire;
 use std::io;
 use std::time::{Duration, Instant};
 
-use labagent_hal::astm::receiver::{Event as RxEvent, Receiver, ReceiverConfig};
+use labagent_hal::astm::receiver::{Receiver, ReceiverConfig};
 use labagent_hal::astm::record::split_messages;
 use labagent_hal::astm::sender::{Event as TxEvent, Sender, SenderConfig};
+use labagent_hal::buf::VecBuf;
+use labagent_hal::session::End;
 use labagent_hal::time::Instant as HalInstant;
 
 pub use wire::{PtyWire, Wire};
@@ -56,7 +58,6 @@ pub fn astm_messages(text: &[u8]) -> Vec<Vec<u8>> {
         }
     }
     split_messages(&records)
-        .into_iter()
         .filter(|m| !m.is_empty())
         .map(<[u8]>::to_vec)
         .collect()
@@ -75,6 +76,8 @@ pub struct Sent {
 #[derive(Debug, Default, Clone)]
 pub struct Received {
     pub messages: Vec<Vec<u8>>,
+    /// The message being received (the simulator keeps it in memory).
+    partial: Vec<u8>,
 }
 
 /// Writes at most `baud / 10` bytes per second.
@@ -128,6 +131,9 @@ pub type OnSent = Box<dyn FnMut(&Sent) + Send>;
 pub struct AstmInstrument {
     pub sender: SenderConfig,
     pub receiver: ReceiverConfig,
+    /// LIS1-A: after contention the instrument waits at least 1 s (the host 20 s), then
+    /// bids for the line again.
+    pub contention_wait: Duration,
     pub pacer: Pacer,
     start: Instant,
     /// Called with each message as it is delivered or fails.
@@ -138,12 +144,9 @@ pub struct AstmInstrument {
 impl AstmInstrument {
     pub fn new(baud: Option<u32>) -> Self {
         AstmInstrument {
-            sender: SenderConfig {
-                // LIS1-A: after contention the instrument waits at least 1 s (the host 20 s).
-                contention_wait: labagent_hal::time::Duration::from_secs(1),
-                ..SenderConfig::default()
-            },
+            sender: SenderConfig::default(),
             receiver: ReceiverConfig::default(),
+            contention_wait: Duration::from_secs(1),
             pacer: Pacer::new(baud),
             start: Instant::now(),
             on_sent: None,
@@ -167,8 +170,8 @@ impl AstmInstrument {
 
     /// Sends every message in order; returns each one's fate. Stops at a line error.
     pub fn send_all(&mut self, w: &mut dyn Wire, messages: &[Vec<u8>]) -> io::Result<Vec<Sent>> {
-        let mut tx = Sender::new(self.sender.clone());
-        let mut rx = Receiver::new(self.receiver.clone());
+        let mut tx = Sender::<VecBuf>::new(self.sender.clone());
+        let mut rx = Receiver::<VecBuf>::new(self.receiver.clone());
         let mut out = vec![0u8; tx.max_transmit()];
         let mut buf = [0u8; 1024];
         let mut results = Vec::new();
@@ -185,14 +188,24 @@ impl AstmInstrument {
                 results.push(s);
                 continue;
             }
+            let mut bid_again: Option<Instant> = None;
             let outcome = loop {
                 let mut done = None;
+                if bid_again.is_some_and(|t| Instant::now() >= t)
+                    && tx.is_idle()
+                    && !rx.is_receiving()
+                {
+                    bid_again = None;
+                    let _ = tx.send(m, self.now());
+                }
                 while let Some(ev) = tx.poll_event() {
                     match ev {
                         // The host bid for the line at the same time. The instrument
                         // has priority (LIS1-A): it does not answer the host's ENQ and
                         // asks again after `contention_wait` (1 s).
-                        TxEvent::Contention => {}
+                        TxEvent::Contention => {
+                            bid_again = Some(Instant::now() + self.contention_wait)
+                        }
                         TxEvent::Delivered => done = Some((true, "delivered".to_string())),
                         TxEvent::Interrupted => {
                             done = Some((false, "interrupted by the receiver".into()))
@@ -207,12 +220,15 @@ impl AstmInstrument {
                 if let Some(d) = done {
                     break d;
                 }
-                let wait = self.until(tx.poll_timeout().min_opt(rx.poll_timeout()));
+                let mut wait = self.until(tx.poll_timeout().min_opt(rx.poll_timeout()));
+                if let Some(t) = bid_again {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
                 let n = w.read_timeout(&mut buf, wait.max(Duration::from_millis(1)))?;
                 let now = self.now();
                 if n > 0 {
                     if tx.is_idle() {
-                        rx.handle_input(&buf[..n], now);
+                        self.feed_receiver(&mut rx, &buf[..n], w)?;
                     } else {
                         tx.handle_input(&buf[..n], now);
                     }
@@ -239,7 +255,7 @@ impl AstmInstrument {
         max: usize,
         deadline: Instant,
     ) -> io::Result<usize> {
-        let mut rx = Receiver::new(self.receiver.clone());
+        let mut rx = Receiver::<VecBuf>::new(self.receiver.clone());
         let mut buf = [0u8; 1024];
         let before = self.received.messages.len();
         while self.received.messages.len() - before < max && Instant::now() < deadline {
@@ -250,7 +266,7 @@ impl AstmInstrument {
                     .max(Duration::from_millis(1)),
             )?;
             if n > 0 {
-                rx.handle_input(&buf[..n], self.now());
+                self.feed_receiver(&mut rx, &buf[..n], w)?;
             }
             rx.handle_timeout(self.now());
             self.pump_receiver(&mut rx, w)?;
@@ -258,17 +274,45 @@ impl AstmInstrument {
         Ok(self.received.messages.len() - before)
     }
 
-    fn pump_receiver(&mut self, rx: &mut Receiver, w: &mut dyn Wire) -> io::Result<()> {
+    fn feed_receiver(
+        &mut self,
+        rx: &mut Receiver<VecBuf>,
+        mut bytes: &[u8],
+        w: &mut dyn Wire,
+    ) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = rx.handle_input(bytes, self.now());
+            bytes = &bytes[n..];
+            self.pump_receiver(rx, w)?;
+        }
+        Ok(())
+    }
+
+    fn pump_receiver(&mut self, rx: &mut Receiver<VecBuf>, w: &mut dyn Wire) -> io::Result<()> {
         loop {
             let mut any = false;
-            while let Some(ev) = rx.poll_event() {
+            // The simulator keeps orders in memory: "durable" at once.
+            if let Some(c) = rx.poll_commit() {
                 any = true;
-                match ev {
-                    // The simulator keeps orders in memory: "durable" at once.
-                    RxEvent::NeedsCommit(_) => rx.commit_ok(),
-                    RxEvent::MessageComplete(m) => self.received.messages.push(m.text),
-                    _ => {}
+                for p in c {
+                    let r = &mut self.received;
+                    if p.begins {
+                        r.partial.clear();
+                    }
+                    r.partial.extend_from_slice(p.text);
+                    if p.cr {
+                        r.partial.push(b'\r');
+                    }
+                    match p.end {
+                        Some(End::Complete(_)) => r.messages.push(std::mem::take(&mut r.partial)),
+                        Some(_) => r.partial.clear(),
+                        None => {}
+                    }
                 }
+                rx.commit_done(true, self.now());
+            }
+            while rx.poll_event().is_some() {
+                any = true;
             }
             let mut out = [0u8; 64];
             while let Some(n) = rx.poll_transmit(&mut out) {
@@ -312,7 +356,7 @@ pub fn send_hl7(
     mut on_sent: impl FnMut(&Sent),
 ) -> io::Result<Vec<Sent>> {
     use labagent_hal::hl7::mllp::{encode, MllpEvent, MllpFramer};
-    let mut framer = MllpFramer::new(1 << 20);
+    let mut framer = MllpFramer::<VecBuf>::new(1 << 20);
     let mut results = Vec::new();
     let mut buf = [0u8; 4096];
     for m in messages {
@@ -343,7 +387,7 @@ pub fn send_hl7(
             let n = w.read_timeout(&mut buf, left)?;
             framer.feed(&buf[..n], |ev| {
                 if let MllpEvent::Message(body) = ev {
-                    ack = Some(msa1(&body));
+                    ack = Some(msa1(body));
                 }
             });
         }

@@ -9,9 +9,15 @@
 //! the next. N concurrent appenders therefore share one sync (one fdatasync of the
 //! write-ahead log), and a lone appender pays exactly one, in its own thread — no hand-off
 //! to another thread and back on the path to its ACK.
+//!
+//! Async writers ([`GroupCommit::check`], [`GroupCommit::lead`]) follow the same rules
+//! without blocking on the condition variable: a writer that finds its generation
+//! undecided while a sync runs registers its waker, woken when that sync ends; one that
+//! finds no sync running leads one itself (`Store::wait_durable`).
 
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::Waker;
 
 #[derive(Default)]
 struct State {
@@ -27,6 +33,8 @@ struct State {
     /// A leader is syncing.
     syncing: bool,
     stop: bool,
+    /// Async waiters for the running sync.
+    wakers: Vec<Waker>,
 }
 
 impl State {
@@ -67,6 +75,43 @@ pub(crate) struct GroupCommit {
 
 pub(crate) type SyncFn = Box<dyn Fn() -> io::Result<()> + Send + Sync>;
 
+/// Where a generation stands.
+pub(crate) enum Check {
+    /// Durable, or failed.
+    Done(io::Result<()>),
+    /// A sync is running (the waker, if given, is woken when it ends).
+    Running,
+    /// Undecided and no sync running: someone must lead one.
+    Idle,
+}
+
+impl State {
+    fn decided(&self, gen: u64) -> Option<io::Result<()>> {
+        if self.failures.iter().any(|&(lo, hi)| gen > lo && gen <= hi) {
+            let (kind, msg) = self
+                .last_error
+                .clone()
+                .unwrap_or((io::ErrorKind::Other, "sync failed".into()));
+            return Some(Err(io::Error::new(kind, msg)));
+        }
+        if self.synced >= gen {
+            return Some(Ok(()));
+        }
+        if self.stop {
+            return Some(Err(io::Error::other("store is closing")));
+        }
+        None
+    }
+
+    /// A sync ended: wake every waiter.
+    fn ended(&mut self, done: &Condvar) {
+        done.notify_all();
+        for w in self.wakers.drain(..) {
+            w.wake();
+        }
+    }
+}
+
 impl GroupCommit {
     /// `sync` makes everything applied so far durable.
     pub(crate) fn new(sync: SyncFn) -> Arc<Self> {
@@ -89,18 +134,8 @@ impl GroupCommit {
     pub(crate) fn wait(&self, gen: u64) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if st.failures.iter().any(|&(lo, hi)| gen > lo && gen <= hi) {
-                let (kind, msg) = st
-                    .last_error
-                    .clone()
-                    .unwrap_or((io::ErrorKind::Other, "sync failed".into()));
-                return Err(io::Error::new(kind, msg));
-            }
-            if st.synced >= gen {
-                return Ok(());
-            }
-            if st.stop {
-                return Err(io::Error::other("store is closing"));
+            if let Some(r) = st.decided(gen) {
+                return r;
             }
             if st.syncing {
                 st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -124,8 +159,51 @@ impl GroupCommit {
                 Ok(()) => st.synced = st.synced.max(target),
                 Err(e) => st.sync_failed(target, (e.kind(), e.to_string())),
             }
-            self.done.notify_all();
+            st.ended(&self.done);
         }
+    }
+
+    /// Where `gen` stands, without blocking; with `waker`, registers it while a sync runs.
+    pub(crate) fn check(&self, gen: u64, waker: Option<&Waker>) -> Check {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = st.decided(gen) {
+            return Check::Done(r);
+        }
+        if st.syncing {
+            if let Some(w) = waker {
+                if !st.wakers.iter().any(|x| x.will_wake(w)) {
+                    st.wakers.push(w.clone());
+                }
+            }
+            return Check::Running;
+        }
+        Check::Idle
+    }
+
+    /// Leads one sync for everything written so far, on this thread, unless one is
+    /// running already (then returns at once). Wakes every waiter when it ends.
+    pub(crate) fn lead(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.syncing || st.stop {
+            return;
+        }
+        st.syncing = true;
+        let target = st.written;
+        drop(st);
+        let r = {
+            let guard = LeaderGuard { gc: self, target };
+            let r = (self.sync)();
+            std::mem::forget(guard);
+            r
+        };
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.syncing = false;
+        st.syncs += 1;
+        match r {
+            Ok(()) => st.synced = st.synced.max(target),
+            Err(e) => st.sync_failed(target, (e.kind(), e.to_string())),
+        }
+        st.ended(&self.done);
     }
 
     /// A generation no write has: waiting for it waits for a sync that starts from now
@@ -149,7 +227,7 @@ impl GroupCommit {
             }
         }
         st.synced = st.synced.max(hi);
-        self.done.notify_all();
+        st.ended(&self.done);
     }
 
     /// Number of syncs done so far.
@@ -160,7 +238,7 @@ impl GroupCommit {
     pub(crate) fn stop(&self) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.stop = true;
-        self.done.notify_all();
+        st.ended(&self.done);
     }
 }
 
@@ -178,7 +256,7 @@ impl Drop for LeaderGuard<'_> {
             self.target,
             (io::ErrorKind::Other, "store sync panicked".into()),
         );
-        self.gc.done.notify_all();
+        st.ended(&self.gc.done);
     }
 }
 

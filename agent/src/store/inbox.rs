@@ -119,7 +119,27 @@ impl Store {
     /// the id of an equal message already kept (invariant 8). `Err(Full)`: answer the
     /// instrument negatively.
     pub fn append(&self, m: NewMessage) -> Result<Appended> {
+        let (a, t) = self.append_as(m, None)?;
+        self.durable(t.0)?;
+        Ok(a)
+    }
+
+    /// [`append`](Self::append) without the wait: the message is applied (readable, in
+    /// the log) but durable only once [`Store::wait_durable`] of the ticket returned `Ok`.
+    /// Several writes then share one wait (a frame that ends one message and starts the
+    /// next; eight connections' messages).
+    pub fn append_nowait(&self, m: NewMessage) -> Result<(Appended, Ticket)> {
         self.append_as(m, None)
+    }
+
+    /// [`append_rejected`](Self::append_rejected) without the wait (see
+    /// [`append_nowait`](Self::append_nowait)).
+    pub fn append_rejected_nowait(
+        &self,
+        m: NewMessage,
+        reason: &str,
+    ) -> Result<(Appended, Ticket)> {
+        self.append_as(m, Some(reason))
     }
 
     /// Stores bytes that are not a usable message (HL7 without an MSH, ...) directly as
@@ -127,10 +147,12 @@ impl Store {
     /// the uplink (`retry` can queue it later). The same bytes on the same channel again
     /// are a duplicate, like [`append`](Self::append).
     pub fn append_rejected(&self, m: NewMessage, reason: &str) -> Result<Appended> {
-        self.append_as(m, Some(reason))
+        let (a, t) = self.append_as(m, Some(reason))?;
+        self.durable(t.0)?;
+        Ok(a)
     }
 
-    fn append_as(&self, m: NewMessage, rejected: Option<&str>) -> Result<Appended> {
+    fn append_as(&self, m: NewMessage, rejected: Option<&str>) -> Result<(Appended, Ticket)> {
         check_channel(&m.channel)?;
         let sha: [u8; 32] = Sha256::digest(&m.bytes).into();
         let mut h = Header {
@@ -155,13 +177,16 @@ impl Store {
         self.ensure_healthy(&mut w)?;
         if let Some(seq) = self.find_dup(&h.channel, &sha)? {
             let id = self.id(&w, seq);
+            // Durable once a sync that starts from now has succeeded.
             let gen = self.shared.gc.fresh();
             drop(w);
-            self.durable(gen)?;
-            return Ok(Appended {
-                id,
-                duplicate: true,
-            });
+            return Ok((
+                Appended {
+                    id,
+                    duplicate: true,
+                },
+                Ticket(gen),
+            ));
         }
         let mut changed = BTreeMap::new();
         self.make_room(&mut w, h.charge(), &mut changed)?;
@@ -180,11 +205,13 @@ impl Store {
         let gen = self.apply(&mut w, ops, changed, seq + 1)?;
         let id = self.id(&w, seq);
         drop(w);
-        self.durable(gen)?;
-        Ok(Appended {
-            id,
-            duplicate: false,
-        })
+        Ok((
+            Appended {
+                id,
+                duplicate: false,
+            },
+            Ticket(gen),
+        ))
     }
 
     fn find_dup(&self, ch: &str, sha: &[u8; 32]) -> Result<Option<u64>> {
@@ -203,6 +230,14 @@ impl Store {
     /// creating it (state `incomplete`) on the first fragment. Durable on return: the ASTM
     /// receiver ACKs the frame after this.
     pub fn append_fragment(&self, f: Fragment) -> Result<MessageId> {
+        let (id, t) = self.append_fragment_nowait(f)?;
+        self.durable(t.0)?;
+        Ok(id)
+    }
+
+    /// [`append_fragment`](Self::append_fragment) without the wait (see
+    /// [`append_nowait`](Self::append_nowait)).
+    pub fn append_fragment_nowait(&self, f: Fragment) -> Result<(MessageId, Ticket)> {
         check_channel(&f.channel)?;
         let mut w = self.lock_writer();
         self.ensure_healthy(&mut w)?;
@@ -254,8 +289,7 @@ impl Store {
         let gen = self.apply(&mut w, ops, changed, next)?;
         let id = self.id(&w, seq);
         drop(w);
-        self.durable(gen)?;
-        Ok(id)
+        Ok((id, Ticket(gen)))
     }
 
     /// Turns the open partial of `(channel, transmission)` into a pending message with
@@ -267,6 +301,23 @@ impl Store {
         transmission: &str,
         meta: serde_json::Value,
     ) -> Result<Appended> {
+        let (a, t) = self.complete_nowait(channel, transmission, &[], &|_| meta.clone())?;
+        self.durable(t.0)?;
+        Ok(a)
+    }
+
+    /// Appends `tail` to the open partial and completes it, in one atomic write, without
+    /// the wait (see [`append_nowait`](Self::append_nowait)): an ASTM frame that ends a
+    /// message costs one write, not two. `meta` is computed from the whole message's bytes,
+    /// which the store reads back anyway (for the duplicate check): the receiver never
+    /// holds a copy of the message.
+    pub fn complete_nowait(
+        &self,
+        channel: &str,
+        transmission: &str,
+        tail: &[u8],
+        meta: &dyn Fn(&[u8]) -> serde_json::Value,
+    ) -> Result<(Appended, Ticket)> {
         let mut w = self.lock_writer();
         self.ensure_healthy(&mut w)?;
         let pkey = keys::partial(channel, transmission);
@@ -274,7 +325,7 @@ impl Store {
             channel: channel.into(),
             transmission: transmission.into(),
         };
-        let (seq, mut h, bytes) = {
+        let (seq, mut h, mut bytes) = {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;
             let seq = keys::seq_suffix(&eng.get(&pkey)?.ok_or_else(no_partial)?);
@@ -282,9 +333,17 @@ impl Store {
             let bytes = read_bytes(&**eng, seq, &h)?;
             (seq, h, bytes)
         };
-        let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let mut changed = BTreeMap::new();
         let mut ops = Vec::new();
+        if !tail.is_empty() {
+            self.make_room(&mut w, tail.len() as u64, &mut changed)?;
+            ctr(&w, &mut changed, channel).add(&h, -1);
+            h.chunks += put_chunks(&mut ops, seq, h.chunks, tail);
+            h.len += tail.len() as u64;
+            ctr(&w, &mut changed, channel).add(&h, 1);
+            bytes.extend_from_slice(tail);
+        }
+        let sha: [u8; 32] = Sha256::digest(&bytes).into();
         let result = if let Some(dup) = self.find_dup(channel, &sha)? {
             self.delete_ops(&w, seq, &h, &mut ops, &mut changed)?;
             Appended {
@@ -294,7 +353,7 @@ impl Store {
         } else {
             ctr(&w, &mut changed, channel).add(&h, -1);
             h.state = State::Pending;
-            h.meta = meta;
+            h.meta = meta(&bytes);
             h.sha256 = hex(&sha);
             h.reason = None;
             h.transmission = None;
@@ -311,8 +370,7 @@ impl Store {
         let next = w.next_seq;
         let gen = self.apply(&mut w, ops, changed, next)?;
         drop(w);
-        self.durable(gen)?;
-        Ok(result)
+        Ok((result, Ticket(gen)))
     }
 
     /// Closes an open partial without completing it: it stays `incomplete` (kept, counted,
@@ -340,6 +398,55 @@ impl Store {
         self.apply(&mut w, ops, BTreeMap::new(), next)?;
         tracing::warn!(channel, id = %self.id(&w, seq), "incomplete message kept");
         Ok(Some(self.id(&w, seq)))
+    }
+
+    /// Bytes of the open partial of `(channel, transmission)`, if it is open.
+    pub fn partial_len(&self, channel: &str, transmission: &str) -> Result<Option<u64>> {
+        let g = self.engine()?;
+        let eng = g.as_ref().ok_or_else(closed)?;
+        match eng.get(&keys::partial(channel, transmission))? {
+            Some(v) => Ok(header(&**eng, keys::seq_suffix(&v))?.map(|h| h.len)),
+            None => Ok(None),
+        }
+    }
+
+    /// Cuts the open partial of `(channel, transmission)` back to its first `len` bytes (a
+    /// driver repairing a commit that failed half-way: what was written after the last
+    /// acknowledged frame goes, since the instrument sends that frame again). Durable once
+    /// the ticket is.
+    pub fn truncate_partial(&self, channel: &str, transmission: &str, len: u64) -> Result<Ticket> {
+        let mut w = self.lock_writer();
+        self.ensure_healthy(&mut w)?;
+        let pkey = keys::partial(channel, transmission);
+        let (seq, mut h, mut bytes) = {
+            let g = self.engine()?;
+            let eng = g.as_ref().ok_or_else(closed)?;
+            let no_partial = || StoreError::NoPartial {
+                channel: channel.into(),
+                transmission: transmission.into(),
+            };
+            let seq = keys::seq_suffix(&eng.get(&pkey)?.ok_or_else(no_partial)?);
+            let h = header(&**eng, seq)?.ok_or_else(no_partial)?;
+            let bytes = read_bytes(&**eng, seq, &h)?;
+            (seq, h, bytes)
+        };
+        if h.len <= len {
+            return Ok(Ticket(self.shared.gc.fresh()));
+        }
+        let mut changed = BTreeMap::new();
+        let mut ops = Vec::new();
+        ctr(&w, &mut changed, channel).add(&h, -1);
+        for c in 0..h.chunks {
+            ops.push((keys::body(seq, c), None));
+        }
+        bytes.truncate(len as usize);
+        h.chunks = put_chunks(&mut ops, seq, 0, &bytes);
+        h.len = len;
+        ctr(&w, &mut changed, channel).add(&h, 1);
+        put_header(&mut ops, seq, &h)?;
+        let next = w.next_seq;
+        let gen = self.apply(&mut w, ops, changed, next)?;
+        Ok(Ticket(gen))
     }
 
     /// At open: partials of a previous run can never complete.

@@ -225,6 +225,19 @@ pub struct Fragment {
     pub bytes: Vec<u8>,
 }
 
+/// A write applied but perhaps not yet durable: wait for it with
+/// [`Store::wait_durable`] (or the blocking [`Store::wait_durable_blocking`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "a write is durable only once its ticket has been waited for"]
+pub struct Ticket(u64);
+
+impl Ticket {
+    /// The later of two tickets: waiting for it covers both.
+    pub fn max(self, other: Ticket) -> Ticket {
+        Ticket(self.0.max(other.0))
+    }
+}
+
 /// Result of an append: the id, and whether the message was already kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -608,6 +621,40 @@ impl Store {
     /// Waits until write generation `gen` is durable.
     fn durable(&self, gen: u64) -> Result<()> {
         self.shared.gc.wait(gen).map_err(|e| self.io_failed(e))
+    }
+
+    /// Blocks until the write behind `t` is durable (or its sync failed).
+    pub fn wait_durable_blocking(&self, t: Ticket) -> Result<()> {
+        self.durable(t.0)
+    }
+
+    /// Waits until the write behind `t` is durable, without a thread hand-off: every
+    /// writer of a group waits here; the first to find no sync running yields once (so
+    /// tasks made ready by the same wake-up apply their writes too), then makes the one
+    /// `fdatasync` for all of them on its own thread; the others are woken when it is
+    /// done. On the agent's single-threaded ingest runtime eight connections share one
+    /// sync with one wake-up each and no futex; a sync led by another thread (an order
+    /// from MQTT, say) wakes the waiters through their wakers.
+    pub async fn wait_durable(&self, t: Ticket) -> Result<()> {
+        let gc = &self.shared.gc;
+        let mut yielded = false;
+        loop {
+            match gc.check(t.0, None) {
+                group_commit::Check::Done(r) => return r.map_err(|e| self.io_failed(e)),
+                group_commit::Check::Idle if !yielded => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                }
+                group_commit::Check::Idle => gc.lead(),
+                group_commit::Check::Running => {
+                    std::future::poll_fn(|cx| match gc.check(t.0, Some(cx.waker())) {
+                        group_commit::Check::Running => std::task::Poll::Pending,
+                        _ => std::task::Poll::Ready(()),
+                    })
+                    .await
+                }
+            }
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use labagent_hal::astm::frame::{checksum, encode_frame, Decoded, FrameDecoder};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let max = 2 + usize::from(data.first().copied().unwrap_or(0));
-    let mut d = FrameDecoder::new(max);
+    let mut d = FrameDecoder::<heapless::Vec<u8, 512>>::new(max);
     let mut out = vec![0u8; max + 16];
     for &b in data {
         let mut next = Some(b);

@@ -4,6 +4,21 @@
 #![no_main]
 use labagent_hal::hl7::mllp::{MllpEvent, MllpFramer, FS, VT};
 
+#[derive(Debug, PartialEq)]
+enum Ev {
+    Message(Vec<u8>),
+    TooLarge(usize, Vec<u8>),
+    Interrupted(usize),
+}
+
+fn own(e: MllpEvent<'_>) -> Ev {
+    match e {
+        MllpEvent::Message(m) => Ev::Message(m.to_vec()),
+        MllpEvent::TooLarge { len, head } => Ev::TooLarge(len, head.to_vec()),
+        MllpEvent::Interrupted { discarded } => Ev::Interrupted(discarded),
+    }
+}
+
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
@@ -13,18 +28,18 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let stream = &data[2..];
 
     let mut chunked = Vec::new();
-    let mut f = MllpFramer::new(max);
+    let mut f = MllpFramer::<heapless::Vec<u8, 1024>>::new(max);
     for c in stream.chunks(chunk) {
-        f.feed(c, |ev| chunked.push(ev));
+        f.feed(c, |ev| chunked.push(own(ev)));
     }
     let mut whole = Vec::new();
-    let mut g = MllpFramer::new(max);
-    g.feed(stream, |ev| whole.push(ev));
+    let mut g = MllpFramer::<heapless::Vec<u8, 1024>>::new(max);
+    g.feed(stream, |ev| whole.push(own(ev)));
     assert_eq!(chunked, whole);
     assert_eq!(f.stats(), g.stats());
 
     for ev in &whole {
-        if let MllpEvent::Message(m) = ev {
+        if let Ev::Message(m) = ev {
             assert!(m.len() <= max);
             assert!(!m.contains(&VT) && !m.contains(&FS));
         }

@@ -16,6 +16,7 @@
 //!   * checksum hex digits are accepted in either case.
 
 use super::{CR, ENQ, EOT, ETB, ETX, LF, STX};
+use crate::buf::Buffer;
 
 /// Text bytes per frame that a standard sender never exceeds.
 pub const MAX_TEXT: usize = 240;
@@ -118,9 +119,9 @@ enum St {
 
 /// Incremental frame decoder with a bounded buffer.
 #[derive(Debug)]
-pub struct FrameDecoder {
+pub struct FrameDecoder<B> {
     max_frame: usize,
-    buf: alloc::vec::Vec<u8>,
+    buf: B,
     st: St,
     last: bool,
     cs_hi: u8,
@@ -130,12 +131,14 @@ pub struct FrameDecoder {
     replay: Option<u8>,
 }
 
-impl FrameDecoder {
-    /// A decoder accepting frames of up to `max_frame` bytes of FN + text.
+impl<B: Buffer> FrameDecoder<B> {
+    /// A decoder accepting frames of up to `max_frame` bytes of FN + text (at most the
+    /// buffer's capacity).
     pub fn new(max_frame: usize) -> Self {
+        let buf = B::with_limit(max_frame.max(2));
         FrameDecoder {
-            max_frame: max_frame.max(2),
-            buf: alloc::vec::Vec::new(),
+            max_frame: max_frame.max(2).min(buf.limit()),
+            buf,
             st: St::Idle,
             last: false,
             cs_hi: 0,
@@ -156,6 +159,16 @@ impl FrameDecoder {
     /// Bytes currently buffered (always `<= max_frame`).
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// The effective frame limit (FN + text).
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// FN and text of the frame the last [`Decoded::Frame`] reported, until the next STX.
+    pub fn last_frame(&self) -> &[u8] {
+        self.buf.as_slice()
     }
 
     /// True while inside a frame.
@@ -179,12 +192,12 @@ impl FrameDecoder {
         if let Some(e) = self.err.take() {
             return Decoded::Bad(e);
         }
-        let (fnb, text) = match self.buf.split_first() {
+        let (fnb, text) = match self.buf.as_slice().split_first() {
             Some((f, t)) => (*f, t),
             None => return Decoded::Bad(FrameError::FrameNumber),
         };
         let end = if self.last { ETX } else { ETB };
-        let cs = checksum(&self.buf).wrapping_add(end);
+        let cs = checksum(self.buf.as_slice()).wrapping_add(end);
         if Some(cs) != self.cs_given {
             return Decoded::Bad(FrameError::Checksum);
         }
@@ -242,7 +255,8 @@ impl FrameDecoder {
                     if !self.buf.is_empty() && is_forbidden(b) && self.err.is_none() {
                         self.err = Some(FrameError::ControlChar(b));
                     }
-                    self.buf.push(b);
+                    // Cannot fail: the length was checked against max_frame <= limit.
+                    let _ = self.buf.try_push(b);
                     Decoded::Nothing
                 }
             },
@@ -287,7 +301,10 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec::Vec;
+    extern crate std;
+    use std::vec::Vec;
+
+    type Dec = FrameDecoder<heapless::Vec<u8, 64>>;
 
     fn cs_of(frame_without_stx: &[u8]) -> u8 {
         checksum(frame_without_stx)
@@ -309,7 +326,7 @@ mod tests {
 
     type Decoded3 = Result<(u8, Vec<u8>, bool), FrameError>;
 
-    fn decode_all(d: &mut FrameDecoder, bytes: &[u8]) -> Vec<Decoded3> {
+    fn decode_all(d: &mut Dec, bytes: &[u8]) -> Vec<Decoded3> {
         let mut v = Vec::new();
         let mut q: Vec<u8> = bytes.iter().rev().copied().collect();
         while let Some(b) = q.pop() {
@@ -327,7 +344,7 @@ mod tests {
 
     #[test]
     fn decoder_trailers_and_case() {
-        let mut d = FrameDecoder::new(64);
+        let mut d = Dec::new(64);
         let r = decode_all(
             &mut d,
             b"\x027G\r\x038e\r\n\x020H\r\x0388\n\x021A|B|C|D\r\x03BF\r",
@@ -341,7 +358,7 @@ mod tests {
 
     #[test]
     fn decoder_errors() {
-        let mut d = FrameDecoder::new(12);
+        let mut d = Dec::new(12);
         assert_eq!(
             decode_all(&mut d, b"\x021A|B|C|D\r\x0300\r\n"),
             [Err(FrameError::Checksum)]

@@ -2,17 +2,21 @@
 //!
 //! - [`frame`]: the frame codec (`STX FN text ETB|ETX C1 C2 CR LF`), checksum, and an
 //!   incremental, bounded [`frame::FrameDecoder`];
-//! - [`receiver`]: the receiving link session (instrument → host), with the durability
-//!   hook: no ACK leaves the session for bytes the driver has not committed;
-//! - [`sender`]: the sending link session (host → instrument: orders, query answers);
+//! - [`split`]: where a message ends (L record, next H), a byte at a time;
+//! - [`receiver`]: the receiving side (instrument → host), a commit per frame: no ACK
+//!   leaves the session for bytes the driver has not committed;
+//! - [`sender`]: the sending side (host → instrument: orders, query answers);
+//! - [`link`]: both on one line, with contention and order attempts: the host's session;
 //! - [`record`]: a zero-copy view of E1394 records, fields, repeats and components.
 //!
 //! All sessions are sans-IO: bytes and time go in, bytes to write and events come out.
 
 pub mod frame;
+pub mod link;
 pub mod receiver;
 pub mod record;
 pub mod sender;
+pub mod split;
 
 /// Start of text.
 pub const STX: u8 = 0x02;

@@ -1,52 +1,50 @@
 //! The receiving side of an E1381 link (instrument → host), sans-IO.
 //!
-//! # Durability design
+//! # Durability: a commit per frame
 //!
-//! Every frame is committed before it is acknowledged. For each good, in-sequence, new
-//! frame the session raises [`Event::NeedsCommit`] with a [`CommitRequest`] that says
-//! exactly what the driver's durable state for this channel must become:
-//!
-//! - `completed`: whole messages this frame finishes (cut after each L record) — store
-//!   each as a message;
-//! - `partial`: the record text received since the last completed message, *including*
-//!   this frame — replace the channel's durable "partial message" with it.
-//!
-//! The driver applies both atomically (one durable write, fsync) and then calls
-//! [`Receiver::commit_ok`]; only then is the ACK queued. On [`Receiver::commit_failed`]
-//! the session queues NAK, the frame is not counted, and the instrument resends it.
+//! For each good, in-sequence, new frame the session asks for a commit
+//! ([`Session::poll_commit`](crate::session::Session::poll_commit) through the
+//! [`Link`](super::link::Link), or [`Receiver::poll_commit`]) whose pieces are exactly the
+//! text this frame added, cut at message boundaries ([`super::split`]): "append to the open
+//! message", "complete it", "start a new one". The text is borrowed from the frame decoder;
+//! the session never holds the message so far. Only after `commit_done(true)` is the ACK
+//! queued; after `commit_done(false)` the frame is answered NAK and not counted, and the
+//! instrument sends it again.
 //!
 //! ## Invariants
 //!
 //! 1. No ACK (nor the EOT of a receiver interrupt, which counts as an ACK) is queued for a
-//!    frame whose bytes have not been confirmed by `commit_ok()`. The only ACKs queued
-//!    without a commit are the ENQ reply (covers no data) and the reply to a byte-identical
-//!    copy of the last accepted frame (its bytes were committed before its first ACK).
-//! 2. At any time, the bytes the instrument was told were received are exactly the
-//!    completed messages plus `partial` of the last confirmed commit.
-//! 3. At most one commit is outstanding; input arriving meanwhile is held (bounded by
-//!    `max_frame + 64` bytes; the instrument is waiting for our reply, so there is
-//!    normally none) and processed after the commit is resolved.
-//! 4. Memory: decoder ≤ `max_frame`; partial message ≤ `max_message` (a frame that would
-//!    exceed it is NAKed with [`Reject::MessageTooLong`]: the instrument keeps the data).
-//! 5. A message that ends at EOT (instrument sends no L) is committed once more as a
-//!    `completed` message with an empty `partial` (no reply goes to the wire); if that
-//!    commit fails the partial stays durable and is reported [`Event::Incomplete`].
-//! 6. When the receive timer fires or the line is lost, the committed partial (if any) is
-//!    reported [`Event::Incomplete`]: it is already durable; the driver marks it
-//!    `incomplete` instead of discarding it.
+//!    frame whose pieces were not confirmed by `commit_done(true)`. The only ACKs queued
+//!    without a commit answer an ENQ (they cover no data) and a byte-identical copy of the
+//!    last accepted frame (its bytes were committed before its first ACK).
+//! 2. The bytes the instrument was told were received are exactly the committed pieces.
+//! 3. At most one commit is outstanding; while it is, `handle_input` takes no bytes.
+//! 4. Memory: the decoder's frame (≤ `max_frame`), the last accepted frame (≤ `max_frame`)
+//!    and the [`Splitter`] (a few counters and 128 bytes of H record): bounded by the frame
+//!    limit, not by the message. A frame that would take a message past `max_message` is
+//!    NAKed ([`Reject::MessageTooLong`]): the instrument keeps the data.
+//! 5. A message open at EOT (no L record) is closed by a commit with no text: complete as
+//!    [`MessageEnd::Eot`] (a lenient receiver takes what came before EOT, H record or
+//!    not). Nothing goes to the wire.
+//! 6. When the receive timer fires or the line is lost, an open message is closed by a
+//!    commit with no text ending it `Incomplete`: its committed pieces are durable already;
+//!    the driver marks them incomplete instead of discarding them.
 //!
 //! # Call order
 //!
-//! `handle_input` / `handle_timeout` / `handle_line_lost` / `commit_ok` / `commit_failed`,
-//! then drain `poll_event()` and `poll_transmit()` until both return `None`, then sleep
-//! until `poll_timeout()` or more input.
+//! `handle_input` / `handle_timeout` / `handle_line_lost` / `commit_done`, then
+//! `poll_commit`, drain `poll_transmit` and `poll_event`, then sleep until `poll_timeout()`
+//! or more input.
 
-use alloc::collections::VecDeque;
-use alloc::vec::Vec;
-
-use super::frame::{Decoded, FrameDecoder, FrameError};
-use super::{ACK, CR, ENQ, EOT, NAK};
+use super::frame::{Decoded, FrameDecoder};
+use super::split::{Scan, Splitter, Summary};
+use super::{ACK, ENQ, EOT, NAK};
+use crate::buf::{Buffer, Queue};
+use crate::session::{Commit, End, Event, MessageEnd, Piece, Reject};
 use crate::time::{Duration, Instant};
+
+/// The pieces of one frame's commit.
+pub type Pieces<'a> = Scan<'a>;
 
 /// Receiver limits and timers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,159 +67,89 @@ impl Default for ReceiverConfig {
     }
 }
 
-/// How a message ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageEnd {
-    /// At its L record.
-    Terminator,
-    /// At an L record, but the text does not start with an H record: its beginning was
-    /// lost (e.g. the line dropped mid-message and the instrument carried on after a new
-    /// ENQ). Store it as incomplete.
-    Headless,
-    /// At EOT without an L record.
-    Eot,
-    /// The receive timer fired.
-    Timeout,
-    /// The driver reported the line lost.
-    LineLost,
-}
-
-/// A message: record text without frame envelopes, each record terminated by CR.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The records.
-    pub text: Vec<u8>,
-    /// How it ended.
-    pub end: MessageEnd,
-}
-
-/// What the driver must make durable before the session may acknowledge.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitRequest {
-    /// FN of the frame (None for the commit of an EOT-ended message).
-    pub frame_number: Option<u8>,
-    /// Messages this commit completes: store each.
-    pub completed: Vec<Message>,
-    /// The new partial message (replaces the previous one; may be empty).
-    pub partial: Vec<u8>,
-}
-
-/// Why a frame was answered NAK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reject {
-    /// Bad frame (checksum, control char, too long, ...).
-    Frame(FrameError),
-    /// FN neither the last accepted one nor the next.
-    Sequence {
-        /// Last accepted FN.
-        last: u8,
-        /// FN received.
-        got: u8,
-    },
-    /// The message would exceed `max_message`.
-    MessageTooLong,
-    /// The driver could not commit.
-    CommitFailed,
-}
-
-/// Something the driver should know or do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// ENQ accepted: a transmission starts.
-    TransmissionStarted,
-    /// ENQ refused with NAK because the driver said busy.
-    RefusedBusy,
-    /// Make this durable, then call `commit_ok()` or `commit_failed()`.
-    NeedsCommit(CommitRequest),
-    /// A frame was committed and acknowledged.
-    FrameAccepted {
-        /// Its FN.
-        number: u8,
-        /// Text bytes.
-        len: usize,
-    },
-    /// A byte-identical retransmission was acknowledged and dropped.
-    DuplicateFrame {
-        /// Its FN.
-        number: u8,
-    },
-    /// A frame was answered NAK.
-    FrameRejected(Reject),
-    /// A message completed (already durable through a `NeedsCommit`: notification only).
-    MessageComplete(Message),
-    /// The committed partial message will never complete (already durable: mark it
-    /// incomplete).
-    Incomplete(Message),
-    /// EOT received: back to neutral.
-    TransmissionEnded,
-    /// The receive timer fired: back to neutral.
-    TimedOut,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Neutral,
     Receiving,
 }
 
+/// Why an open message is closed without text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    Eot,
+    Abort,
+}
+
 #[derive(Debug)]
-struct Pending {
-    number: Option<u8>,
-    frame: Vec<u8>,
-    last: bool,
-    completed: Vec<Message>,
-    partial: Vec<u8>,
-    text_len: usize,
+enum Pending {
+    /// A frame; its FN and text are in the decoder.
+    Frame {
+        number: u8,
+        etx: bool,
+        after: Splitter,
+        messages: u16,
+    },
+    /// An open message ends without more text.
+    Close {
+        why: Close,
+        end: End,
+        summary: Summary,
+    },
 }
 
 /// The receiver session.
 #[derive(Debug)]
-pub struct Receiver {
+pub struct Receiver<B> {
     cfg: ReceiverConfig,
     state: State,
-    decoder: FrameDecoder,
-    /// FN + text of the last accepted frame, and whether it was ETX.
-    last_frame: Vec<u8>,
-    last_was_etx: bool,
+    decoder: FrameDecoder<B>,
+    /// FN + text of the last accepted frame.
+    last: B,
+    last_etx: bool,
     last_fn: u8,
-    partial: Vec<u8>,
+    has_last: bool,
+    split: Splitter,
     pending: Option<Pending>,
-    held: VecDeque<u8>,
     line_lost_deferred: bool,
     busy: bool,
     interrupt: bool,
     deadline: Option<Instant>,
     now: Instant,
-    tx: VecDeque<u8>,
-    events: VecDeque<Event>,
+    tx: Queue<u8, 8>,
+    events: Queue<Event, 8>,
 }
 
-impl Receiver {
+impl<B: Buffer> Receiver<B> {
     /// A neutral receiver.
     pub fn new(cfg: ReceiverConfig) -> Self {
         Receiver {
             decoder: FrameDecoder::new(cfg.max_frame),
+            last: B::with_limit(cfg.max_frame.max(2)),
             cfg,
             state: State::Neutral,
-            last_frame: Vec::new(),
-            last_was_etx: false,
+            last_etx: false,
             last_fn: 0,
-            partial: Vec::new(),
+            has_last: false,
+            split: Splitter::default(),
             pending: None,
-            held: VecDeque::new(),
             line_lost_deferred: false,
             busy: false,
             interrupt: false,
             deadline: None,
             now: Instant::ZERO,
-            tx: VecDeque::new(),
-            events: VecDeque::new(),
+            tx: Queue::new(),
+            events: Queue::new(),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &ReceiverConfig {
         &self.cfg
+    }
+
+    /// The frame limit in force (the configured one, or the buffer's capacity if smaller).
+    pub fn max_frame(&self) -> usize {
+        self.decoder.max_frame()
     }
 
     /// While busy, ENQ is answered NAK.
@@ -239,107 +167,110 @@ impl Receiver {
         self.state == State::Receiving
     }
 
-    /// True while a `NeedsCommit` is unanswered.
+    /// True while a commit is unanswered.
     pub fn commit_outstanding(&self) -> bool {
         self.pending.is_some()
     }
 
-    /// Bytes of the committed partial message.
-    pub fn partial_len(&self) -> usize {
-        self.partial.len()
-    }
-
-    /// Start receiving without an ENQ (used when the sender session yielded on
-    /// contention and already answered the instrument's ENQ with ACK).
-    pub fn start_established(&mut self, now: Instant) {
-        self.now = now;
-        self.begin(now);
+    /// Bytes of the open (partly committed) message.
+    pub fn open_len(&self) -> usize {
+        self.split.open_len()
     }
 
     fn begin(&mut self, now: Instant) {
         self.state = State::Receiving;
         self.decoder.reset();
-        self.last_frame.clear();
+        self.last.clear();
+        self.has_last = false;
         self.last_fn = 0;
-        self.last_was_etx = false;
+        self.last_etx = false;
         self.deadline = Some(now + self.cfg.receive_timeout);
     }
 
-    /// Bytes from the wire.
-    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+    fn event(&mut self, e: Event) {
+        // `handle_input` stops while fewer than 3 slots are free, and no step queues more.
+        let _ = self.events.push(e);
+    }
+
+    fn reply(&mut self, b: u8) {
+        let _ = self.tx.push(b);
+    }
+
+    /// Bytes from the wire; returns how many were taken (see the module doc).
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) -> usize {
         self.now = now;
-        for &b in bytes {
+        let mut used = 0;
+        while let Some(&b) = bytes.get(used) {
+            if self.pending.is_some() || self.events.room() < 3 || self.tx.room() < 2 {
+                break;
+            }
+            used += 1;
             self.byte(b);
+            if self.decoder.take_replay().is_some() {
+                // The byte ended a frame that had no trailer: offer it again.
+                used -= 1;
+            }
         }
+        used
     }
 
     fn byte(&mut self, b: u8) {
-        if self.pending.is_some() {
-            if self.held.len() < self.cfg.max_frame.saturating_add(64) {
-                self.held.push_back(b);
-            }
-            return;
-        }
-        let mut next = Some(b);
-        while let Some(b) = next.take() {
-            self.byte_inner(b);
-            next = self.decoder.take_replay();
-            if self.pending.is_some() {
-                if let Some(r) = next.take() {
-                    self.held.push_back(r);
+        match self.state {
+            State::Neutral => {
+                if b == ENQ {
+                    self.enq();
                 }
+            }
+            State::Receiving => {
+                let quiet = self.nothing_received();
+                let frame = match self.decoder.push(b) {
+                    Decoded::Nothing => return,
+                    Decoded::Outside(EOT) => return self.on_eot(),
+                    Decoded::Outside(ENQ) if quiet => {
+                        // Our ACK to its ENQ did not arrive (or, after contention, the
+                        // instrument waited and asks again): answer again.
+                        return self.enq();
+                    }
+                    Decoded::Outside(_) => return,
+                    Decoded::Bad(e) => return self.reject(Reject::Frame(e)),
+                    Decoded::Frame(f) => (f.number, f.last),
+                };
+                self.on_frame(frame.0, frame.1);
             }
         }
     }
 
-    fn byte_inner(&mut self, b: u8) {
-        match self.state {
-            State::Neutral => {
-                if b == ENQ {
-                    if self.busy {
-                        self.tx.push_back(NAK);
-                        self.events.push_back(Event::RefusedBusy);
-                    } else {
-                        self.tx.push_back(ACK);
-                        self.begin(self.now);
-                        self.events.push_back(Event::TransmissionStarted);
-                    }
-                }
-            }
-            State::Receiving => {
-                let decoded = match self.decoder.push(b) {
-                    Decoded::Nothing => return,
-                    Decoded::Outside(c) => Err(Some(c)),
-                    Decoded::Bad(e) => Ok(Err(e)),
-                    Decoded::Frame(f) => {
-                        let mut v = Vec::with_capacity(f.text.len() + 1);
-                        v.push(b'0' + f.number);
-                        v.extend_from_slice(f.text);
-                        Ok(Ok((v, f.last)))
-                    }
-                };
-                match decoded {
-                    Err(Some(EOT)) => self.on_eot(),
-                    Err(_) => {}
-                    Ok(Err(e)) => self.reject(Reject::Frame(e)),
-                    Ok(Ok((frame, last))) => self.on_frame(frame, last),
-                }
-            }
+    fn nothing_received(&self) -> bool {
+        !self.has_last && !self.split.is_open() && !self.decoder.in_frame()
+    }
+
+    fn enq(&mut self) {
+        if self.busy {
+            self.reply(NAK);
+            self.event(Event::RefusedBusy);
+        } else {
+            self.reply(ACK);
+            self.begin(self.now);
+            self.event(Event::TransmissionStarted);
         }
     }
 
     fn reject(&mut self, r: Reject) {
-        self.tx.push_back(NAK);
-        self.events.push_back(Event::FrameRejected(r));
+        self.reply(NAK);
+        self.event(Event::FrameRejected(r));
         self.deadline = Some(self.now + self.cfg.receive_timeout);
     }
 
-    fn on_frame(&mut self, frame: Vec<u8>, last: bool) {
+    fn on_frame(&mut self, number: u8, etx: bool) {
         self.deadline = Some(self.now + self.cfg.receive_timeout);
-        let number = frame.first().map_or(0, |f| f.wrapping_sub(b'0') & 7);
-        if number == self.last_fn && last == self.last_was_etx && frame == self.last_frame {
-            self.tx.push_back(ACK);
-            self.events.push_back(Event::DuplicateFrame { number });
+        let frame = self.decoder.last_frame();
+        if self.has_last
+            && number == self.last_fn
+            && etx == self.last_etx
+            && frame == self.last.as_slice()
+        {
+            self.reply(ACK);
+            self.event(Event::DuplicateFrame);
             return;
         }
         if number != self.last_fn && number != (self.last_fn + 1) % 8 {
@@ -350,67 +281,40 @@ impl Receiver {
             return;
         }
         let text = frame.get(1..).unwrap_or(&[]);
-        let mut candidate = Vec::with_capacity(self.partial.len() + text.len() + 1);
-        candidate.extend_from_slice(&self.partial);
-        candidate.extend_from_slice(text);
-        if last && candidate.last().is_some_and(|&c| c != CR) {
-            candidate.push(CR);
+        let mut scan = Scan::new(text, etx, self.split.clone(), self.cfg.max_message);
+        let mut messages = 0u16;
+        for p in scan.by_ref() {
+            if matches!(p.end, Some(End::Complete(_))) {
+                messages = messages.saturating_add(1);
+            }
         }
-        // Records before the last CR of the committed partial are known not to be L.
-        let scan_from = self
-            .partial
-            .iter()
-            .rposition(|&b| b == CR)
-            .map_or(0, |i| i + 1);
-        let (completed, partial) = split_messages(candidate, scan_from);
-        let too_long = partial.len() > self.cfg.max_message
-            || completed
-                .iter()
-                .any(|m| m.text.len() > self.cfg.max_message);
-        if too_long {
+        if scan.too_long() {
             self.reject(Reject::MessageTooLong);
             return;
         }
-        let req = CommitRequest {
-            frame_number: Some(number),
-            completed: completed.clone(),
-            partial: partial.clone(),
-        };
-        self.pending = Some(Pending {
-            number: Some(number),
-            text_len: text.len(),
-            frame,
-            last,
-            completed,
-            partial,
+        self.pending = Some(Pending::Frame {
+            number,
+            etx,
+            after: scan.state().clone(),
+            messages,
         });
         self.deadline = None;
-        self.events.push_back(Event::NeedsCommit(req));
     }
 
     fn on_eot(&mut self) {
-        if self.partial.is_empty() {
-            self.end_transmission();
-            return;
+        match self.split.close() {
+            Some((_, summary)) => {
+                // Lenient: whatever the instrument sent before EOT is its message.
+                let end = End::Complete(MessageEnd::Eot);
+                self.pending = Some(Pending::Close {
+                    why: Close::Eot,
+                    end,
+                    summary,
+                });
+                self.deadline = None;
+            }
+            None => self.end_transmission(),
         }
-        let msg = Message {
-            text: self.partial.clone(),
-            end: MessageEnd::Eot,
-        };
-        self.pending = Some(Pending {
-            number: None,
-            frame: Vec::new(),
-            last: false,
-            completed: alloc::vec![msg.clone()],
-            partial: Vec::new(),
-            text_len: 0,
-        });
-        self.deadline = None;
-        self.events.push_back(Event::NeedsCommit(CommitRequest {
-            frame_number: None,
-            completed: alloc::vec![msg],
-            partial: Vec::new(),
-        }));
     }
 
     fn end_transmission(&mut self) {
@@ -418,79 +322,84 @@ impl Receiver {
         self.deadline = None;
         self.interrupt = false;
         self.decoder.reset();
-        self.events.push_back(Event::TransmissionEnded);
+        self.event(Event::TransmissionEnded);
     }
 
-    /// The driver made the last `CommitRequest` durable.
-    pub fn commit_ok(&mut self) {
+    /// What the driver must make durable now, if anything.
+    pub fn poll_commit(&self) -> Option<Commit<'_>> {
+        match self.pending.as_ref()? {
+            Pending::Frame { etx, .. } => {
+                let text = self.decoder.last_frame().get(1..).unwrap_or(&[]);
+                Some(Commit::Frame(Scan::new(
+                    text,
+                    *etx,
+                    self.split.clone(),
+                    self.cfg.max_message,
+                )))
+            }
+            Pending::Close { end, summary, .. } => Some(Commit::One(Some(Piece {
+                text: &[],
+                cr: false,
+                begins: false,
+                end: Some(end.clone()),
+                summary: Some(summary.clone()),
+            }))),
+        }
+    }
+
+    /// The answer to the outstanding commit.
+    pub fn commit_done(&mut self, ok: bool, now: Instant) {
+        self.now = now;
         let Some(p) = self.pending.take() else { return };
-        self.partial = p.partial;
-        match p.number {
-            Some(number) => {
+        match p {
+            Pending::Frame {
+                number,
+                etx,
+                after,
+                messages,
+            } if ok => {
+                self.split = after;
+                let frame = self.decoder.last_frame();
+                // Same limit as the decoder's buffer: it fits.
+                let _ = self.last.try_set(frame);
+                self.has_last = true;
+                self.last_fn = number;
+                self.last_etx = etx;
                 if self.interrupt {
-                    self.tx.push_back(EOT);
+                    self.reply(EOT);
                     self.interrupt = false;
                 } else {
-                    self.tx.push_back(ACK);
+                    self.reply(ACK);
                 }
-                self.last_frame = p.frame;
-                self.last_fn = number;
-                self.last_was_etx = p.last;
-                self.events.push_back(Event::FrameAccepted {
-                    number,
-                    len: p.text_len,
-                });
-                for m in p.completed {
-                    self.events.push_back(Event::MessageComplete(m));
-                }
-                self.deadline = Some(self.now + self.cfg.receive_timeout);
+                self.event(Event::Accepted { messages });
+                self.deadline = Some(now + self.cfg.receive_timeout);
             }
-            None => {
-                for m in p.completed {
-                    self.events.push_back(Event::MessageComplete(m));
-                }
-                self.end_transmission();
+            Pending::Frame { .. } => {
+                self.event(Event::Refused);
+                self.reject(Reject::CommitFailed);
             }
-        }
-        self.after_commit();
-    }
-
-    /// The driver could not make the last `CommitRequest` durable.
-    pub fn commit_failed(&mut self) {
-        let Some(p) = self.pending.take() else { return };
-        match p.number {
-            Some(_) => self.reject(Reject::CommitFailed),
-            None => {
-                let text = core::mem::take(&mut self.partial);
-                self.events.push_back(Event::Incomplete(Message {
-                    text,
-                    end: MessageEnd::Eot,
-                }));
-                self.end_transmission();
+            Pending::Close { why, end, .. } => {
+                if why == Close::Eot {
+                    if !ok {
+                        self.event(Event::Refused);
+                    } else if matches!(end, End::Complete(_)) {
+                        self.event(Event::Accepted { messages: 1 });
+                    }
+                    self.end_transmission();
+                }
             }
         }
-        self.after_commit();
-    }
-
-    fn after_commit(&mut self) {
         if self.line_lost_deferred {
             self.line_lost_deferred = false;
-            self.held.clear();
-            self.handle_line_lost();
-            return;
-        }
-        while self.pending.is_none() {
-            let Some(b) = self.held.pop_front() else {
-                break;
-            };
-            self.byte(b);
+            self.handle_line_lost(now);
         }
     }
 
-    /// The driver lost the line (serial closed, TCP reset): keep what was committed as
-    /// incomplete and return to neutral. With a commit outstanding this takes effect
-    /// when the commit is resolved.
-    pub fn handle_line_lost(&mut self) {
+    /// The driver lost the line (serial closed, TCP reset): an open message is closed as
+    /// incomplete, back to neutral. With a commit outstanding this takes effect when the
+    /// commit is answered.
+    pub fn handle_line_lost(&mut self, now: Instant) {
+        self.now = now;
         if self.pending.is_some() {
             self.line_lost_deferred = true;
             return;
@@ -498,17 +407,18 @@ impl Receiver {
         self.abort(MessageEnd::LineLost);
     }
 
-    fn abort(&mut self, end: MessageEnd) {
-        if !self.partial.is_empty() {
-            let text = core::mem::take(&mut self.partial);
-            self.events
-                .push_back(Event::Incomplete(Message { text, end }));
+    fn abort(&mut self, why: MessageEnd) {
+        if let Some((_, summary)) = self.split.close() {
+            self.pending = Some(Pending::Close {
+                why: Close::Abort,
+                end: End::Incomplete(why),
+                summary,
+            });
         }
         self.state = State::Neutral;
         self.deadline = None;
         self.interrupt = false;
         self.decoder.reset();
-        self.held.clear();
     }
 
     /// Call when `poll_timeout()` has passed.
@@ -517,7 +427,7 @@ impl Receiver {
         if let Some(d) = self.deadline {
             if now >= d && self.pending.is_none() {
                 self.abort(MessageEnd::Timeout);
-                self.events.push_back(Event::TimedOut);
+                self.event(Event::TimedOut);
             }
         }
     }
@@ -526,7 +436,7 @@ impl Receiver {
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
         let mut n = 0;
         for slot in buf.iter_mut() {
-            match self.tx.pop_front() {
+            match self.tx.pop() {
                 Some(b) => {
                     *slot = b;
                     n += 1;
@@ -539,54 +449,12 @@ impl Receiver {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// The next deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
-    }
-}
-
-/// True if `rec` (one record without its CR) is an L record. The field delimiter is not
-/// known here (it lives in the H record), so any non-alphanumeric second byte counts.
-fn is_terminator(rec: &[u8]) -> bool {
-    match rec {
-        [b'L'] => true,
-        [b'L', d, ..] => !d.is_ascii_alphanumeric(),
-        _ => false,
-    }
-}
-
-/// Cut `text` after each CR-terminated L record; records start at or after `scan_from`.
-fn split_messages(mut text: Vec<u8>, scan_from: usize) -> (Vec<Message>, Vec<u8>) {
-    let mut completed = Vec::new();
-    let mut start = scan_from.min(text.len());
-    loop {
-        let mut cut = None;
-        for (i, &b) in text.iter().enumerate().skip(start) {
-            if b == CR {
-                if is_terminator(text.get(start..i).unwrap_or(&[])) {
-                    cut = Some(i + 1);
-                    break;
-                }
-                start = i + 1;
-            }
-        }
-        match cut {
-            Some(c) => {
-                start = 0;
-                let rest = text.split_off(c);
-                let end = if text.first() == Some(&b'H') {
-                    MessageEnd::Terminator
-                } else {
-                    MessageEnd::Headless
-                };
-                completed.push(Message { text, end });
-                text = rest;
-            }
-            None => return (completed, text),
-        }
     }
 }
 
@@ -596,73 +464,155 @@ mod tests {
     use crate::astm::frame::encode_frame;
     use crate::astm::STX;
 
-    fn frame(n: u8, text: &[u8], last: bool) -> Vec<u8> {
-        let mut b = alloc::vec![0u8; text.len() + 7];
+    type R = Receiver<heapless::Vec<u8, 256>>;
+    type V = heapless::Vec<u8, 512>;
+
+    fn frame(n: u8, text: &[u8], last: bool) -> V {
+        let mut b = [0u8; 300];
         let l = encode_frame(n, text, last, &mut b).unwrap();
-        b.truncate(l);
-        b
+        V::from_slice(&b[..l]).unwrap()
     }
 
-    fn drain(r: &mut Receiver) -> (Vec<u8>, Vec<Event>) {
-        let mut tx = Vec::new();
+    /// Feeds `bytes`; a frame's trailing LF waits while its commit is outstanding, and is
+    /// fed (swallowed) after the commit is answered: `answer` does that.
+    fn feed(r: &mut R, bytes: &[u8], t: Instant) {
+        let n = r.handle_input(bytes, t);
+        let rest = &bytes[n..];
+        assert!(rest.is_empty() || rest == b"\n", "left {rest:?}");
+        if !rest.is_empty() {
+            assert!(r.commit_outstanding());
+        }
+    }
+
+    fn answer(r: &mut R, ok: bool, t: Instant) {
+        r.commit_done(ok, t);
+        assert_eq!(r.handle_input(b"\n", t), 1);
+    }
+
+    /// What the receiver wrote; its events are drained (and dropped) too.
+    fn tx(r: &mut R) -> V {
+        while r.poll_event().is_some() {}
+        let mut v = V::new();
         let mut buf = [0u8; 8];
         while let Some(n) = r.poll_transmit(&mut buf) {
-            tx.extend_from_slice(&buf[..n]);
+            v.extend_from_slice(&buf[..n]).unwrap();
         }
-        let mut ev = Vec::new();
-        while let Some(e) = r.poll_event() {
-            ev.push(e);
+        v
+    }
+
+    /// The commit's pieces, as (text with CR, begins, end).
+    fn commit(r: &R) -> heapless::Vec<(V, bool, Option<End>), 8> {
+        let mut out = heapless::Vec::new();
+        for p in r.poll_commit().expect("a commit") {
+            let mut t = V::from_slice(p.text).unwrap();
+            if p.cr {
+                t.push(b'\r').unwrap();
+            }
+            out.push((t, p.begins, p.end)).unwrap();
         }
-        (tx, ev)
+        out
     }
 
     #[test]
-    fn no_ack_before_commit() {
-        let mut r = Receiver::new(ReceiverConfig::default());
+    fn no_ack_before_commit_and_pieces_are_the_new_text_only() {
+        let mut r = R::new(ReceiverConfig::default());
         let t = Instant::ZERO;
-        r.handle_input(&[ENQ], t);
-        assert_eq!(drain(&mut r).0, [ACK]);
-        r.handle_input(&frame(1, b"H|\\^&\rP|1\r", false), t);
-        let (tx, ev) = drain(&mut r);
-        assert!(tx.is_empty());
-        assert!(matches!(ev.as_slice(), [Event::NeedsCommit(_)]));
-        r.commit_ok();
-        assert_eq!(drain(&mut r).0, [ACK]);
-        r.handle_input(&frame(2, b"L|1\r", true), t);
-        r.commit_failed();
-        assert_eq!(drain(&mut r).0, [NAK]);
-        r.handle_input(&frame(2, b"L|1\r", true), t);
-        let (_, ev) = drain(&mut r);
-        let Some(Event::NeedsCommit(c)) = ev.first() else {
-            panic!()
-        };
-        assert_eq!(c.completed[0].text, b"H|\\^&\rP|1\rL|1\r");
-        assert!(c.partial.is_empty());
-        r.commit_ok();
-        r.handle_input(&[EOT], t);
-        let (tx, ev) = drain(&mut r);
-        assert_eq!(tx, [ACK]);
-        assert!(ev.contains(&Event::TransmissionEnded));
+        feed(&mut r, &[ENQ], t);
+        assert_eq!(&tx(&mut r)[..], [ACK]);
+        feed(&mut r, &frame(1, b"H|\\^&\rP|1\r", false), t);
+        assert!(tx(&mut r).is_empty());
+        let c = commit(&r);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (&c[0].0[..], c[0].1, &c[0].2),
+            (&b"H|\\^&\rP|1\r"[..], true, &None)
+        );
+        answer(&mut r, true, t);
+        assert_eq!(&tx(&mut r)[..], [ACK]);
+        let f2 = frame(2, b"L|1\r", true);
+        feed(&mut r, &f2, t);
+        answer(&mut r, false, t);
+        assert_eq!(&tx(&mut r)[..], [NAK]);
+        feed(&mut r, &f2, t);
+        let c = commit(&r);
+        assert_eq!(&c[0].0[..], b"L|1\r", "only what this frame adds");
+        assert!(!c[0].1);
+        assert_eq!(c[0].2, Some(End::Complete(MessageEnd::Terminator)));
+        answer(&mut r, true, t);
+        assert_eq!(&tx(&mut r)[..], [ACK]);
+        // A copy of the last frame: ACKed, no commit.
+        feed(&mut r, &f2, t);
+        assert!(r.poll_commit().is_none());
+        assert_eq!(&tx(&mut r)[..], [ACK]);
+        feed(&mut r, &[EOT], t);
+        assert!(r.poll_commit().is_none());
+        assert!(!r.is_receiving());
     }
 
     #[test]
-    fn timeout_keeps_incomplete() {
-        let mut r = Receiver::new(ReceiverConfig::default());
-        r.handle_input(&[ENQ], Instant::ZERO);
-        r.handle_input(&frame(1, b"H|\\^&\r", true), Instant::ZERO);
-        r.commit_ok();
-        drain(&mut r);
+    fn input_waits_while_a_commit_is_outstanding() {
+        let mut r = R::new(ReceiverConfig::default());
+        let t = Instant::ZERO;
+        feed(&mut r, &[ENQ], t);
+        let mut wire = V::new();
+        wire.extend_from_slice(&frame(1, b"H|\\^&\r", false))
+            .unwrap();
+        let first = wire.len();
+        wire.extend_from_slice(&frame(2, b"L\r", true)).unwrap();
+        // The LF of the first frame's trailer is swallowed after the commit.
+        let used = r.handle_input(&wire, t);
+        assert_eq!(used, first - 1);
+        assert_eq!(r.handle_input(&wire[used..], t), 0);
+        r.commit_done(true, t);
+        let used2 = r.handle_input(&wire[used..], t);
+        assert_eq!(used + used2, wire.len() - 1);
+        assert!(r.poll_commit().is_some());
+    }
+
+    #[test]
+    fn timeout_closes_the_open_message_as_incomplete() {
+        let mut r = R::new(ReceiverConfig::default());
+        feed(&mut r, &[ENQ], Instant::ZERO);
+        feed(&mut r, &frame(1, b"H|\\^&\r", true), Instant::ZERO);
+        answer(&mut r, true, Instant::ZERO);
+        tx(&mut r);
         let d = r.poll_timeout().unwrap();
         r.handle_timeout(d);
-        let (_, ev) = drain(&mut r);
-        assert_eq!(
-            ev[0],
-            Event::Incomplete(Message {
-                text: b"H|\\^&\r".to_vec(),
-                end: MessageEnd::Timeout
-            })
-        );
-        r.handle_input(&[STX], d);
+        let c = commit(&r);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].0.is_empty());
+        assert_eq!(c[0].2, Some(End::Incomplete(MessageEnd::Timeout)));
+        r.commit_done(true, d);
         assert!(!r.is_receiving());
+        assert_eq!(r.handle_input(&[STX], d), 1);
+        assert!(r.poll_commit().is_none());
+    }
+
+    #[test]
+    fn eot_without_l_completes_and_frames_beyond_the_buffer_are_nak() {
+        let mut r = R::new(ReceiverConfig::default());
+        assert_eq!(r.max_frame(), 256, "clamped to the buffer's capacity");
+        let t = Instant::ZERO;
+        feed(&mut r, &[ENQ], t);
+        tx(&mut r);
+        feed(&mut r, &frame(1, &[b'x'; 280], true), t);
+        assert_eq!(
+            r.poll_event(),
+            Some(Event::FrameRejected(Reject::Frame(
+                crate::astm::frame::FrameError::TooLong
+            )))
+        );
+        assert_eq!(&tx(&mut r)[..], [NAK]);
+        feed(&mut r, &frame(1, b"H|\\^&\rR|1\r", true), t);
+        answer(&mut r, true, t);
+        feed(&mut r, &[EOT], t);
+        let c = commit(&r);
+        assert_eq!(c[0].2, Some(End::Complete(MessageEnd::Eot)));
+        r.commit_done(true, t);
+        let mut ended = false;
+        while let Some(e) = r.poll_event() {
+            ended |= e == Event::TransmissionEnded;
+        }
+        assert!(ended && !r.is_receiving());
     }
 }

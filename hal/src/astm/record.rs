@@ -8,11 +8,13 @@
 //!
 //! Views: [`records`] → [`Record`] → [`Field`] → repeats → components, all borrowing
 //! the input; [`unescape`] resolves `&F& &S& &R& &E& &Xhhhh& &H& &N&`. Nothing here
-//! panics on any input; nothing allocates except [`unescape`].
-
-use alloc::vec::Vec;
+//! panics on any input; nothing allocates. Message boundaries and summaries live in
+//! [`super::split`] (re-exported here).
 
 use super::CR;
+use crate::buf::Sink;
+
+pub use super::split::{split_messages, summary, Summary};
 
 /// The four delimiters of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,87 +247,6 @@ pub fn records(text: &[u8]) -> impl Iterator<Item = Record<'_>> + '_ {
         })
 }
 
-fn is_l(rec: &[u8]) -> bool {
-    match rec {
-        [b'L'] => true,
-        [b'L', d, ..] => !d.is_ascii_alphanumeric(),
-        _ => false,
-    }
-}
-
-/// Split a transmission's text into messages: a message ends after its L record, or
-/// before the next H record when an L is missing. Each slice keeps its CRs.
-pub fn split_messages(text: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut msg_start = 0;
-    let mut rec_start = 0;
-    let mut has_content = false;
-    for (i, &b) in text.iter().enumerate() {
-        if b != CR {
-            continue;
-        }
-        let rec = text.get(rec_start..i).unwrap_or(&[]);
-        let rec_t = rec.strip_prefix(b"\n").unwrap_or(rec);
-        if Delimiters::from_header(rec_t).is_some() && has_content && rec_start > msg_start {
-            out.push(text.get(msg_start..rec_start).unwrap_or(&[]));
-            msg_start = rec_start;
-        }
-        if !rec_t.is_empty() {
-            has_content = true;
-        }
-        if is_l(rec_t) {
-            out.push(text.get(msg_start..=i).unwrap_or(&[]));
-            msg_start = i + 1;
-            has_content = false;
-        }
-        rec_start = i + 1;
-    }
-    let tail = text.get(msg_start..).unwrap_or(&[]);
-    if tail.iter().any(|&b| !matches!(b, CR | b'\n')) {
-        out.push(tail);
-    }
-    out
-}
-
-/// What the agent stores as meta for a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Summary<'a> {
-    /// H-5, first component (sender name), escaped bytes.
-    pub sender: Option<&'a [u8]>,
-    /// P records.
-    pub patients: usize,
-    /// O records.
-    pub orders: usize,
-    /// R records.
-    pub results: usize,
-    /// Q records.
-    pub queries: usize,
-    /// All records.
-    pub records: usize,
-}
-
-/// Summarise a message (or a whole transmission).
-pub fn summary(text: &[u8]) -> Summary<'_> {
-    let mut s = Summary::default();
-    for r in records(text) {
-        s.records += 1;
-        match r.record_type() {
-            RecordType::Header if s.sender.is_none() => {
-                s.sender = r
-                    .field(5)
-                    .and_then(|f| f.component(1))
-                    .filter(|c| !c.is_empty());
-            }
-            RecordType::Patient => s.patients += 1,
-            RecordType::Order => s.orders += 1,
-            RecordType::Result => s.results += 1,
-            RecordType::Query => s.queries += 1,
-            _ => {}
-        }
-    }
-    s
-}
-
 fn hexval(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
@@ -337,49 +258,49 @@ fn hexval(c: u8) -> Option<u8> {
 
 /// Resolve escape sequences in `raw` (a component or field) and append to `out`.
 /// Unknown or unterminated sequences are copied literally; `&H&`/`&N&` are dropped.
-pub fn unescape(raw: &[u8], d: Delimiters, out: &mut Vec<u8>) {
+pub fn unescape(raw: &[u8], d: Delimiters, out: &mut impl Sink) {
     let e = d.escape;
     let mut i = 0;
     while let Some(&b) = raw.get(i) {
         if b != e {
-            out.push(b);
+            out.put(b);
             i += 1;
             continue;
         }
         let rest = raw.get(i + 1..).unwrap_or(&[]);
         let Some(end) = rest.iter().position(|&c| c == e) else {
-            out.extend_from_slice(raw.get(i..).unwrap_or(&[]));
+            out.put_all(raw.get(i..).unwrap_or(&[]));
             return;
         };
         let seq = rest.get(..end).unwrap_or(&[]);
+        let whole = raw.get(i..i + end + 2).unwrap_or(&[]);
         match seq {
-            b"F" => out.push(d.field),
-            b"S" => out.push(d.component),
-            b"R" => out.push(d.repeat),
-            b"E" => out.push(d.escape),
+            b"F" => out.put(d.field),
+            b"S" => out.put(d.component),
+            b"R" => out.put(d.repeat),
+            b"E" => out.put(d.escape),
             b"H" | b"N" => {}
             [b'X', hex @ ..] if !hex.is_empty() && hex.len() % 2 == 0 => {
-                let decoded: Option<Vec<u8>> = hex
-                    .chunks(2)
-                    .map(|p| match p {
-                        [a, b] => Some((hexval(*a)? << 4) | hexval(*b)?),
-                        _ => None,
-                    })
-                    .collect();
-                match decoded {
-                    Some(v) => out.extend_from_slice(&v),
-                    None => out.extend_from_slice(raw.get(i..i + end + 2).unwrap_or(&[])),
+                let valid = hex.iter().all(|&c| hexval(c).is_some());
+                if valid {
+                    for p in hex.chunks_exact(2) {
+                        out.put((hexval(p[0]).unwrap_or(0) << 4) | hexval(p[1]).unwrap_or(0));
+                    }
+                } else {
+                    out.put_all(whole);
                 }
             }
-            _ => out.extend_from_slice(raw.get(i..i + end + 2).unwrap_or(&[])),
+            _ => out.put_all(whole),
         }
         i += end + 2;
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec::Vec;
 
     #[test]
     fn delimiters_from_header() {
@@ -399,7 +320,7 @@ mod tests {
     fn fields_repeats_components() {
         let text = b"H|\\^&|||Sender^1.0\rP|1||PID\rO|1|S1||^^^A\\^^^B\rR|1|^^^A|5\rL|1|N\r";
         let s = summary(text);
-        assert_eq!(s.sender, Some(&b"Sender"[..]));
+        assert_eq!(s.sender.as_deref(), Some(&b"Sender"[..]));
         assert_eq!((s.patients, s.orders, s.results, s.queries), (1, 1, 1, 0));
         let o = records(text).nth(2).unwrap();
         let f = o.field(5).unwrap();
@@ -429,7 +350,7 @@ mod tests {
     #[test]
     fn split() {
         let t = b"H|\\^&\rL|1\rH|\\^&\rP|1\rH|\\^&\rL|1\r";
-        let m = split_messages(t);
+        let m: Vec<&[u8]> = split_messages(t).collect();
         assert_eq!(
             m,
             [&b"H|\\^&\rL|1\r"[..], b"H|\\^&\rP|1\r", b"H|\\^&\rL|1\r"]

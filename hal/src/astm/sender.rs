@@ -1,33 +1,32 @@
-//! The sending side of an E1381 link (host → instrument), sans-IO.
+//! The sending side of an E1381 link (host → instrument, or an instrument simulator's
+//! results), sans-IO.
 //!
-//! One message (records, CR separated) at a time: [`Sender::send`] queues it and sends
-//! ENQ; each record is split into frames of at most `max_text` bytes (ETB for all but
-//! the record's last frame, ETX for that one); EOT ends the transfer.
+//! One message (records) at a time: [`Sender::send`] copies it into the session's buffer
+//! (line ends CR, LF or CR LF all become CR; empty lines are dropped) and sends ENQ; each
+//! record is split into frames of at most `max_text` bytes (ETB for all but the record's
+//! last frame, ETX for that one); EOT ends the transfer.
 //!
 //! Rules:
 //! - ENQ reply timer `reply_timeout` (15 s); no reply → EOT, wait `busy_retry`, ENQ again.
 //! - NAK to ENQ → wait `busy_retry` (10 s) before the next ENQ; at most `max_retries`
-//!   ENQs per message, then [`Event::Failed`].
-//! - Contention: ENQ received while waiting for the reply to our ENQ → the instrument
-//!   wins: [`Event::Contention`] (the driver feeds that ENQ to its `Receiver`, which
-//!   answers it) and the sender waits `contention_wait` (20 s) before its next ENQ.
+//!   ENQs per message, then [`Event::Failed`] with [`Failure::NotEstablished`].
+//! - Contention: ENQ received while waiting for the reply to our ENQ → [`Event::Contention`]
+//!   and the sender goes idle, the message dropped: the caller decides what wins (the
+//!   host yields to the instrument, [`super::link::Link`]; an instrument may send again).
 //! - Each frame is sent at most `max_retries` times in total (NAK, or any reply other
-//!   than ACK/EOT → resend the same frame, same FN); then EOT and [`Event::Failed`].
-//!   No reply within `reply_timeout` → EOT and [`Event::Failed`] (LIS1-A termination).
+//!   than ACK/EOT → resend the same frame, same FN); then EOT and [`Failure::FrameRetries`].
+//!   No reply within `reply_timeout` → EOT and [`Failure::NoReply`] (LIS1-A termination).
 //!   Reply bytes that arrive before the frame was handed out by `poll_transmit` are
 //!   ignored (a stray ACK must never acknowledge a frame that was never sent).
 //! - EOT as a frame reply is a receiver interrupt: it acknowledges the frame; if more
-//!   frames remain the sender sends EOT and reports [`Event::Interrupted`] (the driver
-//!   may send the message again later).
+//!   frames remain the sender sends EOT and reports [`Event::Interrupted`].
 //!
-//! Invariants: at most one message is held (`send` returns [`SendError::Busy`] otherwise);
-//! the transmit buffer holds at most one frame (`max_text + 7` bytes).
-
-use alloc::collections::VecDeque;
-use alloc::vec::Vec;
+//! Memory: the message (≤ the buffer's limit) and one frame being written; frames are
+//! cut from the message as they are sent, never stored.
 
 use super::frame::{encode_frame, OVERHEAD};
 use super::{ACK, CR, ENQ, EOT, NAK};
+use crate::buf::{Buffer, Queue};
 use crate::time::{Duration, Instant};
 
 /// Sender timers and limits.
@@ -37,14 +36,17 @@ pub struct SenderConfig {
     pub reply_timeout: Duration,
     /// Wait after NAK to ENQ (or no reply) before the next ENQ. Default 10 s.
     pub busy_retry: Duration,
-    /// Wait after losing contention. Default 20 s.
-    pub contention_wait: Duration,
     /// Attempts per frame (and ENQs per message) in total. Default 6.
     pub max_retries: u32,
     /// Text bytes per frame. Default 240.
     pub max_text: usize,
-    /// Largest message accepted by `send`. Default 1 MiB.
+    /// Largest message accepted by `send` (at most the buffer's capacity). Default 1 MiB.
     pub max_message: usize,
+    /// Fill every frame with up to `max_text` bytes of the message, across record
+    /// boundaries (several records per frame, records split anywhere; ETX only on the
+    /// message's last frame), as some instruments do. Default false: each record starts a
+    /// new frame and ends in an ETX frame.
+    pub pack_records: bool,
 }
 
 impl Default for SenderConfig {
@@ -52,10 +54,10 @@ impl Default for SenderConfig {
         SenderConfig {
             reply_timeout: Duration::from_secs(15),
             busy_retry: Duration::from_secs(10),
-            contention_wait: Duration::from_secs(20),
             max_retries: 6,
             max_text: 240,
             max_message: 1024 * 1024,
+            pack_records: false,
         }
     }
 }
@@ -65,7 +67,7 @@ impl Default for SenderConfig {
 pub enum SendError {
     /// A message is already being sent.
     Busy,
-    /// Empty or over `max_message`.
+    /// Empty, or over `max_message` / the buffer.
     BadSize,
 }
 
@@ -81,9 +83,9 @@ pub enum Failure {
 }
 
 /// Sender events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// The instrument wants to send: feed its ENQ to the receiver.
+    /// The other side sent ENQ while we waited for the reply to ours; the sender is idle.
     Contention,
     /// Every frame was acknowledged and EOT sent.
     Delivered,
@@ -103,36 +105,40 @@ enum State {
 
 /// The sender session.
 #[derive(Debug)]
-pub struct Sender {
+pub struct Sender<B> {
     cfg: SenderConfig,
     state: State,
-    /// (offset, len, last) of each frame's text in `msg`.
-    frames: Vec<(usize, usize, bool)>,
-    msg: Vec<u8>,
-    next: usize,
+    msg: B,
+    /// The current frame: text offset, length, ETX; and its FN.
+    off: usize,
+    len: usize,
+    etx: bool,
+    fn_digit: u8,
     attempts: u32,
     frame_written: bool,
     enq_attempts: u32,
     deadline: Option<Instant>,
-    tx: VecDeque<u8>,
-    events: VecDeque<Event>,
+    tx: Queue<u8, 4>,
+    events: Queue<Event, 4>,
 }
 
-impl Sender {
+impl<B: Buffer> Sender<B> {
     /// An idle sender.
     pub fn new(cfg: SenderConfig) -> Self {
         Sender {
+            msg: B::with_limit(cfg.max_message),
             cfg,
             state: State::Idle,
-            frames: Vec::new(),
-            msg: Vec::new(),
-            next: 0,
+            off: 0,
+            len: 0,
+            etx: false,
+            fn_digit: 1,
             attempts: 0,
             frame_written: false,
             enq_attempts: 0,
             deadline: None,
-            tx: VecDeque::new(),
-            events: VecDeque::new(),
+            tx: Queue::new(),
+            events: Queue::new(),
         }
     }
 
@@ -141,46 +147,79 @@ impl Sender {
         self.state == State::Idle
     }
 
-    /// Queue a message (records, each terminated by CR; a missing final CR is added)
-    /// and start establishment.
+    /// The records being sent (CR separated).
+    pub fn message(&self) -> &[u8] {
+        self.msg.as_slice()
+    }
+
+    /// Queue a message (records separated by CR, LF or CR LF; the last record's end may be
+    /// missing) and start establishment.
     pub fn send(&mut self, records: &[u8], now: Instant) -> Result<(), SendError> {
         if self.state != State::Idle {
             return Err(SendError::Busy);
         }
-        if records.is_empty() || records.len() > self.cfg.max_message {
-            return Err(SendError::BadSize);
-        }
         self.msg.clear();
-        self.msg.extend_from_slice(records);
-        if self.msg.last() != Some(&CR) {
-            self.msg.push(CR);
-        }
-        self.frames.clear();
-        let max = self.cfg.max_text.max(1);
-        let mut start = 0;
-        for (i, &b) in self.msg.iter().enumerate() {
-            if b == CR {
-                let end = i + 1;
-                let mut o = start;
-                while o < end {
-                    let l = (end - o).min(max);
-                    self.frames.push((o, l, o + l == end));
-                    o += l;
-                }
-                start = end;
+        for line in records.split(|&b| b == CR || b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            if self.msg.len() + line.len() + 1 > self.cfg.max_message
+                || self.msg.try_extend(line).is_err()
+                || self.msg.try_push(CR).is_err()
+            {
+                self.msg.clear();
+                return Err(SendError::BadSize);
             }
         }
-        self.next = 0;
+        if self.msg.is_empty() {
+            return Err(SendError::BadSize);
+        }
+        self.off = 0;
+        self.len = 0;
+        self.fn_digit = 0;
         self.enq_attempts = 0;
+        self.tx.clear();
         self.send_enq(now);
         Ok(())
     }
 
+    /// Drop the message without a word on the wire (the line was lost, or the caller
+    /// yields). Nothing is reported.
+    pub fn abort(&mut self) {
+        self.state = State::Idle;
+        self.deadline = None;
+        self.msg.clear();
+        self.tx.clear();
+    }
+
     fn send_enq(&mut self, now: Instant) {
         self.enq_attempts += 1;
-        self.tx.push_back(ENQ);
+        let _ = self.tx.push(ENQ);
         self.state = State::WaitEnqReply;
         self.deadline = Some(now + self.cfg.reply_timeout);
+    }
+
+    /// Moves to the frame after the current one; false at the end of the message.
+    fn next_frame(&mut self) -> bool {
+        let start = self.off + self.len;
+        let msg = self.msg.as_slice();
+        if start >= msg.len() {
+            return false;
+        }
+        let rec_end = if self.cfg.pack_records {
+            msg.len()
+        } else {
+            msg[start..]
+                .iter()
+                .position(|&b| b == CR)
+                .map_or(msg.len(), |i| start + i + 1)
+        };
+        self.off = start;
+        self.len = (rec_end - start).min(self.cfg.max_text.max(1));
+        self.etx = start + self.len == rec_end;
+        self.fn_digit = (self.fn_digit + 1) % 8;
+        self.attempts = 0;
+        true
     }
 
     fn send_frame(&mut self, now: Instant) {
@@ -191,46 +230,45 @@ impl Sender {
     }
 
     fn finish(&mut self, ev: Event) {
-        self.tx.push_back(EOT);
+        let _ = self.tx.push(EOT);
         self.state = State::Idle;
         self.deadline = None;
         self.msg.clear();
-        self.frames.clear();
-        self.events.push_back(ev);
+        let _ = self.events.push(ev);
     }
 
-    fn retry_enq_later(&mut self, now: Instant, wait: Duration) {
+    fn retry_enq_later(&mut self, now: Instant) {
         if self.enq_attempts >= self.cfg.max_retries {
             self.state = State::Idle;
             self.deadline = None;
-            self.events
-                .push_back(Event::Failed(Failure::NotEstablished));
+            self.msg.clear();
+            let _ = self.events.push(Event::Failed(Failure::NotEstablished));
             return;
         }
         self.state = State::WaitBeforeEnq;
-        self.deadline = Some(now + wait);
+        self.deadline = Some(now + self.cfg.busy_retry);
     }
 
-    /// Bytes from the wire.
+    /// Bytes from the wire (all are taken).
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
         for &b in bytes {
             match (self.state, b) {
                 (State::WaitEnqReply, ACK) => {
-                    self.attempts = 0;
+                    self.next_frame();
                     self.send_frame(now);
                 }
-                (State::WaitEnqReply, NAK) => self.retry_enq_later(now, self.cfg.busy_retry),
+                (State::WaitEnqReply, NAK) => self.retry_enq_later(now),
                 (State::WaitEnqReply, ENQ) => {
-                    self.events.push_back(Event::Contention);
-                    // Contention does not count against the ENQ budget.
-                    self.enq_attempts = self.enq_attempts.saturating_sub(1);
-                    self.retry_enq_later(now, self.cfg.contention_wait);
+                    self.state = State::Idle;
+                    self.deadline = None;
+                    self.msg.clear();
+                    let _ = self.events.push(Event::Contention);
                 }
                 // A reply before the frame went out is not about that frame.
                 (State::WaitFrameReply, _) if !self.frame_written => {}
                 (State::WaitFrameReply, ACK) => self.advance(now),
                 (State::WaitFrameReply, EOT) => {
-                    if self.next + 1 >= self.frames.len() {
+                    if self.off + self.len >= self.msg.len() {
                         self.advance(now);
                     } else {
                         self.finish(Event::Interrupted);
@@ -244,12 +282,10 @@ impl Sender {
     }
 
     fn advance(&mut self, now: Instant) {
-        self.next += 1;
-        self.attempts = 0;
-        if self.next >= self.frames.len() {
-            self.finish(Event::Delivered);
-        } else {
+        if self.next_frame() {
             self.send_frame(now);
+        } else {
+            self.finish(Event::Delivered);
         }
     }
 
@@ -269,8 +305,8 @@ impl Sender {
         }
         match self.state {
             State::WaitEnqReply => {
-                self.tx.push_back(EOT);
-                self.retry_enq_later(now, self.cfg.busy_retry);
+                let _ = self.tx.push(EOT);
+                self.retry_enq_later(now);
             }
             State::WaitBeforeEnq => self.send_enq(now),
             State::WaitFrameReply => self.finish(Event::Failed(Failure::NoReply)),
@@ -278,18 +314,17 @@ impl Sender {
         }
     }
 
-    /// Bytes to write. A frame is written whole: `buf` must hold `max_text + 7` bytes,
-    /// else `None` is returned and the frame stays queued.
+    /// Bytes to write. A frame is written whole: `buf` must hold
+    /// [`max_transmit`](Self::max_transmit) bytes, else `None` is returned and the frame
+    /// stays queued.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
-        if let Some(b) = self.tx.pop_front() {
+        if let Some(b) = self.tx.pop() {
             *buf.first_mut()? = b;
             return Some(1);
         }
         if self.state == State::WaitFrameReply && self.attempts > 0 && !self.frame_written {
-            let &(o, l, last) = self.frames.get(self.next)?;
-            let text = self.msg.get(o..o + l)?;
-            let fn_digit = ((self.next + 1) % 8) as u8;
-            let n = encode_frame(fn_digit, text, last, buf)?;
+            let text = self.msg.as_slice().get(self.off..self.off + self.len)?;
+            let n = encode_frame(self.fn_digit, text, self.etx, buf)?;
             self.frame_written = true;
             return Some(n);
         }
@@ -298,7 +333,7 @@ impl Sender {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// The next deadline.
@@ -315,53 +350,55 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::vec;
 
-    fn out(s: &mut Sender) -> Vec<u8> {
-        let mut buf = vec![0u8; s.max_transmit()];
-        let mut v = Vec::new();
+    type S = Sender<heapless::Vec<u8, 128>>;
+    type V = heapless::Vec<u8, 256>;
+
+    fn out(s: &mut S) -> V {
+        let mut buf = [0u8; 64];
+        let mut v = V::new();
         while let Some(n) = s.poll_transmit(&mut buf) {
-            v.extend_from_slice(&buf[..n]);
+            v.extend_from_slice(&buf[..n]).unwrap();
         }
         v
     }
+    const STX: u8 = 0x02;
 
     #[test]
     fn splits_records_and_delivers() {
-        let mut s = Sender::new(SenderConfig {
+        let mut s = S::new(SenderConfig {
             max_text: 4,
             ..Default::default()
         });
         let t = Instant::ZERO;
-        s.send(b"H|\\^&\rL|1", t).unwrap();
-        assert_eq!(out(&mut s), [ENQ]);
+        s.send(b"H|\\^&\nL|1", t).unwrap();
+        assert_eq!(&out(&mut s)[..], [ENQ]);
         s.handle_input(&[ACK], t);
-        assert_eq!(out(&mut s), b"\x021H|\\^\x17C6\r\n");
+        assert_eq!(&out(&mut s)[..], b"\x021H|\\^\x17C6\r\n");
         s.handle_input(&[NAK], t);
-        assert_eq!(out(&mut s), b"\x021H|\\^\x17C6\r\n");
+        assert_eq!(&out(&mut s)[..], b"\x021H|\\^\x17C6\r\n");
         s.handle_input(&[ACK], t);
-        assert_eq!(out(&mut s), b"\x022&\r\x0368\r\n");
+        assert_eq!(&out(&mut s)[..], b"\x022&\r\x0368\r\n");
         s.handle_input(&[ACK], t);
-        assert_eq!(out(&mut s)[..2], [STX_T, b'3']);
+        assert_eq!(out(&mut s)[..2], [STX, b'3']);
         s.handle_input(&[ACK, ACK], t);
-        assert_eq!(out(&mut s), [EOT]);
+        assert_eq!(&out(&mut s)[..], [EOT]);
         assert_eq!(s.poll_event(), Some(Event::Delivered));
         assert!(s.is_idle());
     }
-    const STX_T: u8 = 0x02;
 
     #[test]
     fn contention_busy_and_retries() {
         let cfg = SenderConfig::default();
-        let mut s = Sender::new(cfg.clone());
+        let mut s = S::new(cfg.clone());
         let t = Instant::ZERO;
         s.send(b"H|\\^&\r", t).unwrap();
         out(&mut s);
         s.handle_input(&[ENQ], t);
         assert_eq!(s.poll_event(), Some(Event::Contention));
-        assert_eq!(s.poll_timeout(), Some(t + cfg.contention_wait));
-        s.handle_timeout(t + cfg.contention_wait);
-        assert_eq!(out(&mut s), [ENQ]);
+        assert!(s.is_idle());
+        s.send(b"H|\\^&\r", t).unwrap();
+        out(&mut s);
         s.handle_input(&[NAK], t);
         assert_eq!(s.poll_timeout(), Some(t + cfg.busy_retry));
         s.handle_timeout(t + cfg.busy_retry);
@@ -372,7 +409,34 @@ mod tests {
             assert!(out(&mut s).len() > 1);
         }
         s.handle_input(&[NAK], t);
-        assert_eq!(out(&mut s), [EOT]);
+        assert_eq!(&out(&mut s)[..], [EOT]);
         assert_eq!(s.poll_event(), Some(Event::Failed(Failure::FrameRetries)));
+    }
+
+    #[test]
+    fn packed_frames_cross_record_boundaries() {
+        let mut s = S::new(SenderConfig {
+            max_text: 8,
+            pack_records: true,
+            ..Default::default()
+        });
+        let t = Instant::ZERO;
+        s.send(b"H|\\^&\rP|1\rL|1", t).unwrap();
+        assert_eq!(&out(&mut s)[..], [ENQ]);
+        s.handle_input(&[ACK], t);
+        assert_eq!(&out(&mut s)[..11], b"\x021H|\\^&\rP|\x17");
+        s.handle_input(&[ACK], t);
+        assert_eq!(&out(&mut s)[..9], b"\x0221\rL|1\r\x03");
+        s.handle_input(&[ACK], t);
+        assert_eq!(&out(&mut s)[..], [EOT]);
+        assert_eq!(s.poll_event(), Some(Event::Delivered));
+    }
+
+    #[test]
+    fn a_message_over_the_buffer_is_refused() {
+        let mut s = S::new(SenderConfig::default());
+        assert_eq!(s.send(&[b'R'; 200], Instant::ZERO), Err(SendError::BadSize));
+        assert_eq!(s.send(b"\r\n", Instant::ZERO), Err(SendError::BadSize));
+        assert!(s.is_idle());
     }
 }

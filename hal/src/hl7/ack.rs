@@ -23,6 +23,8 @@
 
 use super::escape::escape_into;
 use super::msh::{AckCondition, Delimiters, MshView};
+use crate::buf::Sink;
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
 /// The channel's `[channel.hl7] ack` setting, used only when MSH-15/16 are both empty.
@@ -156,68 +158,80 @@ pub struct AckParams<'a> {
 
 /// Build the ACK for `orig` (segments CR-terminated, no MLLP framing: wrap with
 /// [`super::mllp::encode`]).
+#[cfg(feature = "alloc")]
 pub fn build_ack(orig: &MshView<'_>, code: AckCode, p: &AckParams<'_>) -> Vec<u8> {
-    let d = orig.delimiters();
     let mut out = Vec::with_capacity(128 + orig.control_id().len());
+    build_ack_into(orig, code, p, &mut out);
+    out
+}
+
+/// [`build_ack`] into any [`Sink`].
+pub fn build_ack_into(orig: &MshView<'_>, code: AckCode, p: &AckParams<'_>, out: &mut impl Sink) {
+    let d = orig.delimiters();
     let f = d.field;
-    out.extend_from_slice(b"MSH");
-    out.push(f);
+    out.put_all(b"MSH");
+    out.put(f);
     let (enc, n) = d.encoding_chars();
-    out.extend_from_slice(&enc[..n]);
+    out.put_all(&enc[..n]);
     for raw in [
         orig.receiving_application(),
         orig.receiving_facility(),
         orig.sending_application(),
         orig.sending_facility(),
     ] {
-        out.push(f);
-        out.extend_from_slice(raw);
+        out.put(f);
+        out.put_all(raw);
     }
-    out.push(f);
-    escape_into(p.timestamp, &d, &mut out);
-    out.push(f); // MSH-8 security
-    out.push(f);
-    out.extend_from_slice(b"ACK");
+    out.put(f);
+    escape_into(p.timestamp, &d, out);
+    out.put(f); // MSH-8 security
+    out.put(f);
+    out.put_all(b"ACK");
     let trigger = orig.message_type().trigger;
     if !trigger.is_empty() {
-        out.push(d.component);
-        out.extend_from_slice(trigger);
-        out.push(d.component);
-        out.extend_from_slice(b"ACK");
+        out.put(d.component);
+        out.put_all(trigger);
+        out.put(d.component);
+        out.put_all(b"ACK");
     }
-    out.push(f);
-    escape_into(p.control_id, &d, &mut out);
-    out.push(f);
-    out.extend_from_slice(orig.processing_id());
-    out.push(f);
-    out.extend_from_slice(orig.version());
+    out.put(f);
+    escape_into(p.control_id, &d, out);
+    out.put(f);
+    out.put_all(orig.processing_id());
+    out.put(f);
+    out.put_all(orig.version());
     let charset = orig.field(18);
     if !charset.is_empty() {
         // MSH-13..17 empty, MSH-18 copied: the copied MSH-3..6 are in that charset.
-        out.extend_from_slice(&[f, f, f, f, f, f]);
-        out.extend_from_slice(charset);
+        out.put_all(&[f, f, f, f, f, f]);
+        out.put_all(charset);
     }
-    out.push(b'\r');
-    write_msa_err(&mut out, &d, code, orig.control_id(), orig.version(), p);
-    out
+    out.put(b'\r');
+    write_msa_err(out, &d, code, orig.control_id(), orig.version(), p);
 }
 
 /// A minimal ACK for bytes that are not HL7 at all: default separators, empty
 /// sender/receiver, MSH-9 `ACK`, version 2.5 and an empty MSA-2.
+#[cfg(feature = "alloc")]
 pub fn build_minimal_ack(code: AckCode, p: &AckParams<'_>) -> Vec<u8> {
-    let d = Delimiters::default();
     let mut out = Vec::with_capacity(96);
-    out.extend_from_slice(b"MSH|^~\\&|||||");
-    escape_into(p.timestamp, &d, &mut out);
-    out.extend_from_slice(b"||ACK|");
-    escape_into(p.control_id, &d, &mut out);
-    out.extend_from_slice(b"|P|2.5\r");
-    write_msa_err(&mut out, &d, code, b"", b"2.5", p);
+    build_minimal_ack_into(code, p, &mut out);
     out
 }
 
+/// [`build_minimal_ack`] into any [`Sink`].
+pub fn build_minimal_ack_into(code: AckCode, p: &AckParams<'_>, out: &mut impl Sink) {
+    let d = Delimiters::default();
+    out.put_all(b"MSH|^~\\&|||||");
+    escape_into(p.timestamp, &d, out);
+    out.put_all(b"||ACK|");
+    escape_into(p.control_id, &d, out);
+    out.put_all(b"|P|2.5\r");
+    write_msa_err(out, &d, code, b"", b"2.5", p);
+}
+
 fn write_msa_err(
-    out: &mut Vec<u8>,
+    out: &mut impl Sink,
     d: &Delimiters,
     code: AckCode,
     orig_control_id: &[u8],
@@ -225,41 +239,41 @@ fn write_msa_err(
     p: &AckParams<'_>,
 ) {
     let f = d.field;
-    out.extend_from_slice(b"MSA");
-    out.push(f);
-    out.extend_from_slice(code.as_bytes());
-    out.push(f);
-    out.extend_from_slice(orig_control_id);
+    out.put_all(b"MSA");
+    out.put(f);
+    out.put_all(code.as_bytes());
+    out.put(f);
+    out.put_all(orig_control_id);
     if let Some(t) = p.text {
-        out.push(f);
+        out.put(f);
         escape_into(t, d, out);
     }
-    out.push(b'\r');
+    out.put(b'\r');
     if let Some(e) = p.error {
         let mut num = [0u8; 5];
         let digits = u16_digits(e.code, &mut num);
-        out.extend_from_slice(b"ERR");
-        out.push(f);
+        out.put_all(b"ERR");
+        out.put(f);
         if version_before_2_5(version) {
             // v2.3/2.4: ERR-1 (CM): location^^^code&text&HL70357
-            out.extend_from_slice(&[d.component, d.component, d.component]);
-            out.extend_from_slice(digits);
-            out.push(d.subcomponent);
+            out.put_all(&[d.component, d.component, d.component]);
+            out.put_all(digits);
+            out.put(d.subcomponent);
             escape_into(e.text, d, out);
-            out.push(d.subcomponent);
-            out.extend_from_slice(b"HL70357");
+            out.put(d.subcomponent);
+            out.put_all(b"HL70357");
         } else {
             // v2.5+: ERR-3 (CWE) code^text^HL70357, ERR-4 severity E
-            out.extend_from_slice(&[f, f]);
-            out.extend_from_slice(digits);
-            out.push(d.component);
+            out.put_all(&[f, f]);
+            out.put_all(digits);
+            out.put(d.component);
             escape_into(e.text, d, out);
-            out.push(d.component);
-            out.extend_from_slice(b"HL70357");
-            out.push(f);
-            out.push(b'E');
+            out.put(d.component);
+            out.put_all(b"HL70357");
+            out.put(f);
+            out.put(b'E');
         }
-        out.push(b'\r');
+        out.put(b'\r');
     }
 }
 
@@ -292,7 +306,7 @@ fn version_before_2_5(v: &[u8]) -> bool {
     m < 5
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
 

@@ -12,6 +12,8 @@
 //! digits the codes themselves use (`E`, `X`, ...): MSH-2 allows them, no sender uses them.
 
 use super::msh::Delimiters;
+use crate::buf::Sink;
+#[cfg(feature = "alloc")]
 use alloc::vec::Vec;
 
 fn hex(b: u8) -> Option<u8> {
@@ -24,30 +26,34 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// Append the unescaped form of `input` to `out`.
-pub fn unescape_into(input: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
+pub fn unescape_into(input: &[u8], d: &Delimiters, out: &mut impl Sink) {
     let e = d.escape;
     let mut i = 0;
     while i < input.len() {
         let b = input[i];
         if b != e {
-            out.push(b);
+            out.put(b);
             i += 1;
             continue;
         }
         // Find the closing escape character.
         let Some(len) = input[i + 1..].iter().position(|c| *c == e) else {
-            out.extend_from_slice(&input[i..]);
+            out.put_all(&input[i..]);
             return;
         };
         let body = &input[i + 1..i + 1 + len];
         let whole = &input[i..i + len + 2];
         match body {
-            b"F" => out.push(d.field),
-            b"S" => out.push(d.component),
-            b"T" => out.push(d.subcomponent),
-            b"R" => out.push(d.repetition),
-            b"E" => out.push(d.escape),
-            b"P" if d.truncation.is_some() => out.extend(d.truncation),
+            b"F" => out.put(d.field),
+            b"S" => out.put(d.component),
+            b"T" => out.put(d.subcomponent),
+            b"R" => out.put(d.repetition),
+            b"E" => out.put(d.escape),
+            b"P" if d.truncation.is_some() => {
+                if let Some(t) = d.truncation {
+                    out.put(t)
+                }
+            }
             b"H" | b"N" => {}
             [b'X', hexes @ ..] if !hexes.is_empty() && hexes.len() % 2 == 0 => {
                 let ok = hexes.iter().all(|h| hex(*h).is_some());
@@ -55,19 +61,20 @@ pub fn unescape_into(input: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
                     for pair in hexes.chunks_exact(2) {
                         let hi = hex(pair[0]).unwrap_or(0);
                         let lo = hex(pair[1]).unwrap_or(0);
-                        out.push(hi << 4 | lo);
+                        out.put(hi << 4 | lo);
                     }
                 } else {
-                    out.extend_from_slice(whole);
+                    out.put_all(whole);
                 }
             }
-            _ => out.extend_from_slice(whole),
+            _ => out.put_all(whole),
         }
         i += len + 2;
     }
 }
 
 /// The unescaped form of `input`.
+#[cfg(feature = "alloc")]
 pub fn unescape(input: &[u8], d: &Delimiters) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     unescape_into(input, d, &mut out);
@@ -76,7 +83,7 @@ pub fn unescape(input: &[u8], d: &Delimiters) -> Vec<u8> {
 
 /// Append `input` to `out`, escaping every delimiter character (and CR/LF as `\X0D\` /
 /// `\X0A\`, which would otherwise end a segment).
-pub fn escape_into(input: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
+pub fn escape_into(input: &[u8], d: &Delimiters, out: &mut impl Sink) {
     for &b in input {
         let code: Option<&[u8]> = if b == d.escape {
             Some(b"E")
@@ -99,23 +106,24 @@ pub fn escape_into(input: &[u8], d: &Delimiters, out: &mut Vec<u8>) {
         };
         match code {
             Some(c) => {
-                out.push(d.escape);
-                out.extend_from_slice(c);
-                out.push(d.escape);
+                out.put(d.escape);
+                out.put_all(c);
+                out.put(d.escape);
             }
-            None => out.push(b),
+            None => out.put(b),
         }
     }
 }
 
 /// The escaped form of `input`.
+#[cfg(feature = "alloc")]
 pub fn escape(input: &[u8], d: &Delimiters) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
     escape_into(input, d, &mut out);
     out
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "alloc"))]
 mod tests {
     use super::*;
 

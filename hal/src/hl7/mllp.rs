@@ -1,9 +1,10 @@
 //! MLLP framing: `VT (0x0B) message FS (0x1C) CR (0x0D)`.
 //!
 //! The framer is sans-IO and bounded: feed it whatever a read returned with
-//! [`MllpFramer::push`], then drain [`MllpFramer::poll_event`]. At most one event is
-//! pending at a time; while one is, `push` consumes nothing (returns 0), so memory never
-//! exceeds one message of `max_message` bytes plus a small head copy.
+//! [`MllpFramer::push`], then take [`MllpFramer::poll_event`] (borrowed from the framer's
+//! buffer) and [`MllpFramer::release`] it. At most one event is pending at a time; while
+//! one is, `push` consumes nothing (returns 0), so memory never exceeds one buffer of
+//! `max_message` bytes.
 //!
 //! Decisions (lenient where real senders are sloppy, strict where memory is at stake):
 //! - **Bytes between blocks** (before a VT) are ignored and counted in
@@ -14,13 +15,13 @@
 //!   something else follows, [`MllpStats::fs_without_cr`] is incremented and that byte is
 //!   processed normally (a VT starts the next block). FS cannot appear inside HL7 content.
 //! - **VT inside a block** means the sender restarted (e.g. after a timeout): the partial
-//!   block is dropped, [`MllpError::Interrupted`] is reported and a new block starts.
+//!   block is dropped, [`MllpEvent::Interrupted`] is reported and a new block starts.
 //! - **Too large:** once a block exceeds `max_message`, its bytes are discarded (only the
 //!   first [`TOO_LARGE_HEAD`] bytes are kept, so the agent can read MSH-10 and answer with
 //!   an AE/CE carrying it) until the block ends (FS) or a new VT starts one; then
-//!   [`MllpError::TooLarge`] is reported with the block's total length.
+//!   [`MllpEvent::TooLarge`] is reported with the block's total length.
 
-use alloc::vec::Vec;
+use crate::buf::{Buffer, Sink};
 
 /// Start of block.
 pub const VT: u8 = 0x0B;
@@ -35,31 +36,24 @@ pub const TOO_LARGE_HEAD: usize = 1024;
 /// Default limit for one message (64 KiB, like the ASTM frame limit).
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 
-/// A block the framer could not deliver as a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MllpError {
-    /// The block was longer than `max_message`. `len` is the whole block's length (VT and
-    /// FS excluded); `head` its first bytes (at most [`TOO_LARGE_HEAD`]), for the ACK.
+/// What the framer produced, borrowed from its buffer until [`MllpFramer::release`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MllpEvent<'a> {
+    /// One complete message, without VT/FS/CR.
+    Message(&'a [u8]),
+    /// The block was longer than `max_message`: its whole length (VT and FS excluded) and
+    /// its first bytes (at most [`TOO_LARGE_HEAD`]), for the ACK.
     TooLarge {
         /// Total length of the oversized block.
         len: usize,
         /// The block's first bytes.
-        head: Vec<u8>,
+        head: &'a [u8],
     },
     /// A VT arrived inside a block; the `discarded` bytes before it were dropped.
     Interrupted {
         /// Number of bytes of the abandoned block.
         discarded: usize,
     },
-}
-
-/// What the framer produced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MllpEvent {
-    /// One complete message, without VT/FS/CR.
-    Message(Vec<u8>),
-    /// A block that was dropped (the agent should answer AE/CE if it can).
-    Error(MllpError),
 }
 
 /// Counters for status and metrics.
@@ -89,35 +83,38 @@ enum State {
     Discarding { len: usize },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ready {
+    Message,
+    TooLarge { len: usize },
+    Interrupted { discarded: usize },
+}
+
 /// Incremental MLLP deframer. See the module docs for the exact rules.
 #[derive(Debug)]
-pub struct MllpFramer {
+pub struct MllpFramer<B> {
     max_message: usize,
     state: State,
-    buf: Vec<u8>,
-    pending: Option<MllpEvent>,
+    buf: B,
+    ready: Option<Ready>,
     stats: MllpStats,
 }
 
-impl Default for MllpFramer {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_MESSAGE)
-    }
-}
-
-impl MllpFramer {
-    /// A framer that refuses messages longer than `max_message` bytes (at least 1).
+impl<B: Buffer> MllpFramer<B> {
+    /// A framer that refuses messages longer than `max_message` bytes (at least 1, at most
+    /// the buffer's capacity).
     pub fn new(max_message: usize) -> Self {
+        let buf = B::with_limit(max_message.max(1));
         MllpFramer {
-            max_message: max_message.max(1),
+            max_message: max_message.max(1).min(buf.limit()),
             state: State::Idle,
-            buf: Vec::new(),
-            pending: None,
+            buf,
+            ready: None,
             stats: MllpStats::default(),
         }
     }
 
-    /// The configured limit.
+    /// The limit in force.
     pub fn max_message(&self) -> usize {
         self.max_message
     }
@@ -132,25 +129,28 @@ impl MllpFramer {
         matches!(self.state, State::InBlock | State::Discarding { .. })
     }
 
-    /// Drop a partial block (e.g. when the driver's receive timer expires or the
-    /// connection closes); returns how many bytes were discarded. Counters and a pending event are kept.
+    /// Drop a partial block (e.g. when the connection closes); returns how many bytes were
+    /// discarded. Counters and an unreleased event are kept.
     pub fn reset(&mut self) -> usize {
         let n = match self.state {
             State::InBlock => self.buf.len(),
             State::Discarding { len } => len,
             State::Idle | State::AfterFs => 0,
         };
-        self.buf = Vec::new();
+        if self.ready.is_none() {
+            self.buf.clear();
+        }
         self.state = State::Idle;
         n
     }
 
     /// Feed bytes; returns how many were consumed. Consumption stops right after a byte
-    /// that produced an event; call [`poll_event`](Self::poll_event) and push the rest.
-    /// Returns 0 while an event is pending.
+    /// that produced an event; take it with [`poll_event`](Self::poll_event), then
+    /// [`release`](Self::release) it and push the rest. Returns 0 while an event is
+    /// unreleased.
     pub fn push(&mut self, input: &[u8]) -> usize {
         let mut used = 0;
-        while used < input.len() && self.pending.is_none() {
+        while used < input.len() && self.ready.is_none() {
             let b = input[used];
             used += 1;
             self.byte(b);
@@ -158,25 +158,39 @@ impl MllpFramer {
         used
     }
 
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<MllpEvent> {
-        self.pending.take()
+    /// The event produced, if any (borrowing the framer's buffer).
+    pub fn poll_event(&self) -> Option<MllpEvent<'_>> {
+        Some(match self.ready? {
+            Ready::Message => MllpEvent::Message(self.buf.as_slice()),
+            Ready::TooLarge { len } => MllpEvent::TooLarge {
+                len,
+                head: self.buf.as_slice(),
+            },
+            Ready::Interrupted { discarded } => MllpEvent::Interrupted { discarded },
+        })
     }
 
-    /// Push all of `input`, handing every event to `on_event`.
-    pub fn feed(&mut self, mut input: &[u8], mut on_event: impl FnMut(MllpEvent)) {
+    /// Done with the event: the buffer is free for the next block.
+    pub fn release(&mut self) {
+        match self.ready.take() {
+            Some(Ready::Message) | Some(Ready::TooLarge { .. }) => self.buf.clear(),
+            // The buffer already holds the new block's first bytes (none yet).
+            Some(Ready::Interrupted { .. }) | None => {}
+        }
+    }
+
+    /// Push all of `input`, handing every event to `on_event` and releasing it.
+    pub fn feed(&mut self, mut input: &[u8], mut on_event: impl FnMut(MllpEvent<'_>)) {
         loop {
             if let Some(ev) = self.poll_event() {
                 on_event(ev);
+                self.release();
             }
             if input.is_empty() {
                 break;
             }
             let n = self.push(input);
             input = &input[n..];
-        }
-        if let Some(ev) = self.poll_event() {
-            on_event(ev);
         }
     }
 
@@ -202,28 +216,28 @@ impl MllpFramer {
                 FS => {
                     self.state = State::AfterFs;
                     self.stats.messages += 1;
-                    let msg = core::mem::take(&mut self.buf);
-                    self.pending = Some(MllpEvent::Message(msg));
+                    self.ready = Some(Ready::Message);
                 }
                 VT => {
                     self.stats.interrupted += 1;
                     let discarded = self.buf.len();
                     self.buf.clear();
-                    self.pending = Some(MllpEvent::Error(MllpError::Interrupted { discarded }));
+                    self.ready = Some(Ready::Interrupted { discarded });
                 }
                 _ if self.buf.len() >= self.max_message => {
                     let len = self.buf.len() + 1;
                     self.buf.truncate(TOO_LARGE_HEAD);
-                    self.buf.shrink_to_fit();
                     self.state = State::Discarding { len };
                 }
-                _ => self.buf.push(b),
+                // Cannot fail: the length was checked against max_message <= limit.
+                _ => {
+                    let _ = self.buf.try_push(b);
+                }
             },
             State::Discarding { len } => match b {
                 FS | VT => {
                     self.stats.too_large += 1;
-                    let head = core::mem::take(&mut self.buf);
-                    self.pending = Some(MllpEvent::Error(MllpError::TooLarge { len, head }));
+                    self.ready = Some(Ready::TooLarge { len });
                     self.state = if b == FS {
                         State::AfterFs
                     } else {
@@ -241,52 +255,78 @@ impl MllpFramer {
 }
 
 /// Wrap `msg` in an MLLP block: `VT msg FS CR`.
-pub fn encode(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(msg.len() + 3);
+#[cfg(feature = "alloc")]
+pub fn encode(msg: &[u8]) -> alloc::vec::Vec<u8> {
+    let mut out = alloc::vec::Vec::with_capacity(msg.len() + 3);
     encode_into(msg, &mut out);
     out
 }
 
 /// Append `VT msg FS CR` to `out`.
-pub fn encode_into(msg: &[u8], out: &mut Vec<u8>) {
-    out.push(VT);
-    out.extend_from_slice(msg);
-    out.push(FS);
-    out.push(CR);
+pub fn encode_into(msg: &[u8], out: &mut impl Sink) {
+    out.put(VT);
+    out.put_all(msg);
+    out.put(FS);
+    out.put(CR);
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
-    use alloc::vec;
+    use std::vec;
+    use std::vec::Vec;
 
-    fn run(f: &mut MllpFramer, input: &[u8]) -> Vec<MllpEvent> {
+    type MllpFramer = super::MllpFramer<heapless::Vec<u8, 2048>>;
+
+    /// Owned copies of the events, for comparing.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Ev {
+        Message(Vec<u8>),
+        TooLarge { len: usize, head: Vec<u8> },
+        Interrupted { discarded: usize },
+    }
+
+    fn run(f: &mut MllpFramer, input: &[u8]) -> Vec<Ev> {
         let mut v = Vec::new();
-        f.feed(input, |e| v.push(e));
+        f.feed(input, |e| {
+            v.push(match e {
+                MllpEvent::Message(m) => Ev::Message(m.to_vec()),
+                MllpEvent::TooLarge { len, head } => Ev::TooLarge {
+                    len,
+                    head: head.to_vec(),
+                },
+                MllpEvent::Interrupted { discarded } => Ev::Interrupted { discarded },
+            })
+        });
         v
     }
 
     #[test]
     fn golden_block() {
-        assert_eq!(encode(b"MSH|x\r"), b"\x0bMSH|x\r\x1c\x0d");
-        let mut f = MllpFramer::default();
+        let mut e = heapless::Vec::<u8, 16>::new();
+        let mut out = crate::buf::Bounded::new(&mut e);
+        encode_into(b"MSH|x\r", &mut out);
+        out.finish().unwrap();
+        assert_eq!(&e[..], b"\x0bMSH|x\r\x1c\x0d");
+        let mut f = MllpFramer::new(DEFAULT_MAX_MESSAGE);
         assert_eq!(
             run(&mut f, b"\x0bMSH|x\r\x1c\x0d"),
-            vec![MllpEvent::Message(b"MSH|x\r".to_vec())]
+            vec![Ev::Message(b"MSH|x\r".to_vec())]
         );
         assert_eq!(f.stats().junk_bytes, 0);
     }
 
     #[test]
     fn junk_fs_alone_and_interrupt() {
-        let mut f = MllpFramer::default();
+        let mut f = MllpFramer::new(DEFAULT_MAX_MESSAGE);
         let ev = run(&mut f, b"zz\x0bA\x1c\x0bB\x0bC\x1c\r");
         assert_eq!(
             ev,
             vec![
-                MllpEvent::Message(b"A".to_vec()),
-                MllpEvent::Error(MllpError::Interrupted { discarded: 1 }),
-                MllpEvent::Message(b"C".to_vec()),
+                Ev::Message(b"A".to_vec()),
+                Ev::Interrupted { discarded: 1 },
+                Ev::Message(b"C".to_vec()),
             ]
         );
         let s = f.stats();
@@ -300,11 +340,11 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                MllpEvent::Error(MllpError::TooLarge {
+                Ev::TooLarge {
                     len: 9,
                     head: b"1234".to_vec()
-                }),
-                MllpEvent::Message(b"ok".to_vec()),
+                },
+                Ev::Message(b"ok".to_vec()),
             ]
         );
         // a partial block can be dropped by the driver (receive timeout)
@@ -313,7 +353,7 @@ mod tests {
         // exactly at the limit is fine
         assert_eq!(
             run(&mut f, b"\x0b1234\x1c\r"),
-            vec![MllpEvent::Message(b"1234".to_vec())]
+            vec![Ev::Message(b"1234".to_vec())]
         );
     }
 }

@@ -5,17 +5,19 @@
 //! - [`ack`]: which acknowledgement to send ([`ack::decide_ack`]) and building it with the
 //!   original message's own separators ([`ack::build_ack`]);
 //! - [`escape`]: `\F\ \S\ \T\ \R\ \E\ \P\ \Xhh\ \H\ \N\` with any encoding characters;
-//! - [`charset`]: MSH-18 (table 0211) to a WHATWG encoding label for the agent's decoder.
+//! - [`charset`]: MSH-18 (table 0211) to a WHATWG encoding label for the agent's decoder;
+//! - [`session`]: all of it on one link, with orders: [`session::Hl7Session`].
 //!
-//! Typical driver loop (agent side):
+//! The pieces on their own (the session does this for a driver):
 //!
 //! ```
+//! use labagent_hal::buf::VecBuf;
 //! use labagent_hal::hl7::{ack, mllp, msh::MshView};
-//! let mut framer = mllp::MllpFramer::new(64 * 1024);
+//! let mut framer = mllp::MllpFramer::<VecBuf>::new(64 * 1024);
 //! let mut replies = Vec::new();
 //! framer.feed(b"\x0bMSH|^~\\&|A|B|C|D|2024||ORU^R01|42|P|2.4\r\x1c\r", |ev| {
 //!     if let mllp::MllpEvent::Message(msg) = ev {
-//!         let view = MshView::new_checked(&msg).ok();
+//!         let view = MshView::new_checked(msg).ok();
 //!         // ... store `msg` durably, then:
 //!         let outcome = ack::Outcome::Accepted;
 //!         let params = ack::AckParams { timestamp: b"20240101120000", control_id: b"1",
@@ -37,3 +39,4 @@ pub mod charset;
 pub mod escape;
 pub mod mllp;
 pub mod msh;
+pub mod session;

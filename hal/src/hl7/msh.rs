@@ -420,6 +420,7 @@ pub fn segment_id(seg: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    extern crate alloc;
     use super::*;
 
     #[test]
