@@ -104,7 +104,8 @@ fn run(path: &Path) -> u8 {
                     | labagent::service::RunError::Mqtt(_) => exit::CONFIG,
                     labagent::service::RunError::Unavailable(_) => exit::UNAVAILABLE,
                     labagent::service::RunError::StatusSocket { .. }
-                    | labagent::service::RunError::Metrics { .. } => exit::FAILURE,
+                    | labagent::service::RunError::Metrics { .. }
+                    | labagent::service::RunError::Runtime(_) => exit::FAILURE,
                 }
             }
         }

@@ -96,6 +96,12 @@ pub async fn run<S: LinkSession>(
             session.commit_done(ok, clock.now());
             progressed = true;
         }
+        // Events first: what an ACK reports (counters, an order's fate) is recorded before
+        // the instrument can see the ACK.
+        while let Some(e) = session.poll_event() {
+            progressed = true;
+            event(&ctx, e, &mut inflight).await;
+        }
         let mut wrote = false;
         while let Some(n) = session.poll_transmit(&mut out) {
             ctx.tap(Dir::Out, &out[..n]);
@@ -105,10 +111,6 @@ pub async fn run<S: LinkSession>(
         if wrote {
             io.flush().await?;
             progressed = true;
-        }
-        while let Some(e) = session.poll_event() {
-            progressed = true;
-            event(&ctx, e, &mut inflight).await;
         }
         if line_lost {
             if progressed || session.poll_commit().is_some() {

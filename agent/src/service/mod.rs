@@ -62,6 +62,8 @@ pub enum RunError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("cannot start the channels' thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// The running uplink, whichever kind.
@@ -106,6 +108,8 @@ pub struct Agent {
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     notifier: Arc<Notifier>,
+    /// The channels' own thread and runtime (`crate::ingest`).
+    ingest: crate::ingest::Ingest,
 }
 
 /// Creates the state directory (0700) if needed.
@@ -216,6 +220,7 @@ impl Agent {
             stop,
             tasks,
             notifier: Arc::new(Notifier::disabled()),
+            ingest: crate::ingest::Ingest::start().map_err(RunError::Runtime)?,
         };
         agent.start_uplink().await?;
         for ch in config.channels.clone() {
@@ -359,13 +364,17 @@ impl Agent {
             self.channel_hooks(),
             stopping,
         );
-        let link = Link::new(
-            settings::endpoint(&ch.transport),
-            settings::link_options(&ch),
-        );
+        // The channel's port belongs to the ingest runtime, where its driver runs.
+        let link = {
+            let _ingest = self.ingest.enter();
+            Link::new(
+                settings::endpoint(&ch.transport),
+                settings::link_options(&ch),
+            )
+        };
         let port = link.status();
         let span = tracing::info_span!("channel", name = %ch.name);
-        let task = tokio::spawn(tracing::Instrument::instrument(
+        let task = self.ingest.spawn(tracing::Instrument::instrument(
             run_channel(ctx.clone(), link),
             span,
         ));

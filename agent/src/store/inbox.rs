@@ -517,7 +517,13 @@ impl Store {
         changed: &mut BTreeMap<String, Counters>,
     ) -> Result<()> {
         let o = &self.shared.opts;
-        if let Err(r) = quota::check_free(&self.shared.dir, o.min_free)? {
+        let free = self
+            .shared
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&self.shared.dir, o.min_free, needed)?;
+        if let Err(r) = free {
             return Err(StoreError::Full(r));
         }
         loop {

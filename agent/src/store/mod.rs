@@ -339,6 +339,8 @@ struct Shared {
     gc: Arc<GroupCommit>,
     failed: AtomicBool,
     floors: Mutex<QueueFloors>,
+    /// The `min_free` check's last answer (taken under the writer lock).
+    free: Mutex<quota::FreeSpace>,
 }
 
 /// Where each channel's queue scan may start: no queue entry of the channel has a lower
@@ -415,6 +417,7 @@ impl Store {
                 gc,
                 failed: AtomicBool::new(false),
                 floors: Mutex::default(),
+                free: Mutex::default(),
             }),
         };
         store.abandon_all_partials()?;

@@ -65,17 +65,61 @@ pub(crate) fn check_quota(used: u64, needed: u64, max_bytes: u64) -> Result<(), 
     }
 }
 
-pub(crate) fn check_free(dir: &Path, min_free: u64) -> std::io::Result<Result<(), FullReason>> {
-    if min_free == 0 {
-        return Ok(Ok(()));
+/// How often the file system is asked for its free space while writes come in.
+pub(crate) const FREE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... or after this many bytes were charged since the last answer.
+pub(crate) const FREE_CHECK_BYTES: u64 = 1 << 20;
+
+/// The `min_free` check without a `statvfs` per message: the file system is asked at most
+/// once per [`FREE_CHECK_EVERY`] or per [`FREE_CHECK_BYTES`] charged; in between, its last
+/// answer less the bytes charged since stands in for it (an over-estimate of what was
+/// used: the check errs on the safe side). A refusal is always confirmed by a fresh
+/// answer first.
+#[derive(Debug, Default)]
+pub(crate) struct FreeSpace {
+    last: Option<(std::time::Instant, u64)>,
+    charged: u64,
+    /// `statvfs` calls so far (for tests and figures).
+    pub(crate) checks: u64,
+}
+
+impl FreeSpace {
+    fn ask(&mut self, dir: &Path) -> std::io::Result<u64> {
+        let a = available(dir)?;
+        self.checks += 1;
+        self.last = Some((std::time::Instant::now(), a));
+        self.charged = 0;
+        Ok(a)
     }
-    let available = available(dir)?;
-    Ok(if available < min_free {
-        Err(FullReason::DiskFree {
-            available,
-            min_free,
-        })
-    } else {
-        Ok(())
-    })
+
+    /// `Ok(Ok(()))` when `needed` more bytes leave at least `min_free` on the disk.
+    pub(crate) fn check(
+        &mut self,
+        dir: &Path,
+        min_free: u64,
+        needed: u64,
+    ) -> std::io::Result<Result<(), FullReason>> {
+        if min_free == 0 {
+            return Ok(Ok(()));
+        }
+        let fresh = match self.last {
+            Some((at, _)) => at.elapsed() < FREE_CHECK_EVERY && self.charged < FREE_CHECK_BYTES,
+            None => false,
+        };
+        let mut available = match (fresh, self.last) {
+            (true, Some((_, a))) => a.saturating_sub(self.charged),
+            _ => self.ask(dir)?,
+        };
+        if available < min_free && fresh {
+            available = self.ask(dir)?;
+        }
+        if available < min_free {
+            return Ok(Err(FullReason::DiskFree {
+                available,
+                min_free,
+            }));
+        }
+        self.charged = self.charged.saturating_add(needed);
+        Ok(Ok(()))
+    }
 }

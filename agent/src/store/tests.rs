@@ -181,6 +181,48 @@ fn min_free_refuses() {
     ));
 }
 
+/// The disk is asked for its free space at most once a second or per MiB charged, not
+/// per message; a refusal is confirmed by a fresh answer.
+#[test]
+fn min_free_is_checked_once_a_second_or_per_mib() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        d.path(),
+        StoreOptions {
+            min_free: 1,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let checks = |s: &Store| s.shared.free.lock().unwrap().checks;
+    for i in 0..500u32 {
+        s.append(msg("a", &i.to_be_bytes())).unwrap();
+    }
+    // 500 small messages in well under a second: one answer (maybe two if slow).
+    assert!(checks(&s) <= 2, "{} statvfs calls", checks(&s));
+    // Past 1 MiB charged the next write asks again.
+    let before = checks(&s);
+    for i in 0..3u8 {
+        s.append(msg("a", &vec![i; 600 << 10])).unwrap();
+    }
+    assert!(checks(&s) > before && checks(&s) <= before + 3);
+    // The estimate says full: confirmed by a fresh answer before refusing.
+    let mut f = quota::FreeSpace::default();
+    let dir = d.path();
+    assert!(f.check(dir, 1, 0).unwrap().is_ok());
+    let real = quota::available(dir).unwrap();
+    assert!(
+        f.check(dir, 1, real).unwrap().is_ok(),
+        "charged up to what is free"
+    );
+    let n = f.checks;
+    assert!(
+        f.check(dir, 1, 0).unwrap().is_ok(),
+        "the estimate said 0 free; asked again"
+    );
+    assert_eq!(f.checks, n + 1);
+}
+
 #[test]
 fn drop_oldest_delivered_first_then_undelivered() {
     let d = tempfile::tempdir().unwrap();

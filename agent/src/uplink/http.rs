@@ -87,9 +87,14 @@ impl HttpClient {
             .max_idle_age(Duration::from_secs(50))
             .user_agent(concat!("labagent/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(HttpClient {
-            agent: config.new_agent(),
-        })
+        // Our resolver: IP literals as they are, names cached and looked up on one thread
+        // (ureq's own spawns a thread per request, see `resolve`).
+        let agent = Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            super::resolve::CachingResolver::new(),
+        );
+        Ok(HttpClient { agent })
     }
 
     /// POSTs `body`; `headers` are (name, value) pairs.

@@ -33,6 +33,7 @@ pub mod auth;
 pub mod backoff;
 pub mod http;
 pub mod queue;
+pub mod resolve;
 pub mod response;
 pub mod run;
 pub mod status;

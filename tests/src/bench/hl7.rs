@@ -20,7 +20,7 @@ use crate::table::{percentile, Row};
 const MSG_LEN: usize = 1024;
 const ONE_CONN: usize = 2000;
 const PER_CONN_8: usize = 600;
-const WARMUP: usize = 50;
+pub(crate) const WARMUP: usize = 50;
 
 /// python-hl7's documented asyncio server, acknowledging every message, storing nothing.
 const PY_SERVER: &str = r#"
@@ -96,14 +96,14 @@ fn client(addr: SocketAddr, conn: usize, n: usize, warmup: usize) -> Vec<Duratio
     lat
 }
 
-struct Figures {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
+pub(crate) struct Figures {
+    pub rate: f64,
+    pub p50: Duration,
+    pub p99: Duration,
 }
 
 /// `conns` concurrent lockstep clients, `per` messages each.
-fn drive(addr: SocketAddr, conns: usize, per: usize, round: usize) -> Figures {
+pub(crate) fn drive(addr: SocketAddr, conns: usize, per: usize, round: usize) -> Figures {
     let t0 = Instant::now();
     let handles: Vec<_> = (0..conns)
         .map(|c| std::thread::spawn(move || client(addr, round * 100 + c, per, WARMUP)))
@@ -243,9 +243,9 @@ fn floor(sync: bool) -> Figures {
 }
 
 /// The python server as a child process, killed by its pid when dropped.
-struct Python {
+pub(crate) struct Python {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
 }
 
 impl Drop for Python {
@@ -257,7 +257,7 @@ impl Drop for Python {
     }
 }
 
-fn start_python() -> Option<Python> {
+pub(crate) fn start_python() -> Option<Python> {
     let mut child = Command::new("python3")
         .args(["-c", PY_SERVER])
         .stdin(Stdio::null())
@@ -278,7 +278,7 @@ fn start_python() -> Option<Python> {
     Some(py)
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 

@@ -8,6 +8,7 @@
 mod astm;
 mod fsync;
 mod hl7;
+mod ingest;
 mod mqtt;
 mod service;
 mod sys;
@@ -36,6 +37,11 @@ const SECTIONS: &[Section] = &[
         hl7::run,
     ),
     (
+        "ingest",
+        "the real agent under 8 MLLP connections: CPU, threads, syncs (and syscalls) per message",
+        ingest::run,
+    ),
+    (
         "astm",
         "ASTM over a paced pty: payload vs line rate, frame end to ACK",
         astm::run,
@@ -53,13 +59,17 @@ const SECTIONS: &[Section] = &[
 ];
 
 fn main() {
-    let wanted: Vec<String> = std::env::args().skip(1).collect();
+    let mut wanted: Vec<String> = std::env::args().skip(1).collect();
     if wanted.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: bench [SECTION...]; sections:");
+        println!("usage: bench [--syscalls] [SECTION...]; --syscalls: count the agent's system calls under strace -c -f (ingest); sections:");
         for (name, what, _) in SECTIONS {
             println!("  {name:<10} {what}");
         }
         return;
+    }
+    if let Some(i) = wanted.iter().position(|a| a == "--syscalls") {
+        wanted.remove(i);
+        ingest::SYSCALLS.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     for w in &wanted {
         if !SECTIONS.iter().any(|(n, _, _)| n == w) {
