@@ -50,6 +50,7 @@ pub fn parse(text_in: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
     let mut queries = 0usize;
     let mut header_qc = false;
     let mut seen_header = false;
+    let mut patient: Option<String> = None;
     for r in records(text_in.as_bytes()) {
         // Delimiters of this record's message (from its H).
         let d = r.delimiters();
@@ -65,7 +66,7 @@ pub fn parse(text_in: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
                 last = Last::None;
             }
             RecordType::Patient => {
-                doc.patient = [3, 4, 5]
+                patient = [3, 4, 5]
                     .into_iter()
                     .find_map(|n| first_component(r.field(n), d));
                 last = Last::None;
@@ -76,11 +77,15 @@ pub fn parse(text_in: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
                 let specimen = sid.map(|s| doc.specimen(s, kind));
                 let test = r.field(5);
                 doc.reports.push(Report {
+                    patient: patient.clone(),
                     code: first_component(test, d),
                     code_text: None,
                     placer: None,
                     specimen,
-                    collected: Ts::parse(&field_text(&r, 7, d)),
+                    // O-7 as the table says; O-8 (collection time) when O-7 is empty, as
+                    // instruments leave the requested time empty (cobas e411).
+                    collected: Ts::parse(&field_text(&r, 7, d))
+                        .or_else(|| Ts::parse(&field_text(&r, 8, d))),
                     observations: Vec::new(),
                     notes: Vec::new(),
                     qc: is_marker(&r, 12, d, &cs.qc_markers),
@@ -121,7 +126,10 @@ pub fn parse(text_in: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
                     notes: Vec::new(),
                 };
                 if doc.reports.is_empty() {
-                    doc.reports.push(Report::default());
+                    doc.reports.push(Report {
+                        patient: patient.clone(),
+                        ..Report::default()
+                    });
                 }
                 if let Some(rep) = doc.reports.last_mut() {
                     rep.observations.push(obs);

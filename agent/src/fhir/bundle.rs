@@ -354,21 +354,23 @@ pub fn build(doc: &Doc, cx: &Context<'_>, warn_unmapped: &mut dyn FnMut(&str)) -
         }),
     });
 
-    let subject = doc.patient.as_ref().map(|p| Reference {
-        reference: None,
-        kind: Some("Patient"),
-        identifier: Some(Identifier {
-            system: cx.settings.patient_id_system.clone(),
-            value: p.clone(),
-        }),
-    });
+    let subject_of = |p: &Option<String>| {
+        p.as_ref().map(|p| Reference {
+            reference: None,
+            kind: Some("Patient"),
+            identifier: Some(Identifier {
+                system: cx.settings.patient_id_system.clone(),
+                value: p.clone(),
+            }),
+        })
+    };
 
     // Specimens that a report refers to.
     let mut specimen_urls: Vec<Option<String>> = vec![None; doc.specimens.len()];
     for (i, s) in doc.specimens.iter().enumerate() {
-        if !doc.reports.iter().any(|r| r.specimen == Some(i)) {
+        let Some(first) = doc.reports.iter().find(|r| r.specimen == Some(i)) else {
             continue;
-        }
+        };
         let (url, request, id) = next("Specimen");
         specimen_urls[i] = Some(url.clone());
         entries.push(Entry {
@@ -385,7 +387,7 @@ pub fn build(doc: &Doc, cx: &Context<'_>, warn_unmapped: &mut dyn FnMut(&str)) -
                     coding: Vec::new(),
                     text: Some(k.clone()),
                 }),
-                subject: subject.clone(),
+                subject: subject_of(&first.patient),
                 note: s
                     .notes
                     .iter()
@@ -396,6 +398,7 @@ pub fn build(doc: &Doc, cx: &Context<'_>, warn_unmapped: &mut dyn FnMut(&str)) -
     }
 
     for rep in &doc.reports {
+        let subject = subject_of(&rep.patient);
         let spec_ref = rep
             .specimen
             .and_then(|i| specimen_urls.get(i).cloned().flatten())

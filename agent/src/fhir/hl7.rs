@@ -113,11 +113,12 @@ pub fn parse(text: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
     // (an SPM after the OBR replaces it).
     let mut spm: Option<usize> = None;
     let mut from_obr = false;
+    let mut patient: Option<String> = None;
     for raw in v.segments().skip(1) {
         let s = Seg::new(raw, d);
         match segment_id(raw) {
             b"PID" => {
-                doc.patient = s
+                patient = s
                     .repeats(3)
                     .next()
                     .and_then(|r| s.components(r).first().map(|c| s.text(c)))
@@ -144,6 +145,7 @@ pub fn parse(text: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
                     None => (s.comp(4, 2), None),
                 };
                 doc.reports.push(Report {
+                    patient: patient.clone(),
                     code,
                     code_text,
                     placer: s.first(2),
@@ -208,7 +210,10 @@ pub fn parse(text: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
                     notes: Vec::new(),
                 };
                 if doc.reports.is_empty() {
-                    doc.reports.push(Report::default());
+                    doc.reports.push(Report {
+                        patient: patient.clone(),
+                        ..Report::default()
+                    });
                 }
                 if let Some(rep) = doc.reports.last_mut() {
                     rep.observations.push(obs);

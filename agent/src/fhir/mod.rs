@@ -163,18 +163,10 @@ impl Mapper {
         }
     }
 
-    /// The Bundle of a message.
+    /// The Bundle of a message; an unmapped test code is warned about once per channel.
     pub fn bundle(&self, m: &Input<'_>) -> Result<bundle::Bundle, Skip> {
-        let doc = self.parse(m)?;
-        let cx = bundle::Context {
-            agent: &self.agent,
-            channel: m.channel,
-            key: m.key,
-            issued: crate::uplink::queue::rfc3339(m.received_at),
-            settings: self.settings(m.channel),
-        };
         let mut unmapped = Vec::new();
-        let b = bundle::build(&doc, &cx, &mut |code| unmapped.push(code.to_string()));
+        let b = self.bundle_reporting(m, &mut |code| unmapped.push(code.to_string()))?;
         if !unmapped.is_empty() {
             let mut w = self.warned.lock().unwrap_or_else(|e| e.into_inner());
             for code in unmapped {
@@ -184,6 +176,23 @@ impl Mapper {
             }
         }
         Ok(b)
+    }
+
+    /// The Bundle of a message; `unmapped` hears every test code without a LOINC coding.
+    pub fn bundle_reporting(
+        &self,
+        m: &Input<'_>,
+        unmapped: &mut dyn FnMut(&str),
+    ) -> Result<bundle::Bundle, Skip> {
+        let doc = self.parse(m)?;
+        let cx = bundle::Context {
+            agent: &self.agent,
+            channel: m.channel,
+            key: m.key,
+            issued: crate::uplink::queue::rfc3339(m.received_at),
+            settings: self.settings(m.channel),
+        };
+        Ok(bundle::build(&doc, &cx, unmapped))
     }
 
     /// The Bundle of a message as JSON bytes.

@@ -8,8 +8,6 @@ use super::time::Ts;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Doc {
     pub device: DeviceInfo,
-    /// The patient id (P-3 / P-4 / P-5, PID-3 / PID-2 / PID-4).
-    pub patient: Option<String>,
     pub specimens: Vec<SpecimenInfo>,
     pub reports: Vec<Report>,
     /// The message's own time (H-14, MSH-7): the last fallback for effective times.
@@ -60,6 +58,9 @@ pub struct SpecimenInfo {
 /// One order (O, OBR) and its results.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Report {
+    /// The id of the patient the order belongs to (P-3 / P-4 / P-5, PID-3 / PID-2 /
+    /// PID-4 of the P or PID before it); a message may carry several patients.
+    pub patient: Option<String>,
     /// The local code of O-5 / OBR-4 (first non-empty component).
     pub code: Option<String>,
     pub code_text: Option<String>,
@@ -67,7 +68,7 @@ pub struct Report {
     pub placer: Option<String>,
     /// Index into [`Doc::specimens`].
     pub specimen: Option<usize>,
-    /// O-7 / OBR-7.
+    /// O-7 (else O-8) / OBR-7.
     pub collected: Option<Ts>,
     pub observations: Vec<Obs>,
     /// Comments that follow the order and no result.
