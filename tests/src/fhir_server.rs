@@ -83,11 +83,24 @@ impl FhirServer {
 
     /// Stored resources of `kind`.
     pub fn resources(&self, kind: &str) -> Vec<Value> {
-        self.state.0.lock().unwrap().resources.get(kind).cloned().unwrap_or_default()
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .resources
+            .get(kind)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn count(&self, kind: &str) -> usize {
-        self.state.0.lock().unwrap().resources.get(kind).map_or(0, Vec::len)
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .resources
+            .get(kind)
+            .map_or(0, Vec::len)
     }
 
     /// Transactions processed (including those whose answer was lost).
@@ -120,7 +133,10 @@ impl FhirServer {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "fhir server: {have} {kind} after {timeout:?}, waiting for {n}");
+            assert!(
+                !left.is_zero(),
+                "fhir server: {have} {kind} after {timeout:?}, waiting for {n}"
+            );
             s = cv.wait_timeout(s, left).unwrap().0;
         }
     }
@@ -162,9 +178,17 @@ fn transaction(st: &mut State, body: &[u8]) -> (u16, Value) {
         for e in &entries {
             let r = &e["resource"];
             if r["resourceType"] == "Observation"
-                && r["code"]["coding"].as_array().is_some_and(|c| c.iter().any(|c| c["code"] == code.as_str()))
+                && r["code"]["coding"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["code"] == code.as_str()))
             {
-                return (422, outcome(&format!("Observation code {code} is not allowed here (test server)"), "Observation.code"));
+                return (
+                    422,
+                    outcome(
+                        &format!("Observation code {code} is not allowed here (test server)"),
+                        "Observation.code",
+                    ),
+                );
             }
         }
     }
@@ -173,12 +197,23 @@ fn transaction(st: &mut State, body: &[u8]) -> (u16, Value) {
     let mut plan = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let kind = e["request"]["url"].as_str().unwrap_or("").to_string();
-        if e["request"]["method"] != "POST" || kind.is_empty() || e["resource"]["resourceType"] != kind.as_str() {
-            return (400, outcome(&format!("entry {i}: expected POST of a {kind}"), "Bundle.entry.request"));
+        if e["request"]["method"] != "POST"
+            || kind.is_empty()
+            || e["resource"]["resourceType"] != kind.as_str()
+        {
+            return (
+                400,
+                outcome(
+                    &format!("entry {i}: expected POST of a {kind}"),
+                    "Bundle.entry.request",
+                ),
+            );
         }
         let existing = e["request"]["ifNoneExist"].as_str().and_then(|q| {
             let ident = q.strip_prefix("identifier=")?;
-            st.by_identifier.get(&(kind.clone(), ident.to_string())).cloned()
+            st.by_identifier
+                .get(&(kind.clone(), ident.to_string()))
+                .cloned()
         });
         let (id, created) = match existing {
             Some(id) => (id, false),
@@ -200,7 +235,11 @@ fn transaction(st: &mut State, body: &[u8]) -> (u16, Value) {
             r["id"] = json!(id);
             if let Some(idents) = r["identifier"].as_array() {
                 for ident in idents {
-                    let key = format!("{}|{}", ident["system"].as_str().unwrap_or(""), ident["value"].as_str().unwrap_or(""));
+                    let key = format!(
+                        "{}|{}",
+                        ident["system"].as_str().unwrap_or(""),
+                        ident["value"].as_str().unwrap_or("")
+                    );
                     st.by_identifier.insert((kind.clone(), key), id.clone());
                 }
             }
@@ -212,7 +251,10 @@ fn transaction(st: &mut State, body: &[u8]) -> (u16, Value) {
             "location": format!("{kind}/{id}/_history/1")
         }}));
     }
-    (200, json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
+    (
+        200,
+        json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}),
+    )
 }
 
 fn serve(s: TcpStream, st: &Arc<(Mutex<State>, Condvar)>) {
@@ -242,7 +284,9 @@ fn serve(s: TcpStream, st: &Arc<(Mutex<State>, Condvar)>) {
             }
         }
         let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let len = header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+        let len = header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
         let mut body = vec![0; len];
         if r.read_exact(&mut body).is_err() {
             return;
@@ -250,12 +294,17 @@ fn serve(s: TcpStream, st: &Arc<(Mutex<State>, Condvar)>) {
         let (m, cv) = &**st;
         let (status, reply, lose) = {
             let mut s = m.lock().unwrap();
-            s.content_types.push(header("content-type").unwrap_or_default());
+            s.content_types
+                .push(header("content-type").unwrap_or_default());
             s.auth.push(header("authorization"));
             if let Some(code) = s.script.pop_front() {
                 (code, outcome("scripted", "Bundle"), false)
             } else if method != "POST" || path.trim_end_matches('/') != BASE {
-                (404, outcome(&format!("no route {method} {path}"), "Bundle"), false)
+                (
+                    404,
+                    outcome(&format!("no route {method} {path}"), "Bundle"),
+                    false,
+                )
             } else {
                 s.transactions += 1;
                 let (status, reply) = transaction(&mut s, &body);

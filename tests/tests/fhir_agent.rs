@@ -19,7 +19,10 @@ use labagent_tests::process::AgentProcess;
 const T: Duration = Duration::from_secs(60);
 
 fn fixture(rel: &str) -> Vec<u8> {
-    for base in [labagent_tests::repo_path("../shared/fixtures"), PathBuf::from("/work/shared/fixtures")] {
+    for base in [
+        labagent_tests::repo_path("../shared/fixtures"),
+        PathBuf::from("/work/shared/fixtures"),
+    ] {
         if base.join(rel).is_file() {
             return std::fs::read(base.join(rel)).unwrap();
         }
@@ -52,7 +55,12 @@ fn write_config(dir: &Path, url: &str, astm: u16, hl7: u16) -> PathBuf {
 }
 
 fn labagent(cfg: &Path, args: &[&str]) -> labagent_tests::Run {
-    labagent_tests::run(labagent_tests::labagent().arg("--config").arg(cfg).args(args))
+    labagent_tests::run(
+        labagent_tests::labagent()
+            .arg("--config")
+            .arg(cfg)
+            .args(args),
+    )
 }
 
 /// Sends one HL7 message over MLLP and returns the ACK.
@@ -83,14 +91,18 @@ fn results_arrive_as_fhir_and_the_rest_is_kept_with_its_reason() {
     let mut agent = AgentProcess::start(&cfg);
     agent.wait_line(0, &["agent running"], T);
 
-    let refused = b"H|\\^&|||X^1\rP|1||PAT-9\rO|1|S-9||^^^R\rR|1|^^^REFUSED|1.0|mmol/L||||F\rL|1|N\r".to_vec();
+    let refused =
+        b"H|\\^&|||X^1\rP|1||PAT-9\rO|1|S-9||^^^R\rR|1|^^^REFUSED|1.0|mmol/L||||F\rL|1|N\r"
+            .to_vec();
     let messages = vec![
         fixture("astm/roche_e411_1.astm"),
         fixture("astm/roche_e411_query_1.astm"),
         refused,
     ];
     let mut s = TcpStream::connect(("127.0.0.1", astm)).unwrap();
-    let sent = AstmInstrument::new(None).send_all(&mut s, &messages).unwrap();
+    let sent = AstmInstrument::new(None)
+        .send_all(&mut s, &messages)
+        .unwrap();
     assert!(sent.iter().all(|x| x.delivered), "{sent:?}");
     let ack = mllp(hl7, &fixture("hl7/erba_elite580_1.hl7"));
     assert!(ack.contains("MSA|AA"), "{ack}");
@@ -108,9 +120,15 @@ fn results_arrive_as_fhir_and_the_rest_is_kept_with_its_reason() {
     assert_eq!(e411["valueQuantity"]["value"], 223.1);
     assert_eq!(e411["valueQuantity"]["code"], "pg/mL");
     assert_eq!(e411["effectiveDateTime"], "2019-12-07T17:17:14+01:00");
-    assert!(e411["device"]["reference"].as_str().unwrap().starts_with("Device/"));
+    assert!(e411["device"]["reference"]
+        .as_str()
+        .unwrap()
+        .starts_with("Device/"));
     // The HL7 analyzer's results in New York time; one Device per channel.
-    let wbc = obs.iter().find(|o| o["code"]["coding"][0]["code"] == "6690-2").unwrap();
+    let wbc = obs
+        .iter()
+        .find(|o| o["code"]["coding"][0]["code"] == "6690-2")
+        .unwrap();
     assert_eq!(wbc["effectiveDateTime"], "2025-06-28T17:33:10-04:00");
     assert_eq!(server.count("Device"), 2);
     assert_eq!(server.count("DiagnosticReport"), 2);
@@ -118,22 +136,37 @@ fn results_arrive_as_fhir_and_the_rest_is_kept_with_its_reason() {
     // What was not posted is in the store with its reason.
     let list = labagent(&cfg, &["queue", "list"]);
     assert_eq!(list.code, Some(0), "{list:?}");
-    let rejected = list.stdout.lines().find(|l| l.contains("rejected")).unwrap_or_else(|| panic!("{list:?}"));
+    let rejected = list
+        .stdout
+        .lines()
+        .find(|l| l.contains("rejected"))
+        .unwrap_or_else(|| panic!("{list:?}"));
     assert!(
         rejected.contains("HTTP 422: error: Observation code REFUSED is not allowed here (test server) (Observation.code)"),
         "{rejected}"
     );
-    let ids: Vec<&str> = list.stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let ids: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     let mut policy = 0;
     for id in &ids {
         let show = labagent(&cfg, &["queue", "show", id]);
-        if show.stdout.contains("\"delivered_by_policy\":\"host query (Q records), no results\"") {
+        if show
+            .stdout
+            .contains("\"delivered_by_policy\":\"host query (Q records), no results\"")
+        {
             policy += 1;
         }
     }
     assert_eq!(policy, 1, "{}", list.stdout);
     // The FHIR lines name message ids and reasons, never patient ids.
-    for l in agent.log().lines().filter(|l| l.contains("FHIR") || l.contains("by policy")) {
+    for l in agent
+        .log()
+        .lines()
+        .filter(|l| l.contains("FHIR") || l.contains("by policy"))
+    {
         assert!(!l.contains("PAT-9"), "{l}");
     }
     assert!(agent.terminate(T).success());
@@ -142,51 +175,94 @@ fn results_arrive_as_fhir_and_the_rest_is_kept_with_its_reason() {
 #[test]
 fn map_prints_the_bundle_and_check_config_checks_code_maps_and_zones() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "http://127.0.0.1:9/fhir/R4", free_port(), free_port());
+    let cfg = write_config(
+        dir.path(),
+        "http://127.0.0.1:9/fhir/R4",
+        free_port(),
+        free_port(),
+    );
     let e411 = dir.path().join("e411.astm");
     std::fs::write(&e411, fixture("astm/roche_e411_1.astm")).unwrap();
     let out = labagent(&cfg, &["map", "--channel", "e411", e411.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{out:?}");
     let b: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(b["type"], "transaction");
-    assert_eq!(b["entry"][2]["resource"]["code"]["coding"][0]["code"], "2986-8");
-    assert!(out.stderr.contains("# 4 entries; 0 test codes without a LOINC mapping"), "{out:?}");
+    assert_eq!(
+        b["entry"][2]["resource"]["code"]["coding"][0]["code"],
+        "2986-8"
+    );
+    assert!(
+        out.stderr
+            .contains("# 4 entries; 0 test codes without a LOINC mapping"),
+        "{out:?}"
+    );
     // HL7 with LF line ends (as a file edited by hand), an unmapped code reported.
     let h = dir.path().join("m.hl7");
-    std::fs::write(&h, "MSH|^~\\&|A||||20240101||ORU^R01|1|P|2.5\nOBR|1||S1|X\nOBX|1|NM|K||4.1|mmol/L\n").unwrap();
+    std::fs::write(
+        &h,
+        "MSH|^~\\&|A||||20240101||ORU^R01|1|P|2.5\nOBR|1||S1|X\nOBX|1|NM|K||4.1|mmol/L\n",
+    )
+    .unwrap();
     let out = labagent(&cfg, &["map", "--channel", "erba", h.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stderr.contains("1 test codes without a LOINC mapping: K"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("1 test codes without a LOINC mapping: K"),
+        "{out:?}"
+    );
     // A query: no Bundle, the reason.
     let q = dir.path().join("q.astm");
     std::fs::write(&q, fixture("astm/roche_e411_query_1.astm")).unwrap();
     let out = labagent(&cfg, &["map", "--channel", "e411", q.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.is_empty() && out.stderr.contains("not posted as FHIR"), "{out:?}");
+    assert!(
+        out.stdout.is_empty() && out.stderr.contains("not posted as FHIR"),
+        "{out:?}"
+    );
     let out = labagent(&cfg, &["map", "--channel", "nope", q.to_str().unwrap()]);
     assert_eq!(out.code, Some(2), "{out:?}");
 
     // check-config: the code map's own file, line and column; a flagged unit; a bad zone.
     let ok = labagent(&cfg, &["check-config"]);
     assert_eq!(ok.code, Some(0), "{ok:?}");
-    assert!(ok.stdout.contains("code_map = ") && ok.stdout.contains("# 1 codes"), "{ok:?}");
+    assert!(
+        ok.stdout.contains("code_map = ") && ok.stdout.contains("# 1 codes"),
+        "{ok:?}"
+    );
     assert!(ok.stdout.contains("timezone = \"Europe/Berlin\""), "{ok:?}");
     let map = dir.path().join("codes-e411.toml");
-    std::fs::write(&map, "[GLU]\nloinc = \"2345-7\"\nunit = \"mg/dL\"\n[NA]\nloinc = \"2951-2\"\nunit = \"mEq/L\"\n").unwrap();
+    std::fs::write(
+        &map,
+        "[GLU]\nloinc = \"2345-7\"\nunit = \"mg/dL\"\n[NA]\nloinc = \"2951-2\"\nunit = \"mEq/L\"\n",
+    )
+    .unwrap();
     let flagged = labagent(&cfg, &["check-config"]);
     assert_eq!(flagged.code, Some(0), "{flagged:?}");
     let at = format!("warning: {}:6:8: code \"NA\".unit", map.display());
-    assert!(flagged.stderr.contains(&at) && flagged.stderr.contains("mEq/L"), "{flagged:?}");
-    std::fs::write(&map, "[GLU]\nloinc = \"2345-7\"\nunit = \"mg/dL\"\n[NA]\nloinc = \"2951-3\"\n").unwrap();
+    assert!(
+        flagged.stderr.contains(&at) && flagged.stderr.contains("mEq/L"),
+        "{flagged:?}"
+    );
+    std::fs::write(
+        &map,
+        "[GLU]\nloinc = \"2345-7\"\nunit = \"mg/dL\"\n[NA]\nloinc = \"2951-3\"\n",
+    )
+    .unwrap();
     let bad = labagent(&cfg, &["check-config"]);
     assert_eq!(bad.code, Some(2), "{bad:?}");
     let at = format!("{}:5:9: code \"NA\".loinc", map.display());
     assert!(bad.stderr.contains(&at), "{bad:?}");
     assert!(bad.stderr.contains("check digit should be 2"), "{bad:?}");
     std::fs::write(&map, CODE_MAP).unwrap();
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("Europe/Berlin", "Europe/Berln");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("Europe/Berlin", "Europe/Berln");
     std::fs::write(&cfg, text).unwrap();
     let bad = labagent(&cfg, &["check-config"]);
     assert_eq!(bad.code, Some(2), "{bad:?}");
-    assert!(bad.stderr.contains("channel \"e411\".timezone: unknown time zone \"Europe/Berln\""), "{bad:?}");
+    assert!(
+        bad.stderr
+            .contains("channel \"e411\".timezone: unknown time zone \"Europe/Berln\""),
+        "{bad:?}"
+    );
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use labagent::uplink::{
-    AuthSettings, Format, MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Uplink, UplinkSettings,
-    UplinkState, VirtualClock,
+    AuthSettings, Format, MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Uplink,
+    UplinkSettings, UplinkState, VirtualClock,
 };
 use labagent_config::ChannelFhir;
 use labagent_tests::fhir_server::FhirServer;
@@ -42,7 +42,10 @@ fn uplink(url: &str, q: &MemoryQueue, budget: usize) -> (Uplink, Arc<VirtualCloc
             ..ChannelFhir::defaults()
         },
     )]);
-    let clock = VirtualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_877_987), budget);
+    let clock = VirtualClock::new(
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_877_987),
+        budget,
+    );
     let up = Uplink::new(
         s,
         AuthSettings::none(),
@@ -57,7 +60,12 @@ fn uplink(url: &str, q: &MemoryQueue, budget: usize) -> (Uplink, Arc<VirtualCloc
 /// Device 1, Specimen 1, Observations 2, DiagnosticReport 1.
 fn assert_stored_once(s: &FhirServer) {
     assert_eq!(
-        (s.count("Device"), s.count("Specimen"), s.count("Observation"), s.count("DiagnosticReport")),
+        (
+            s.count("Device"),
+            s.count("Specimen"),
+            s.count("Observation"),
+            s.count("DiagnosticReport")
+        ),
         (1, 1, 2, 1)
     );
     assert_eq!(s.creates(), 5);
@@ -80,12 +88,24 @@ fn the_same_bundle_posted_twice_creates_each_resource_once() {
     // References were resolved to the stored resources, the device included.
     let obs = server.resources("Observation");
     let dev = &server.resources("Device")[0];
-    assert_eq!(obs[0]["device"]["reference"], format!("Device/{}", dev["id"].as_str().unwrap()));
+    assert_eq!(
+        obs[0]["device"]["reference"],
+        format!("Device/{}", dev["id"].as_str().unwrap())
+    );
     let dr = &server.resources("DiagnosticReport")[0];
-    assert_eq!(dr["result"][1]["reference"], format!("Observation/{}", obs[1]["id"].as_str().unwrap()));
-    assert!(server.content_types().iter().all(|c| c == "application/fhir+json"));
+    assert_eq!(
+        dr["result"][1]["reference"],
+        format!("Observation/{}", obs[1]["id"].as_str().unwrap())
+    );
+    assert!(server
+        .content_types()
+        .iter()
+        .all(|c| c == "application/fhir+json"));
     // Another message of the channel: new results, the same Device.
-    q.push(message("00c0ffee-000000000002", &RESULT.replace("5.4", "5.5")));
+    q.push(message(
+        "00c0ffee-000000000002",
+        &RESULT.replace("5.4", "5.5"),
+    ));
     assert!(up.drain());
     assert_eq!(server.count("Device"), 1);
     assert_eq!(server.count("Observation"), 4);
@@ -130,7 +150,10 @@ fn a_refused_bundle_is_kept_rejected_with_the_outcome_and_the_uplink_goes_on() {
 fn queries_and_unreadable_text_are_never_posted() {
     let server = FhirServer::start();
     let q = MemoryQueue::new();
-    q.push(message("00c0ffee-000000000006", "H|\\^&\rQ|1|^SID1||^^^ALL\rL|1|N\r"));
+    q.push(message(
+        "00c0ffee-000000000006",
+        "H|\\^&\rQ|1|^SID1||^^^ALL\rL|1|N\r",
+    ));
     let mut garbage = message("00c0ffee-000000000007", "WBC 6.5 RBC 4.1");
     garbage.protocol = Protocol::Raw;
     q.push(garbage);
