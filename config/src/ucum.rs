@@ -253,7 +253,7 @@ impl Parser<'_> {
             return false;
         };
         let inner = &self.b[self.i + 1..self.i + end];
-        if inner.iter().any(|&c| c == b'{') {
+        if inner.contains(&b'{') {
             return false;
         }
         self.i += end + 1;

@@ -100,7 +100,7 @@ pub fn parse(text: &str, cs: &ChannelSettings) -> Result<Doc, Skip> {
             .unwrap_or("")
             .trim()
             .to_string();
-        !s.is_empty() && (super::QC.contains(&s.as_str()) || cs.qc_markers.iter().any(|m| *m == s))
+        !s.is_empty() && (super::QC.contains(&s.as_str()) || cs.qc_markers.contains(&s))
     };
     let mut qc = marker(v.processing_id()) || marker(v.field(16));
     let mut doc = Doc::default();
