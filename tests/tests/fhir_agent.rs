@@ -145,6 +145,17 @@ fn results_arrive_as_fhir_and_the_rest_is_kept_with_its_reason() {
         rejected.contains("HTTP 422: error: Observation code REFUSED is not allowed here (test server) (Observation.code)"),
         "{rejected}"
     );
+    let rejected_id = rejected.split_whitespace().next().unwrap();
+    let show = labagent(&cfg, &["queue", "show", rejected_id]);
+    assert!(
+        show.stdout
+            .contains("reason: HTTP 422: error: Observation code REFUSED"),
+        "{show:?}"
+    );
+    assert!(
+        show.stdout.contains("R|1|^^^REFUSED|1.0|mmol/L"),
+        "the bytes are kept: {show:?}"
+    );
     let ids: Vec<&str> = list
         .stdout
         .lines()
