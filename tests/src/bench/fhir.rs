@@ -258,7 +258,7 @@ pub fn run() -> Vec<Row> {
     rows.push(Row::new(
         "fhir ÷ raw (same run)".to_string(),
         format!("{:.2} / {:.2}", lean / raw, full / raw),
-        "lean server / FHIR test server; each message is a Bundle of 11 entries (~9 KiB of JSON)"
+        "lean server / FHIR test server; each message is a Bundle of 11 entries (~12 KiB of JSON)"
             .to_string(),
     ));
     rows
