@@ -205,3 +205,58 @@ impl Mapper {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+
+    #[test]
+    fn an_unmapped_code_is_warned_about_once_per_channel() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        let mapper = Mapper::new("a", &BTreeMap::new()).unwrap();
+        let text = "H|\\^&\rP|1||SECRET-PATIENT\rR|1|^^^GLU|5|mmol/L\rR|2|^^^NA|140|mmol/L\rL|1\r";
+        tracing::subscriber::with_default(sub, || {
+            for (key, channel) in [("k1", "c1"), ("k2", "c1"), ("k3", "c2")] {
+                let m = Input {
+                    key,
+                    channel,
+                    protocol: "astm",
+                    text,
+                    received_at: SystemTime::UNIX_EPOCH,
+                };
+                mapper.map(&m).unwrap();
+            }
+        });
+        let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let warned = |ch: &str, code: &str| {
+            log.lines()
+                .filter(|l| {
+                    l.contains("no LOINC mapping")
+                        && l.contains(&format!("channel=\"{ch}\""))
+                        && l.contains(&format!("code={code}"))
+                })
+                .count()
+        };
+        assert_eq!((warned("c1", "GLU"), warned("c1", "NA")), (1, 1), "{log}");
+        assert_eq!((warned("c2", "GLU"), warned("c2", "NA")), (1, 1), "{log}");
+        assert!(!log.contains("SECRET-PATIENT"), "{log}");
+    }
+}
