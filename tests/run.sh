@@ -20,6 +20,8 @@ command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# format = "fhir" turns instrument local times into offsets from the system's tzdata.
+[ -f /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   as_root apt-get update -qq
@@ -32,6 +34,12 @@ python3 -c 'import hl7' 2>/dev/null || python3 -m pip install -q hl7
 if [ ! -d tests/oidc/node_modules ]; then
   echo "==> npm ci (tests/oidc)"
   npm ci --prefix tests/oidc --silent --no-audit --no-fund
+fi
+# Medplum's own FHIR validator (@medplum/core validateResource) for the format = "fhir"
+# tests; 4.5.2 is the newest release that supports Node.js 20.
+if [ ! -d tests/fhir/node_modules/@medplum/core ]; then
+  echo "==> npm ci (tests/fhir)"
+  npm ci --prefix tests/fhir --silent --no-audit --no-fund
 fi
 
 # The hal must build for a bare-metal target (no_std + alloc).

@@ -1,6 +1,7 @@
 //! labagent library: IO drivers, the durable store, uplinks. The binary in `main.rs` is the
 //! CLI on top of it.
 pub mod channel;
+pub mod fhir;
 pub mod ingest;
 pub mod mqtt;
 pub mod service;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Status(args) => cli::status::status(&cli.config, &args),
         Command::Monitor(args) => cli::status::monitor(&cli.config, &args),
         Command::Demo(args) => cli::demo::run(&args),
+        Command::Map(args) => cli::map::run(&cli.config, &args),
         Command::Ports => {
             print!(
                 "{}",

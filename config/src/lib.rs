@@ -22,12 +22,14 @@ mod channel;
 mod check;
 pub mod defaults;
 mod error;
+pub mod fhir;
 mod locate;
 mod model;
 mod parse;
 mod print;
 mod schema;
 pub mod secret;
+pub mod ucum;
 pub mod units;
 mod validate;
 
@@ -35,6 +37,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use error::{ConfigError, Diagnostic, Warning};
+pub use fhir::{ChannelFhir, CodeMap, CodeMapEntry};
 pub use model::*;
 pub use secret::{Secret, SecretSource};
 

@@ -52,7 +52,12 @@ choice!(
 );
 choice!(
     /// `uplink.format`.
-    Format { Raw = "raw", Json = "json" }
+    Format {
+        Raw = "raw",
+        Json = "json",
+        /// FHIR R4 transaction Bundles to a FHIR base URL.
+        Fhir = "fhir",
+    }
 );
 choice!(
     /// `uplink.auth.method`.
@@ -172,6 +177,10 @@ pub struct Uplink {
     pub auth: Auth,
     /// `Some` exactly when `kind` is mqtt.
     pub mqtt: Option<Mqtt>,
+    /// The `[[channel]]` keys of `format = "fhir"` by channel name: every channel when
+    /// `format = "fhir"`, else only channels that set one. Kept with the uplink (which
+    /// alone uses them), so a changed code map or zone rebuilds the uplink on SIGHUP.
+    pub fhir: std::collections::BTreeMap<String, crate::fhir::ChannelFhir>,
 }
 
 /// `[uplink.auth]`.

@@ -8,6 +8,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use crate::fhir::ChannelFhir;
 use crate::model::{Channel, Config, Encoding, ProtocolSettings, Transport};
 use crate::secret::SecretSource;
 use crate::units::{format_duration as dur, format_size as size};
@@ -122,13 +123,13 @@ impl Config {
         }
 
         for c in &self.channels {
-            write_channel(o, c)?;
+            write_channel(o, c, self.uplink.fhir.get(&c.name))?;
         }
         Ok(())
     }
 }
 
-fn write_channel(o: &mut String, c: &Channel) -> std::fmt::Result {
+fn write_channel(o: &mut String, c: &Channel, fhir: Option<&ChannelFhir>) -> std::fmt::Result {
     writeln!(o, "\n[[channel]]")?;
     writeln!(o, "name = {}", q(&c.name))?;
     writeln!(o, "protocol = {}", q(c.protocol().as_str()))?;
@@ -159,6 +160,9 @@ fn write_channel(o: &mut String, c: &Channel) -> std::fmt::Result {
             Encoding::Label(l) => l,
         })
     )?;
+    if let Some(f) = fhir {
+        write_fhir(o, f)?;
+    }
     match &c.settings {
         ProtocolSettings::Astm(a) => {
             writeln!(o, "\n[channel.astm]")?;
@@ -187,6 +191,32 @@ fn write_channel(o: &mut String, c: &Channel) -> std::fmt::Result {
             }
             writeln!(o, "max_message = {}", q(&size(r.max_message)))?;
         }
+    }
+    Ok(())
+}
+
+/// The `format = "fhir"` keys of a channel.
+fn write_fhir(o: &mut String, f: &ChannelFhir) -> std::fmt::Result {
+    match &f.code_map {
+        Some(m) => writeln!(o, "code_map = {}  # {} codes", qp(&m.path), m.codes.len())?,
+        None => writeln!(o, "# code_map: none")?,
+    }
+    match &f.timezone {
+        Some(tz) => writeln!(o, "timezone = {}", q(tz))?,
+        None => writeln!(o, "# timezone: the host's")?,
+    }
+    match &f.patient_id_system {
+        Some(s) => writeln!(o, "patient_id_system = {}", q(s))?,
+        None => writeln!(o, "# patient_id_system: none")?,
+    }
+    writeln!(o, "fhir_skip_qc = {}", f.skip_qc)?;
+    if !f.qc_markers.is_empty() {
+        let m: Vec<String> = f.qc_markers.iter().map(|m| q(m)).collect();
+        writeln!(o, "fhir_qc_markers = [{}]", m.join(", "))?;
+    }
+    match f.code_component {
+        Some(n) => writeln!(o, "code_component = {n}")?,
+        None => writeln!(o, "# code_component: the first non-empty one")?,
     }
     Ok(())
 }

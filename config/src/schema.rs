@@ -100,6 +100,13 @@ pub struct RawChannel {
     pub stop_bits: S<i64>,
     pub flow_control: S<FlowControl>,
     pub encoding: S<String>,
+    // format = "fhir" (see fhir.rs)
+    pub code_map: S<String>,
+    pub timezone: S<String>,
+    pub patient_id_system: S<String>,
+    pub fhir_skip_qc: S<bool>,
+    pub fhir_qc_markers: S<Vec<String>>,
+    pub code_component: S<i64>,
     pub astm: S<RawAstm>,
     pub hl7: S<RawHl7>,
     pub raw: S<RawRaw>,

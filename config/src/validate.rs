@@ -23,7 +23,12 @@ pub fn validate(ctx: &mut Ctx<'_>, raw: &RawConfig, opts: &LoadOptions) -> Optio
     let buffer = buffer(ctx, raw);
     let uplink = uplink(ctx, raw.uplink.as_ref(), &agent.id, opts);
     let channels = crate::channel::channels(ctx, &raw.channel);
-    let uplink = uplink?;
+    let is_fhir = uplink
+        .as_ref()
+        .is_some_and(|u| u.format == crate::model::Format::Fhir);
+    let fhir = fhir_channels(ctx, raw, is_fhir);
+    let mut uplink = uplink?;
+    uplink.fhir = fhir;
     if !ctx.errors.is_empty() {
         return None;
     }
@@ -219,6 +224,15 @@ fn uplink(
         _ => None,
     };
     let auth = auth(ctx, u.auth.as_ref(), &section, allow_plain_http, opts);
+    if let (Some(f), Some(UplinkKind::Mqtt)) = (&u.format, kind) {
+        if *f.get_ref() == crate::model::Format::Fhir {
+            ctx.error(
+                &f.span(),
+                "uplink.format",
+                "\"fhir\" posts transaction Bundles over HTTP: it needs kind = \"http\" and url = the FHIR R4 base (https://.../fhir/R4)",
+            );
+        }
+    }
     Some(Uplink {
         kind: kind?,
         url,
@@ -231,7 +245,28 @@ fn uplink(
         allow_plain_http,
         auth,
         mqtt,
+        fhir: Default::default(),
     })
+}
+
+/// The FHIR keys of every named channel (see `fhir.rs` for which are kept).
+fn fhir_channels(
+    ctx: &mut Ctx<'_>,
+    raw: &RawConfig,
+    all: bool,
+) -> std::collections::BTreeMap<String, crate::fhir::ChannelFhir> {
+    let mut out = std::collections::BTreeMap::new();
+    for ch in &raw.channel {
+        let Some(name) = ch.get_ref().name.as_ref().map(|n| n.get_ref().clone()) else {
+            continue;
+        };
+        let prefix = format!("channel \"{name}\"");
+        let f = crate::fhir::channel(ctx, ch, &|key: &str| format!("{prefix}.{key}"));
+        if all || !f.is_default() {
+            out.entry(name).or_insert(f);
+        }
+    }
+    out
 }
 
 fn mqtt(ctx: &mut Ctx<'_>, raw: &Spanned<RawMqtt>, agent_id: &str) -> Mqtt {

@@ -5,6 +5,7 @@
 //! test executable (`target/<profile>/deps/..`).
 
 pub mod config;
+pub mod fhir_server;
 pub mod mosquitto;
 pub mod process;
 /// The pty helper is product code (`labagent simulate --pty-link`); tests use the same file.

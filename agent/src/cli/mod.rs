@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod logging;
+pub mod map;
 pub mod ports;
 pub mod queue;
 pub mod simulate;
@@ -82,4 +83,7 @@ pub enum Command {
     /// Run the whole pipeline on this machine with no setup: a simulated analyzer on a
     /// virtual serial line, the agent, and a local upstream with a token endpoint.
     Demo(demo::DemoArgs),
+    /// Print the FHIR transaction Bundle a message file would become on a channel (to
+    /// check a code map before using format = "fhir"). Nothing is stored or sent.
+    Map(map::MapArgs),
 }

@@ -98,6 +98,14 @@ impl Queue for StoreQueue {
             }
         }
     }
+
+    fn skip(&self, id: &str, reason: &str) {
+        if let Some(id) = parse_id(id) {
+            if let Err(e) = self.store.confirm_by_policy(id, reason) {
+                tracing::error!(%id, error = %e, "cannot mark a message delivered by policy");
+            }
+        }
+    }
 }
 
 /// The store's token slot as the uplink's token cache.

@@ -82,6 +82,7 @@ pub fn http_uplink(c: &cfg::Config) -> Option<(UplinkSettings, AuthSettings)> {
         format: match u.format {
             cfg::Format::Raw => uplink::Format::Raw,
             cfg::Format::Json => uplink::Format::Json,
+            cfg::Format::Fhir => uplink::Format::Fhir,
         },
         batch_max: u.batch_max as usize,
         timeout: u.timeout,
@@ -90,6 +91,7 @@ pub fn http_uplink(c: &cfg::Config) -> Option<(UplinkSettings, AuthSettings)> {
         client_key: u.client_key.clone(),
         allow_plain_http: u.allow_plain_http,
         agent_id: c.agent.id.clone(),
+        fhir: u.fhir.clone(),
     };
     Some((settings, auth_settings(&u.auth)))
 }

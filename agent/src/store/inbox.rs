@@ -740,6 +740,35 @@ impl Store {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Marks a pending message delivered without sending it, by policy (FHIR: a query, QC,
+    /// no results), with the reason in its meta under `delivered_by_policy`. Like
+    /// [`confirm`](Self::confirm): idempotent, not synced; kept for `keep_delivered`,
+    /// and `retry` can queue it again.
+    pub fn confirm_by_policy(&self, id: MessageId, reason: &str) -> Result<()> {
+        let now = unix_secs(SystemTime::now());
+        self.transition(id, "confirm", |h| match h.state {
+            State::Delivered => Ok(false),
+            State::Pending => {
+                h.state = State::Delivered;
+                h.delivered_at = Some(now);
+                match &mut h.meta {
+                    serde_json::Value::Object(m) => {
+                        m.insert("delivered_by_policy".into(), reason.into());
+                    }
+                    other => {
+                        *other = serde_json::json!({ "delivered_by_policy": reason });
+                    }
+                }
+                Ok(true)
+            }
+            s => Err(StoreError::InvalidState {
+                id,
+                state: s,
+                op: "confirm",
+            }),
+        })
+    }
+
     /// Parks a pending message as rejected with a reason (kept, retryable).
     pub fn reject(&self, id: MessageId, reason: &str) -> Result<()> {
         self.transition(id, "reject", |h| match h.state {
@@ -935,6 +964,46 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod confirm_by_policy_tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn delivered_with_the_reason_in_meta_and_retryable() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = StoreOptions {
+            min_free: 0,
+            ..StoreOptions::default()
+        };
+        let s = Store::open(d.path(), opts).unwrap();
+        let a = s
+            .append(NewMessage {
+                channel: "lab".into(),
+                protocol: "astm".into(),
+                received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
+                clock_synced: true,
+                bytes: b"H|\\^&\rQ|1\rL|1\r".to_vec(),
+                meta: serde_json::json!({"encoding": "utf-8"}),
+            })
+            .unwrap();
+        s.confirm_by_policy(a.id, "host query").unwrap();
+        let info = s.get(a.id).unwrap().unwrap().info;
+        assert_eq!(info.state, State::Delivered);
+        assert!(info.delivered_at.is_some());
+        assert_eq!(info.meta["delivered_by_policy"], "host query");
+        assert_eq!(info.meta["encoding"], "utf-8");
+        assert!(s.next_pending("lab", 10).unwrap().is_empty());
+        assert_eq!(s.stats().unwrap().totals.delivered, 1);
+        // Idempotent; a rejected message cannot be confirmed this way.
+        s.confirm_by_policy(a.id, "host query").unwrap();
+        s.retry(a.id).unwrap();
+        s.reject(a.id, "x").unwrap();
+        assert!(s.confirm_by_policy(a.id, "y").is_err());
     }
 }
 

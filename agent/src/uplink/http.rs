@@ -104,6 +104,18 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Reply, NetError> {
+        self.post_limited(url, headers, body, MAX_BODY)
+    }
+
+    /// [`post`](Self::post) reading up to `limit` bytes of the response body (a FHIR
+    /// transaction-response grows with the Bundle).
+    pub fn post_limited(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: u64,
+    ) -> Result<Reply, NetError> {
         let mut req = self.agent.post(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -123,7 +135,7 @@ impl HttpClient {
         let status = resp.status().as_u16();
         // The whole body is read, so the connection can be reused; a body that does not
         // arrive in time makes the call fail (nothing is confirmed on a half answer).
-        let bytes = match resp.body_mut().with_config().limit(MAX_BODY).read_to_vec() {
+        let bytes = match resp.body_mut().with_config().limit(limit).read_to_vec() {
             Ok(b) => b,
             Err(ureq::Error::BodyExceedsLimit(_)) => Vec::new(),
             Err(e) => return Err(net_error(e)),

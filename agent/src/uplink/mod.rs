@@ -57,6 +57,9 @@ pub enum Format {
     Raw,
     /// A JSON array of envelopes per POST, up to `batch_max`.
     Json,
+    /// One FHIR R4 transaction Bundle per message, POSTed to `url` (the FHIR base); see
+    /// [`crate::fhir`].
+    Fhir,
 }
 
 /// `[uplink]` as the HTTP uplink needs it (the config crate is mapped onto this).
@@ -73,6 +76,9 @@ pub struct UplinkSettings {
     pub allow_plain_http: bool,
     /// `agent.id`, sent as `X-Labagent-Agent` and in envelopes.
     pub agent_id: String,
+    /// `format = "fhir"`: each channel's mapping settings (code map, zone, ...); a channel
+    /// not listed uses the defaults.
+    pub fhir: std::collections::BTreeMap<String, labagent_config::ChannelFhir>,
 }
 
 impl UplinkSettings {
@@ -88,6 +94,7 @@ impl UplinkSettings {
             client_key: None,
             allow_plain_http: false,
             agent_id: agent_id.into(),
+            fhir: Default::default(),
         }
     }
 }

@@ -95,6 +95,12 @@ pub trait Queue: Send + Sync {
     fn confirm(&self, ids: &[String]);
     /// The server refused this message itself (400/409/413/415/422): park it as rejected.
     fn reject(&self, id: &str, reason: &str);
+    /// Not sent, by policy (`format = "fhir"`: a query, QC, no results): delivered, with
+    /// the reason kept (the store writes it into the message's meta).
+    fn skip(&self, id: &str, reason: &str) {
+        let _ = reason;
+        self.confirm(&[id.to_string()]);
+    }
 }
 
 /// A persisted access token. `Debug` never shows the token.
@@ -158,6 +164,8 @@ impl TokenCache for MemoryTokenCache {
 pub enum Fate {
     Confirmed(String),
     Rejected(String, String),
+    /// Delivered by policy, not sent (`Queue::skip`).
+    Skipped(String, String),
 }
 
 #[derive(Default)]
@@ -200,7 +208,7 @@ impl MemoryQueue {
             .into_iter()
             .filter_map(|f| match f {
                 Fate::Confirmed(id) => Some(id),
-                Fate::Rejected(..) => None,
+                Fate::Rejected(..) | Fate::Skipped(..) => None,
             })
             .collect()
     }
@@ -210,7 +218,7 @@ impl MemoryQueue {
             .into_iter()
             .filter_map(|f| match f {
                 Fate::Rejected(id, why) => Some((id, why)),
-                Fate::Confirmed(_) => None,
+                Fate::Confirmed(_) | Fate::Skipped(..) => None,
             })
             .collect()
     }
@@ -260,6 +268,14 @@ impl Queue for MemoryQueue {
         if Self::remove(&mut st, id) {
             st.log
                 .push(Fate::Rejected(id.to_string(), reason.to_string()));
+        }
+    }
+
+    fn skip(&self, id: &str, reason: &str) {
+        let mut st = lock(&self.inner);
+        if Self::remove(&mut st, id) {
+            st.log
+                .push(Fate::Skipped(id.to_string(), reason.to_string()));
         }
     }
 }

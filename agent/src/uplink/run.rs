@@ -19,6 +19,11 @@ use super::response::{classify, Action};
 use super::status::{UplinkState, UplinkStatus};
 use super::tls::TlsError;
 use super::{AuthSettings, Format, UplinkSettings};
+use crate::fhir::response::{verdict, Verdict};
+use crate::fhir::{Input, Mapper, Skip};
+
+/// Largest transaction-response read (it lists one entry per resource sent).
+const FHIR_MAX_REPLY: u64 = 4 << 20;
 
 /// How long an idle uplink waits before looking at the queue again (a wake ends it early).
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -36,6 +41,8 @@ pub enum UplinkError {
     Auth(&'static str),
     #[error("cannot start the uplink thread: {0}")]
     Thread(String),
+    #[error("format = \"fhir\": {0}")]
+    Fhir(#[from] crate::fhir::ZoneError),
 }
 
 /// Why a round stopped early.
@@ -54,6 +61,8 @@ pub struct Uplink {
     clock: Arc<dyn Clock>,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
+    /// `format = "fhir"`: maps each message to a transaction Bundle.
+    mapper: Option<Arc<Mapper>>,
 }
 
 /// Controls a spawned uplink.
@@ -136,6 +145,10 @@ impl Uplink {
             return Err(UplinkError::Auth("no client secret"));
         }
         let http = HttpClient::new(&settings)?;
+        let mapper = match settings.format {
+            Format::Fhir => Some(Arc::new(Mapper::new(&settings.agent_id, &settings.fhir)?)),
+            Format::Raw | Format::Json => None,
+        };
         let authn = Authenticator::new(auth, http.clone(), cache, clock.clone());
         let (status, _) = watch::channel(UplinkStatus::new(authn.mode()));
         Ok(Uplink {
@@ -146,6 +159,7 @@ impl Uplink {
             clock,
             status,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed()),
+            mapper,
         })
     }
 
@@ -244,7 +258,7 @@ impl Uplink {
     /// parked; Ok(false): nothing pending.
     fn round(&mut self) -> Result<bool, Stop> {
         let max = match self.settings.format {
-            Format::Raw => 1,
+            Format::Raw | Format::Fhir => 1,
             Format::Json => self.settings.batch_max.max(1),
         };
         let mut progressed = false;
@@ -273,6 +287,9 @@ impl Uplink {
     /// Delivers `batch` (one request, or bisection on a 4xx that blames a message). On
     /// return Ok every message of it is confirmed or parked.
     fn deliver(&mut self, batch: &[Outgoing]) -> Result<(), Stop> {
+        if let (Some(mapper), [m]) = (self.mapper.clone(), batch) {
+            return self.deliver_fhir(&mapper, m);
+        }
         match self.post(batch)? {
             Action::Delivered => {
                 let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
@@ -299,6 +316,99 @@ impl Uplink {
                 self.deliver(b)
             }
             other => Err(self.stop_for(other)),
+        }
+    }
+
+    /// `format = "fhir"`: one message → one transaction Bundle POSTed to the FHIR base.
+    /// Queries, QC and messages without results are delivered by policy (reason in meta),
+    /// text that cannot be mapped and Bundles the server refuses are kept as rejected with
+    /// the reason; on return Ok the message is settled either way.
+    fn deliver_fhir(&mut self, mapper: &Mapper, m: &Outgoing) -> Result<(), Stop> {
+        let input = Input {
+            key: &m.id,
+            channel: &m.channel,
+            protocol: m.protocol.as_str(),
+            text: &m.text,
+            received_at: m.received_at,
+        };
+        let bundle = match mapper.bundle(&input) {
+            Ok(b) => b,
+            Err(Skip::Policy(why)) => {
+                tracing::info!(id = %m.id, channel = %m.channel, reason = %why, "not posted as FHIR; kept as delivered by policy");
+                self.queue.skip(&m.id, &why);
+                return Ok(());
+            }
+            Err(skip @ Skip::NotMappable(_)) => {
+                let why = skip.to_string();
+                tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message kept as rejected");
+                self.queue.reject(&m.id, &why);
+                self.publish(|s| s.rejected += 1);
+                return Ok(());
+            }
+        };
+        let kinds: Vec<&str> = bundle.entry.iter().map(|e| e.request.url).collect();
+        let body = match serde_json::to_vec(&bundle) {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!("cannot serialize the Bundle: {e}");
+                self.queue.reject(&m.id, &why);
+                self.publish(|s| s.rejected += 1);
+                return Ok(());
+            }
+        };
+        let url = self.settings.url.trim_end_matches('/').to_string();
+        let received_at = rfc3339(m.received_at);
+        let agent = self.settings.agent_id.clone();
+        let headers = [
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+json"),
+            ("Prefer", "return=minimal"),
+            ("Idempotency-Key", m.id.as_str()),
+            ("X-Labagent-Agent", agent.as_str()),
+            ("X-Labagent-Channel", m.channel.as_str()),
+            ("X-Labagent-Protocol", m.protocol.as_str()),
+            ("X-Labagent-Received-At", received_at.as_str()),
+        ];
+        let (reply, action) = self.exchange(&url, &headers, &body, Some(FHIR_MAX_REPLY))?;
+        match verdict(reply.status, &reply.body, &kinds) {
+            Verdict::Delivered => {
+                self.queue.confirm(std::slice::from_ref(&m.id));
+                tracing::debug!(id = %m.id, resources = kinds.len(), "delivered and confirmed");
+                let now = self.clock.now();
+                self.publish(|s| {
+                    s.delivered += 1;
+                    s.last_delivery = Some(now);
+                });
+                Ok(())
+            }
+            Verdict::Rejected(why) => {
+                tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "Bundle refused by the FHIR server; message kept as rejected");
+                self.queue.reject(&m.id, &why);
+                self.publish(|s| s.rejected += 1);
+                Ok(())
+            }
+            Verdict::NotFhir(why) => Err(Stop::Wait(
+                None,
+                UplinkState::Paused {
+                    reason: why.clone(),
+                },
+                why,
+            )),
+            Verdict::Status => match action {
+                Action::Reject(why) => {
+                    self.queue.reject(&m.id, &why);
+                    self.publish(|s| s.rejected += 1);
+                    Ok(())
+                }
+                Action::Delivered => Err(Stop::Wait(
+                    None,
+                    UplinkState::Paused {
+                        reason: "2xx without a FHIR answer".into(),
+                    },
+                    "2xx without a FHIR answer".into(),
+                )),
+                other => Err(self.stop_for(other)),
+            },
         }
     }
 
@@ -340,31 +450,50 @@ impl Uplink {
                 batch[0].text.clone().into_bytes(),
                 batch[0].protocol.content_type(),
             ),
-            Format::Json => (self.envelopes(batch), "application/json"),
+            Format::Json | Format::Fhir => (self.envelopes(batch), "application/json"),
         };
+        let received_at;
+        let agent = self.settings.agent_id.clone();
+        let mut headers: Vec<(&str, &str)> = vec![("Content-Type", content_type)];
+        if self.settings.format == Format::Raw {
+            let m = &batch[0];
+            received_at = rfc3339(m.received_at);
+            headers.extend([
+                ("Idempotency-Key", m.id.as_str()),
+                ("X-Labagent-Agent", agent.as_str()),
+                ("X-Labagent-Channel", m.channel.as_str()),
+                ("X-Labagent-Protocol", m.protocol.as_str()),
+                ("X-Labagent-Received-At", received_at.as_str()),
+            ]);
+        } else {
+            headers.push(("X-Labagent-Agent", agent.as_str()));
+        }
+        let url = self.settings.url.clone();
+        self.exchange(&url, &headers, &body, None).map(|(_, a)| a)
+    }
+
+    /// POSTs `body` with `headers` plus the credential; after a 401 with a bearer token,
+    /// one new token and one retry. Returns the reply and what its status means.
+    fn exchange(
+        &mut self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        body_limit: Option<u64>,
+    ) -> Result<(super::http::Reply, Action), Stop> {
         let mut retried = false;
         loop {
             let cred = self.auth.credential().map_err(auth_stop)?;
-            let received_at;
-            let mut headers: Vec<(&str, &str)> = vec![("Content-Type", content_type)];
+            let mut all: Vec<(&str, &str)> = headers.to_vec();
             if let Some(v) = cred.header_value() {
-                headers.push(("Authorization", v));
-            }
-            if self.settings.format == Format::Raw {
-                let m = &batch[0];
-                received_at = rfc3339(m.received_at);
-                headers.extend([
-                    ("Idempotency-Key", m.id.as_str()),
-                    ("X-Labagent-Agent", self.settings.agent_id.as_str()),
-                    ("X-Labagent-Channel", m.channel.as_str()),
-                    ("X-Labagent-Protocol", m.protocol.as_str()),
-                    ("X-Labagent-Received-At", received_at.as_str()),
-                ]);
-            } else {
-                headers.push(("X-Labagent-Agent", self.settings.agent_id.as_str()));
+                all.push(("Authorization", v));
             }
             let sent = std::time::Instant::now();
-            let reply = match self.http.post(&self.settings.url, &headers, &body) {
+            let result = match body_limit {
+                Some(limit) => self.http.post_limited(url, &all, body, limit),
+                None => self.http.post(url, &all, body),
+            };
+            let reply = match result {
                 Ok(r) => {
                     let took = sent.elapsed();
                     self.status.send_modify(|s| s.latency.observe(took));
@@ -388,7 +517,7 @@ impl Uplink {
                 self.auth.invalidate(&cred);
                 continue;
             }
-            return Ok(action);
+            return Ok((reply, action));
         }
     }
 

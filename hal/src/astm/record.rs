@@ -152,6 +152,11 @@ impl<'a> Record<'a> {
         self.raw
     }
 
+    /// The delimiters this record is read with (its message's H record's).
+    pub fn delimiters(&self) -> Delimiters {
+        self.delims
+    }
+
     /// The type, from the first byte.
     pub fn record_type(&self) -> RecordType {
         self.raw

@@ -6,6 +6,7 @@
 //! Each section lives in `tests/src/bench/<name>.rs` and exposes `run() -> Vec<Row>`.
 
 mod astm;
+mod fhir;
 mod fsync;
 mod hl7;
 mod ingest;
@@ -55,6 +56,11 @@ const SECTIONS: &[Section] = &[
         "uplink",
         "drain a stored backlog over HTTP: raw and json batches, peak RSS",
         uplink::run,
+    ),
+    (
+        "fhir",
+        "drain a stored ASTM backlog as FHIR transaction Bundles next to raw",
+        fhir::run,
     ),
 ];
 
