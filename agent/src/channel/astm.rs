@@ -45,7 +45,9 @@ use tokio::time::Instant;
 
 use super::{ChannelCtx, Dir};
 use crate::source::Conn;
-use crate::store::{Appended, Fragment, NewMessage, Order, OrderOutcome, Store, StoreError};
+use crate::store::{
+    Appended, Fragment, NewMessage, Order, OrderOutcome, Protocol, Store, StoreError,
+};
 
 /// Attempts per order before it is given up (each attempt is a whole E1381 transfer).
 const ORDER_ATTEMPTS: u32 = 5;
@@ -77,17 +79,6 @@ fn hal_duration(d: Duration) -> HalDuration {
     HalDuration::from_millis(d.as_millis().min(u64::MAX as u128) as u64)
 }
 
-/// The encoding label stored in a message's meta: an explicit channel label wins; `auto`
-/// means UTF-8 when the bytes are valid UTF-8, else windows-1252 (what instruments that
-/// send accented names use).
-pub fn encoding_label(enc: &labagent_config::Encoding, bytes: &[u8]) -> String {
-    match enc {
-        labagent_config::Encoding::Label(l) => l.clone(),
-        labagent_config::Encoding::Auto if std::str::from_utf8(bytes).is_ok() => "utf-8".into(),
-        labagent_config::Encoding::Auto => "windows-1252".into(),
-    }
-}
-
 /// Meta of a stored ASTM message: the H record's sender and record counts.
 pub fn meta(text: &[u8], end: MessageEnd, enc: &labagent_config::Encoding) -> serde_json::Value {
     let s = summary(text);
@@ -105,7 +96,7 @@ pub fn meta(text: &[u8], end: MessageEnd, enc: &labagent_config::Encoding) -> se
             MessageEnd::Timeout => "timeout",
             MessageEnd::LineLost => "line_lost",
         },
-        "encoding": encoding_label(enc, text),
+        "encoding": crate::text::encoding_label(enc, None, text),
     })
 }
 
@@ -121,7 +112,7 @@ pub struct Durable {
     stored: usize,
     /// A store call failed: the partial in the store may not match; rewrite it whole.
     tainted: bool,
-    clock_synced: bool,
+    clock_synced: Option<bool>,
 }
 
 /// What a commit stored.
@@ -145,7 +136,7 @@ impl Durable {
             transmission: None,
             stored: 0,
             tainted: false,
-            clock_synced: true,
+            clock_synced: None,
         }
     }
 
@@ -153,7 +144,7 @@ impl Durable {
         Fragment {
             channel: self.channel.clone(),
             transmission: transmission.to_string(),
-            protocol: "astm".into(),
+            protocol: Protocol::Astm,
             received_at: SystemTime::now(),
             clock_synced: self.clock_synced,
             bytes: bytes.to_vec(),
@@ -230,7 +221,7 @@ impl Durable {
                 _ => {
                     let a = store.append(NewMessage {
                         channel: self.channel.clone(),
-                        protocol: "astm".into(),
+                        protocol: Protocol::Astm,
                         received_at: SystemTime::now(),
                         clock_synced: self.clock_synced,
                         bytes: m.text.clone(),
@@ -303,8 +294,7 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                 match ev {
                     Event::NeedsCommit(req) => {
                         let mut d = durable.take().expect("one commit at a time");
-                        d.clock_synced =
-                            ctx.clock_synced.load(std::sync::atomic::Ordering::Relaxed);
+                        d.clock_synced = ctx.clock_synced.get();
                         let r = ctx
                             .store_call(move |s| {
                                 let r = d.apply(s, &req);

@@ -34,9 +34,8 @@
 //! # Text
 //!
 //! The store keeps the wire bytes; the meta records the encoding the uplink decodes with
-//! ([`encoding_label`]): an explicit channel `encoding` wins; `auto` takes MSH-18 when it
-//! names a known set (`ASCII` only when the bytes are ASCII), else UTF-8 when the bytes are
-//! valid UTF-8, else windows-1252.
+//! ([`crate::text::encoding_label`], MSH-18 as the declaration): an explicit channel
+//! `encoding` wins; under `auto` valid multi-byte UTF-8 wins over a single-byte MSH-18.
 
 use std::collections::HashMap;
 use std::io;
@@ -64,33 +63,9 @@ pub fn ack_mode(a: &labagent_config::AckMode) -> AckMode {
     }
 }
 
-/// The encoding label stored in a message's meta (what the uplink decodes with).
-pub fn encoding_label(
-    enc: &labagent_config::Encoding,
-    view: Option<&MshView<'_>>,
-    bytes: &[u8],
-) -> String {
-    match enc {
-        labagent_config::Encoding::Label(l) => l.clone(),
-        labagent_config::Encoding::Auto => {
-            // MSH-18 `ASCII` cannot describe bytes over 0x7F (Mindray declares it): such a
-            // message takes the fallback below instead of being read as windows-1252.
-            let declared = view
-                .and_then(|v| charset::encoding_label(v.charset()))
-                .filter(|l| encoding_rs::Encoding::for_label(l.as_bytes()).is_some())
-                .filter(|l| *l != "us-ascii" || bytes.is_ascii());
-            match declared {
-                Some(l) => l.to_string(),
-                None if std::str::from_utf8(bytes).is_ok() => "utf-8".into(),
-                None => "windows-1252".into(),
-            }
-        }
-    }
-}
-
 /// A header field as text for the meta (header fields are ASCII in practice).
 fn text(v: &[u8], label: &str) -> String {
-    crate::service::adapters::decode(v, label)
+    crate::text::decode(v, label)
 }
 
 /// Meta of a stored HL7 message: header fields and segment counts, no patient data.
@@ -132,7 +107,7 @@ pub fn timestamp(t: SystemTime) -> String {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = crate::uplink::queue::civil_from_days(secs.div_euclid(86_400));
+    let (y, m, d) = crate::calendar::civil_from_days(secs.div_euclid(86_400));
     format!(
         "{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000",
         sod / 3600,
@@ -182,7 +157,8 @@ async fn store_block(ctx: &ChannelCtx, bytes: Vec<u8>) -> Handled {
     ctx.counters.received();
     match MshView::new_checked(&bytes) {
         Ok(v) => {
-            let label = encoding_label(&ctx.config.encoding, Some(&v), &bytes);
+            let declared = charset::encoding_label(v.charset());
+            let label = crate::text::encoding_label(&ctx.config.encoding, declared, &bytes);
             let meta = meta(&v, &label);
             let head = msh_segment(&v);
             match ctx.store_message(bytes, meta).await {
@@ -202,7 +178,7 @@ async fn store_block(ctx: &ChannelCtx, bytes: Vec<u8>) -> Handled {
         }
         Err(e) => {
             let reason = e.to_string();
-            let label = encoding_label(&ctx.config.encoding, None, &bytes);
+            let label = crate::text::encoding_label(&ctx.config.encoding, None, &bytes);
             let m = ctx.new_message(bytes, json!({ "error": reason, "encoding": label }));
             let why = reason.clone();
             let r = ctx.store_call(move |s| s.append_rejected(m, &why)).await;
@@ -532,29 +508,5 @@ mod tests {
         assert_eq!(ack_code_for(b"not hl7", b"O1"), None);
         let custom = b"MSH!$r?@!A!B!C!D!2026!!ACK!9!P!2.5\rMSA!CA!X\r";
         assert_eq!(ack_code_for(custom, b"X").as_deref(), Some("CA"));
-    }
-
-    #[test]
-    fn encoding_choice() {
-        use labagent_config::Encoding;
-        let latin = b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3||||||8859/1\rNTE|1||\xe9\r";
-        let v = MshView::new_checked(latin).unwrap();
-        assert_eq!(
-            encoding_label(&Encoding::Auto, Some(&v), latin),
-            "iso-8859-1"
-        );
-        let explicit = Encoding::Label("windows-1252".into());
-        assert_eq!(encoding_label(&explicit, Some(&v), latin), "windows-1252");
-        // Unknown MSH-18: UTF-8 when valid, else windows-1252.
-        let odd = "MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3||||||KLINGON\rNTE|1||é\r";
-        let v = MshView::new_checked(odd.as_bytes()).unwrap();
-        assert_eq!(
-            encoding_label(&Encoding::Auto, Some(&v), odd.as_bytes()),
-            "utf-8"
-        );
-        assert_eq!(
-            encoding_label(&Encoding::Auto, None, b"\xe9"),
-            "windows-1252"
-        );
     }
 }

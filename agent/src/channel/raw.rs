@@ -19,10 +19,10 @@ use labagent_hal::raw::{RawConfig, RawError, RawEvent, RawFramer};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::astm::encoding_label;
 use super::{ChannelCtx, Dir};
 use crate::source::Conn;
 use crate::store::Fragment;
+use crate::text::encoding_label;
 
 /// Framing settings from `[channel.raw]`.
 pub fn raw_config(r: &labagent_config::Raw) -> io::Result<RawConfig> {
@@ -41,7 +41,7 @@ pub fn meta(bytes: &[u8], enc: &labagent_config::Encoding) -> serde_json::Value 
         .split(|b| *b == b'\r' || *b == b'\n')
         .filter(|l| !l.is_empty())
         .count();
-    json!({ "lines": lines, "encoding": encoding_label(enc, bytes) })
+    json!({ "lines": lines, "encoding": encoding_label(enc, None, bytes) })
 }
 
 /// Runs raw framing on one connection until it ends.
@@ -113,9 +113,9 @@ pub async fn serve(mut conn: Conn, ctx: Arc<ChannelCtx>) -> io::Result<()> {
                     let f = Fragment {
                         channel: ctx.name().to_string(),
                         transmission: format!("raw-{session:x}-{fragments}"),
-                        protocol: "raw".into(),
+                        protocol: crate::store::Protocol::Raw,
                         received_at: SystemTime::now(),
-                        clock_synced: ctx.clock_synced.load(std::sync::atomic::Ordering::Relaxed),
+                        clock_synced: ctx.clock_synced.get(),
                         bytes: fragment,
                     };
                     let r = ctx

@@ -4,6 +4,11 @@
 //! parked (400/409/413/415/422 naming that message), so order is kept. Any other outcome
 //! stops the round: the uplink waits (backoff, `Retry-After`, pause) and starts again
 //! from the oldest message, with the same `Idempotency-Key`.
+//!
+//! A stored message wakes an idle uplink at once ([`Clock::idle`]); a backoff or a
+//! `Retry-After` is always waited out ([`Clock::sleep`]), however many messages arrive.
+//! A store that cannot answer is waited out the same way, never read as an empty queue.
+//! Failures are logged when they start, change and end ([`Failures`]), not per attempt.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,9 +19,9 @@ use tokio::sync::watch;
 use super::auth::{AuthError, Authenticator, Credential};
 use super::backoff::{seed, Backoff, Clock, SystemClock};
 use super::http::{HttpClient, NetErrorKind};
-use super::queue::{rfc3339, Envelope, Outgoing, Queue, TokenCache};
+use super::queue::{rfc3339, Envelope, Outgoing, Queue, QueueError, TokenCache};
 use super::response::{classify, Action};
-use super::status::{UplinkState, UplinkStatus};
+use super::status::{Failure, Failures, Latency, UplinkState, UplinkStatus};
 use super::tls::TlsError;
 use super::{AuthSettings, Format, UplinkSettings};
 
@@ -54,6 +59,7 @@ pub struct Uplink {
     clock: Arc<dyn Clock>,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
+    failures: Failures,
 }
 
 /// Controls a spawned uplink.
@@ -64,11 +70,12 @@ pub struct UplinkHandle {
 }
 
 impl UplinkHandle {
-    /// New data was queued: look now instead of at the next poll.
+    /// New data was queued: look now instead of at the next poll (an idle uplink only; a
+    /// backoff or `Retry-After` is waited out).
     pub fn wake(&self) {
         self.clock.wake();
     }
-    /// A function that wakes the uplink, for the channel drivers.
+    /// A function that wakes an idle uplink, for the channel drivers.
     pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let clock = self.clock.clone();
         move || clock.wake()
@@ -135,9 +142,22 @@ impl Uplink {
         if auth.method != super::AuthMethod::None && auth.secret.is_none() {
             return Err(UplinkError::Auth("no client secret"));
         }
+        // Trusted roots are needed only for https: a plain-http site needs no CA store.
+        let mut https = vec![settings.url.as_str()];
+        if auth.method == super::AuthMethod::ClientCredentials {
+            https.push(&auth.token_url);
+        }
+        if https
+            .iter()
+            .any(|u| u.to_ascii_lowercase().starts_with("https://"))
+        {
+            super::tls::require_roots(settings.ca_file.as_deref())?;
+        }
         let http = HttpClient::new(&settings)?;
         let authn = Authenticator::new(auth, http.clone(), cache, clock.clone());
-        let (status, _) = watch::channel(UplinkStatus::new(authn.mode()));
+        let mut initial = UplinkStatus::new(authn.mode());
+        initial.latency = Latency::new(settings.timeout);
+        let (status, _) = watch::channel(initial);
         Ok(Uplink {
             settings,
             queue,
@@ -146,6 +166,7 @@ impl Uplink {
             clock,
             status,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed()),
+            failures: Failures::default(),
         })
     }
 
@@ -184,7 +205,7 @@ impl Uplink {
         while !self.clock.is_shutdown() {
             let alive = match self.round() {
                 Ok(true) => true,
-                Ok(false) => self.clock.sleep(IDLE_POLL),
+                Ok(false) => self.clock.idle(IDLE_POLL),
                 Err(stop) => self.wait(stop),
             };
             if !alive {
@@ -213,13 +234,28 @@ impl Uplink {
     fn wait(&mut self, stop: Stop) -> bool {
         let Stop::Wait(hint, state, error) = stop;
         let wait = hint
-            .unwrap_or_else(|| self.backoff.next_wait())
+            .unwrap_or_else(|| self.backoff.next_delay())
             .max(self.auth.retry_in());
         let state = match state {
             UplinkState::BackingOff { .. } => UplinkState::BackingOff { wait },
             s => s,
         };
-        tracing::warn!(state = %state, error = %error, wait_ms = wait.as_millis() as u64, "uplink waits");
+        let wait_ms = wait.as_millis() as u64;
+        match self.failures.failed(&error) {
+            Failure::First => {
+                tracing::warn!(state = %state, wait_ms, "upload failed: {error}; retrying")
+            }
+            Failure::Changed { previous, attempts } => tracing::warn!(
+                state = %state,
+                wait_ms,
+                previous = %previous,
+                previous_attempts = attempts,
+                "upload failed: {error}; retrying"
+            ),
+            Failure::Repeated { attempts } => {
+                tracing::debug!(attempts, wait_ms, "upload failed again: {error}")
+            }
+        }
         self.publish(|s| {
             s.state = state;
             s.last_error = Some(error);
@@ -248,8 +284,11 @@ impl Uplink {
             Format::Json => self.settings.batch_max.max(1),
         };
         let mut progressed = false;
-        for channel in self.queue.channels() {
-            let batch = self.queue.next_batch(&channel, max);
+        for channel in self.queue.channels().map_err(|e| store_stop("read", e))? {
+            let batch = self
+                .queue
+                .next_batch(&channel, max)
+                .map_err(|e| store_stop("read", e))?;
             if batch.is_empty() {
                 continue;
             }
@@ -276,7 +315,16 @@ impl Uplink {
         match self.post(batch)? {
             Action::Delivered => {
                 let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
-                self.queue.confirm(&ids);
+                if let Some((what, attempts)) = self.failures.recovered() {
+                    tracing::info!(
+                        failed_attempts = attempts,
+                        "uploads succeed again (after: {what})"
+                    );
+                }
+                // Not confirmed: sent again with the same id after the wait (at-least-once).
+                self.queue
+                    .confirm(&ids)
+                    .map_err(|e| store_stop("mark delivered messages in", e))?;
                 tracing::debug!(count = ids.len(), "delivered and confirmed");
                 let now = self.clock.now();
                 self.publish(|s| {
@@ -288,7 +336,9 @@ impl Uplink {
             Action::Reject(why) if batch.len() == 1 => {
                 let m = &batch[0];
                 tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message rejected by the server; parked");
-                self.queue.reject(&m.id, &why);
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
                 self.publish(|s| s.rejected += 1);
                 Ok(())
             }
@@ -320,7 +370,14 @@ impl Uplink {
                 UplinkState::BackingOff {
                     wait: Duration::ZERO,
                 },
-                "rate limited by the server".into(),
+                "rate limited by the server (HTTP 429)".into(),
+            ),
+            Action::Unavailable(hint) => Stop::Wait(
+                hint,
+                UplinkState::BackingOff {
+                    wait: Duration::ZERO,
+                },
+                "server unavailable (HTTP 503)".into(),
             ),
             Action::Retry(e) => Stop::Wait(
                 None,
@@ -409,6 +466,18 @@ fn unreachable_stop() -> Stop {
             wait: Duration::ZERO,
         },
         "internal: unexpected action".into(),
+    )
+}
+
+/// The store could not answer: wait with backoff and try again (nothing is lost; the
+/// queue is not empty just because it cannot be read).
+fn store_stop(what: &str, e: QueueError) -> Stop {
+    Stop::Wait(
+        None,
+        UplinkState::BackingOff {
+            wait: Duration::ZERO,
+        },
+        format!("cannot {what} the store: {e}"),
     )
 }
 
