@@ -20,6 +20,12 @@ command -v mosquitto_passwd >/dev/null 2>&1 || missing+=(mosquitto)
 command -v qemu-aarch64 >/dev/null 2>&1 || missing+=(qemu-user)
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-gnu)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# packaging.rs: lintian on the .deb; its lifecycle test installs it with dpkg, whose
+# Depends (ca-certificates) must be there. service.rs: promtool (Debian's prometheus
+# package) checks the metrics exposition.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+dpkg -s ca-certificates >/dev/null 2>&1 || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   as_root apt-get update -qq

@@ -429,6 +429,7 @@ impl Store {
     fn open_engine(dir: &Path, opts: StoreOptions, opener: Opener) -> Result<Store> {
         create_private_dir(dir)?;
         let eng = opener(dir)?;
+        sync_sled_conf(dir)?;
         let writer = load(&*eng)?;
         let engine: EngineSlot = Arc::new(RwLock::new(Some(eng)));
         let slot = Arc::clone(&engine);
@@ -688,6 +689,17 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// sled 0.34 writes `sled/conf` at open without an fsync: after a power cut the file can
+/// be found empty, and sled warns and rewrites it at the next open. Synced once per open
+/// (its directory entry is synced by the engine). Engines without the file: nothing to do.
+fn sync_sled_conf(dir: &Path) -> io::Result<()> {
+    match std::fs::File::open(dir.join("sled").join("conf")) {
+        Ok(f) => f.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads (or initialises) version, store id, sequence and counters.
