@@ -261,7 +261,7 @@ impl Agent {
                 }
             }
         });
-        tracing::info!(channels = agent.channels.len(), "agent running");
+        tracing::debug!(channels = agent.channels.len(), "agent started");
         Ok(agent)
     }
 
@@ -595,6 +595,8 @@ impl Agent {
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         let summary = self.summary().await;
         self.notifier.ready(&summary);
+        // Said once the signals are handled: a SIGHUP from now on reloads.
+        tracing::info!(channels = self.channels.len(), "agent running");
         let watchdog = self.notifier.watchdog_every().is_some();
         // Without a watchdog the same tick refreshes STATUS= and logs ill health.
         let every = self
