@@ -52,6 +52,8 @@ echo "==> hal builds for thumbv7em-none-eabihf (no_std)"
 cargo build --quiet -p labagent-hal --no-default-features --target thumbv7em-none-eabihf
 echo "==> build binaries (end-to-end tests run the real labagent)"
 cargo build --quiet --workspace --bins --examples
+echo "==> dependency duplicates against tests/duplicates.allow"
+bash tests/deps.sh
 echo "==> aarch64-musl under qemu-aarch64: hal and config tests; labagent for qemu_aarch64.rs"
 qemu_start=$(date +%s)
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64 \
