@@ -421,3 +421,93 @@ pub fn render(s: &AgentStatus, p: &ProcessStats) -> String {
     p.render(&mut o, s.started_unix);
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::status::{AgentStatus, StoreView, UplinkView};
+    use super::*;
+
+    fn status(clock: Option<bool>) -> AgentStatus {
+        AgentStatus {
+            agent: "a".into(),
+            version: "0.1.0".into(),
+            uptime_s: 1,
+            started_unix: 1_795_877_987.0,
+            clock_synchronized: clock,
+            channels: vec![],
+            uplink: Some(UplinkView {
+                kind: "http".into(),
+                target: "https://x".into(),
+                state: "backing off".into(),
+                reason: None,
+                auth_mode: "none".into(),
+                token_expires_unix: None,
+                last_delivery_unix: None,
+                delivered: 0,
+                rejected: 0,
+                retries: 3,
+                token_requests: 0,
+                latency_bounds_ms: crate::uplink::status::Latency::new(Duration::from_secs(30))
+                    .bounds_ms,
+                latency_buckets: vec![0; 14],
+                latency_count: 0,
+                latency_sum_us: 0,
+                last_error: None,
+            }),
+            store: StoreView {
+                backlog: 0,
+                backlog_bytes: 0,
+                oldest_pending_age_s: None,
+                delivered_kept: 0,
+                incomplete: 0,
+                rejected: 0,
+                kept_bytes: 0,
+                dropped_undelivered: 0,
+                disk_bytes: 0,
+                syncs: 0,
+                error: None,
+            },
+        }
+    }
+
+    /// Unknown is not a guess: no sample at all; known states are 1 or 0.
+    #[test]
+    fn the_clock_metric_is_left_out_while_unknown() {
+        let p = ProcessStats::default();
+        let unknown = render(&status(None), &p);
+        assert!(
+            !unknown.contains("labagent_clock_synchronized"),
+            "{unknown}"
+        );
+        assert!(render(&status(Some(false)), &p).contains("labagent_clock_synchronized 0\n"));
+        assert!(render(&status(Some(true)), &p).contains("labagent_clock_synchronized 1\n"));
+    }
+
+    /// `labagent status` says unknown in words, and `--json` has `null`.
+    #[test]
+    fn status_says_unknown() {
+        let st = status(None);
+        assert!(st.render(0).contains("clock: synchronization unknown"));
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["clock_synchronized"], serde_json::Value::Null);
+        assert!(!status(Some(true)).render(0).contains("clock:"));
+    }
+
+    /// The state is a state set beside `up`, never a label of `up`.
+    #[test]
+    fn states_are_a_state_set() {
+        let text = render(&status(Some(true)), &ProcessStats::default());
+        assert!(
+            text.contains("labagent_uplink_up{uplink=\"http\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("labagent_uplink_state{uplink=\"http\",state=\"backing_off\"} 1\n"));
+        assert_eq!(
+            text.matches("labagent_uplink_state{").count(),
+            UPLINK_STATES.len()
+        );
+        assert!(text.contains("le=\"30\"} 0\n"), "{text}");
+        assert!(text.contains("labagent_build_info{version=\"0.1.0\",target=\""));
+        assert!(text.contains("process_start_time_seconds 1795877987.000\n"));
+    }
+}

@@ -267,6 +267,25 @@ pub use crate::calendar::rfc3339;
 mod tests {
     use super::*;
 
+    /// Unknown clock state travels as `null`, known as `true`/`false`.
+    #[test]
+    fn envelopes_carry_an_unknown_clock_as_null() {
+        let mut m = Outgoing {
+            id: "m1".into(),
+            channel: "c".into(),
+            protocol: Protocol::Hl7,
+            received_at: UNIX_EPOCH,
+            clock_synced: None,
+            text: "x".into(),
+            meta: serde_json::Value::Null,
+        };
+        let json = |m: &Outgoing| serde_json::to_value(Envelope::of("a", m)).unwrap();
+        assert_eq!(json(&m)["clock_synced"], serde_json::Value::Null);
+        assert_eq!(json(&m)["protocol"], "hl7");
+        m.clock_synced = Some(false);
+        assert_eq!(json(&m)["clock_synced"], false);
+    }
+
     #[test]
     fn memory_queue_fifo_confirm_reject() {
         let q = MemoryQueue::new();
