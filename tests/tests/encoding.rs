@@ -1,7 +1,7 @@
 //! `encoding = "auto"` end to end: an HL7 message that declares `8859/1` in MSH-18 but is
-//! UTF-8 (the Roche cITm's `·`, `../shared/fixtures/hl7/roche_citm_2.hl7`) arrives
-//! upstream as the same characters, not as mojibake (`Â·`); the store keeps the bytes as
-//! they came.
+//! UTF-8 (the Roche cITm's `·`, `roche_citm_2.hl7`: the hal's copy of the shared corpus
+//! file, PID-5 replaced) arrives upstream as the same characters, not as mojibake (`Â·`);
+//! the store keeps the bytes as they came.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,15 +13,15 @@ use labagent_tests::upstream::Upstream;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Modelled on the fixture, for machines without the shared corpus.
+/// Modelled on the fixture, acknowledged (MSH-15 empty).
 const CITM: &[u8] = b"MSH|^~\\&|cobas8000|LAB|Host||20020607||ORU^R01|77|P|2.3|||||\
 |8859/1\rNTE|1|L|1st\xc2\xb7comment\xc2\xb7on\xc2\xb7patient\r";
 
-fn fixture() -> Option<Vec<u8>> {
+fn fixture() -> Vec<u8> {
     std::fs::read(labagent_tests::repo_path(
-        "../shared/fixtures/hl7/roche_citm_2.hl7",
+        "hal/tests/fixtures/hl7/roche_citm_2.hl7",
     ))
-    .ok()
+    .expect("the hal's copy of roche_citm_2.hl7")
 }
 
 /// One MLLP block, and the ACK's MSA-1 (`None`: the message asks for no acknowledgement,
@@ -71,19 +71,13 @@ fn utf8_behind_a_latin1_declaration_arrives_as_utf8() {
     let mut agent = AgentProcess::start(&cfg);
     agent.wait_line(0, &["agent running"], T);
 
-    let mut messages = vec![CITM.to_vec()];
-    match fixture() {
-        Some(f) => messages.push(f),
-        None => eprintln!("../shared/fixtures/hl7/roche_citm_2.hl7 not present: inline copy only"),
-    }
-    assert_eq!(send_mllp(port, CITM).as_deref(), Some("AA"));
-    if let Some(f) = messages.get(1) {
-        assert_eq!(
-            send_mllp(port, f),
-            None,
-            "the fixture asks for no ACK (MSH-15 NE)"
-        );
-    }
+    let messages = [CITM.to_vec(), fixture()];
+    assert_eq!(send_mllp(port, &messages[0]).as_deref(), Some("AA"));
+    assert_eq!(
+        send_mllp(port, &messages[1]),
+        None,
+        "the fixture asks for no ACK (MSH-15 NE)"
+    );
     up.wait_for(T, "every message upstream", |r| r.len() == messages.len());
     let mut got = up.accepted();
     got.sort_by_key(|r| r.body.len());
