@@ -174,3 +174,92 @@ fn a_new_message_wakes_an_idle_uplink() {
         "a woken idle uplink delivers well within its 1 s poll: {took:?}"
     );
 }
+
+/// A queue whose store fails the first `fail_reads` reads and `fail_confirms` confirms.
+struct FailingStore {
+    inner: MemoryQueue,
+    fail_reads: std::sync::atomic::AtomicUsize,
+    fail_confirms: std::sync::atomic::AtomicUsize,
+}
+
+fn take_one(n: &std::sync::atomic::AtomicUsize) -> bool {
+    use std::sync::atomic::Ordering;
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+impl labagent::uplink::Queue for FailingStore {
+    fn channels(&self) -> Result<Vec<String>, labagent::uplink::QueueError> {
+        self.inner.channels()
+    }
+    fn next_batch(
+        &self,
+        channel: &str,
+        max: usize,
+    ) -> Result<Vec<labagent::uplink::Outgoing>, labagent::uplink::QueueError> {
+        if take_one(&self.fail_reads) {
+            return Err(labagent::uplink::QueueError(
+                "store IO error: disk on fire".into(),
+            ));
+        }
+        self.inner.next_batch(channel, max)
+    }
+    fn confirm(&self, ids: &[String]) -> Result<(), labagent::uplink::QueueError> {
+        if take_one(&self.fail_confirms) {
+            return Err(labagent::uplink::QueueError(
+                "store IO error: no space".into(),
+            ));
+        }
+        self.inner.confirm(ids)
+    }
+    fn reject(&self, id: &str, reason: &str) -> Result<(), labagent::uplink::QueueError> {
+        self.inner.reject(id, reason)
+    }
+}
+
+/// A store that cannot be read is not an empty queue: the uplink backs off and tries
+/// again; a confirmation that cannot be written makes it wait too, and the message goes
+/// again with the same key (at-least-once), instead of being resent in a tight loop.
+#[test]
+fn a_failing_store_is_waited_out_not_read_as_empty() {
+    let up = Upstream::start();
+    let q = MemoryQueue::new();
+    q.push(msg("chem", 0, Protocol::Astm));
+    let store = Arc::new(FailingStore {
+        inner: q.clone(),
+        fail_reads: 3.into(),
+        fail_confirms: 1.into(),
+    });
+    let clock = common_upstream::clock(50);
+    let mut u = Uplink::new(
+        up.settings(),
+        up.auth(),
+        store,
+        Arc::new(MemoryTokenCache::new()),
+        clock.clone(),
+    )
+    .unwrap();
+    let status = u.subscribe();
+    assert!(u.drain(), "drained once the store answers");
+    assert_eq!(q.pending(), 0);
+    assert_eq!(q.confirmed(), vec!["chem-000000".to_string()]);
+    // Three failed reads and one failed confirmation: four waits, with backoff.
+    let sleeps = clock.sleeps();
+    assert_eq!(sleeps.len(), 4, "{sleeps:?}");
+    assert!(sleeps.iter().all(|s| !s.is_zero()), "{sleeps:?}");
+    // The unconfirmed message went again with the same Idempotency-Key.
+    let keys: Vec<String> = up
+        .requests("/ingest")
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    assert_eq!(keys, ["chem-000000", "chem-000000"]);
+    let st = status.borrow().clone();
+    assert_eq!(st.retries, 4);
+    assert!(
+        st.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot mark delivered messages in the store")),
+        "{st:?}"
+    );
+}
