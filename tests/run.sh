@@ -22,6 +22,12 @@ command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || missing+=(gcc-aarch64-linux-
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # format = "fhir" turns instrument local times into offsets from the system's tzdata.
 [ -f /usr/share/zoneinfo/Europe/Berlin ] || missing+=(tzdata)
+# packaging.rs: lintian on the .deb; its lifecycle test installs it with dpkg, whose
+# Depends (ca-certificates) must be there. service.rs: promtool (Debian's prometheus
+# package) checks the metrics exposition.
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+dpkg -s ca-certificates >/dev/null 2>&1 || missing+=(ca-certificates)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   as_root apt-get update -qq
@@ -54,6 +60,8 @@ echo "==> hal builds for thumbv7em-none-eabihf (no_std)"
 cargo build --quiet -p labagent-hal --no-default-features --target thumbv7em-none-eabihf
 echo "==> build binaries (end-to-end tests run the real labagent)"
 cargo build --quiet --workspace --bins --examples
+echo "==> dependency duplicates against tests/duplicates.allow"
+bash tests/deps.sh
 echo "==> aarch64-musl under qemu-aarch64: hal and config tests; labagent for qemu_aarch64.rs"
 qemu_start=$(date +%s)
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64 \

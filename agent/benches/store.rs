@@ -74,9 +74,9 @@ fn msg(ch: usize, i: u64) -> NewMessage {
     bytes.resize(1024, b'x');
     NewMessage {
         channel: format!("ch{ch}"),
-        protocol: "hl7".into(),
+        protocol: labagent::store::Protocol::Hl7,
         received_at: SystemTime::now(),
-        clock_synced: true,
+        clock_synced: Some(true),
         bytes,
         meta: serde_json::json!({"msh10": i}),
     }

@@ -49,7 +49,7 @@ fn main() {
         for i in 0..n {
             q.push(msg(["a", "b", "c", "d"][i % 4], i, Protocol::Hl7));
         }
-        let bytes: usize = q.next_batch("a", 1)[0].text.len();
+        let bytes: usize = q.next_batch("a", 1).expect("memory queue")[0].text.len();
         reset_peak();
         let base = status_kib("VmRSS:");
         let mut s = up.settings();

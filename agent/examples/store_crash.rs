@@ -44,13 +44,13 @@ fn main() {
         let mut bytes = format!("MSH|{pid}|{i}|").into_bytes();
         bytes.resize(size, b'A' + (i % 26) as u8);
         let sha = Sha256::digest(&bytes);
-        let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = labagent::text::hex(&sha);
         let a = store
             .append(NewMessage {
                 channel: format!("ch{}", i % 3),
-                protocol: "hl7".into(),
+                protocol: labagent::store::Protocol::Hl7,
                 received_at: SystemTime::now(),
-                clock_synced: true,
+                clock_synced: Some(true),
                 bytes,
                 meta: serde_json::json!({ "i": i }),
             })

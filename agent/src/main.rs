@@ -1,5 +1,5 @@
 //! `labagent` — the binary. Parses the command line, maps outcomes to the exit codes
-//! documented in `--help`.
+//! documented in `--help` (`labagent::exit`).
 
 mod cli;
 
@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing::Level;
 
+use cli::logging::{self, print};
 use cli::{exit, Cli, Command};
 
 fn main() -> ExitCode {
@@ -17,14 +19,14 @@ fn main() -> ExitCode {
             // clap prints help/version to stdout (exit 0) and usage errors to stderr.
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
-                exit::CONFIG
+                exit::USAGE
             } else {
                 exit::OK
             });
         }
     };
     ExitCode::from(match cli.command {
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig(args) => check_config(&cli.config, &args),
         Command::Run => run(&cli.config),
         Command::Simulate(args) => cli::simulate::run(&args),
         Command::Queue(cmd) => cli::queue::run(&cli.config, &cmd),
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Command::Monitor(args) => cli::status::monitor(&cli.config, &args),
         Command::Demo(args) => cli::demo::run(&args),
         Command::Map(args) => cli::map::run(&cli.config, &args),
+        Command::Man(args) => cli::man::run(&args),
         Command::Ports => {
             print!(
                 "{}",
@@ -42,27 +45,61 @@ fn main() -> ExitCode {
     })
 }
 
+fn print_warnings(loaded: &labagent_config::Loaded) {
+    for w in &loaded.warnings {
+        print(Level::WARN, &format!("warning: {w}"));
+    }
+}
+
 /// Loads and validates the config, printing warnings and errors in `FILE:LINE:COL: ...`
 /// form. `None` means the caller should exit with [`exit::CONFIG`].
-fn load_config(path: &Path) -> Option<labagent_config::Loaded> {
-    match labagent_config::load(path) {
+fn load_config(
+    path: &Path,
+    opts: &labagent_config::LoadOptions,
+) -> Option<labagent_config::Loaded> {
+    match labagent_config::load_with(path, opts) {
         Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
+            print_warnings(&loaded);
             Some(loaded)
         }
         Err(e) => {
-            eprintln!("{e}");
+            print(Level::ERROR, &e.to_string());
             None
         }
     }
 }
 
-fn check_config(path: &Path) -> u8 {
-    let Some(loaded) = load_config(path) else {
+fn check_config(path: &Path, args: &cli::CheckConfigArgs) -> u8 {
+    use labagent_config::{AuthMethod, LoadOptions, SecretSource};
+    // A secret that only the service will have (LoadCredential=) is not an error here:
+    // the unit says where it will come from.
+    let Ok(mut loaded) =
+        labagent_config::load_with(path, &LoadOptions::default().secret_optional())
+    else {
+        // Print the errors exactly as `run` would see them.
+        load_config(path, &LoadOptions::default());
         return exit::CONFIG;
     };
+    let auth = &loaded.config.uplink.auth;
+    if auth.method != AuthMethod::None && auth.secret.is_none() {
+        match unit_secret(args) {
+            Ok((unit, file, note)) => {
+                print_warnings(&loaded);
+                if let Some(n) = note {
+                    print(Level::WARN, &format!("warning: {n}"));
+                }
+                loaded.config.uplink.auth.secret_source = Some(SecretSource::Unit { unit, file });
+            }
+            Err(why) => {
+                // The usual error (file, line, what to set), then why the unit does not help.
+                load_config(path, &LoadOptions::default());
+                print(Level::ERROR, &why);
+                return exit::CONFIG;
+            }
+        }
+    } else {
+        print_warnings(&loaded);
+    }
     println!(
         "# {}: configuration is valid; effective settings:",
         path.display()
@@ -71,11 +108,70 @@ fn check_config(path: &Path) -> u8 {
     exit::OK
 }
 
+/// Where the unit's `LoadCredential=client_secret:…` takes the secret from: (unit file,
+/// credential file, a note when the file could not be checked), or why it cannot.
+fn unit_secret(
+    args: &cli::CheckConfigArgs,
+) -> Result<(std::path::PathBuf, std::path::PathBuf, Option<String>), String> {
+    use cli::credential::{find, unit_files, Found, CREDSTORE_DIRS, UNIT, UNIT_DIRS};
+    let files = match &args.unit {
+        Some(u) => vec![u.clone()],
+        None => unit_files(&UNIT_DIRS.map(std::path::PathBuf::from)),
+    };
+    let Some(cred) = find(&files) else {
+        return Err(if files.is_empty() {
+            format!("no {UNIT} found either, so no LoadCredential=client_secret:… provides it")
+        } else {
+            format!(
+                "{} has no LoadCredential=client_secret:… either",
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+    };
+    match cred.locate(&CREDSTORE_DIRS.map(std::path::PathBuf::from)) {
+        Found::File(f) => Ok((cred.unit, f, None)),
+        Found::Missing {
+            searched,
+            unreadable,
+        } if !unreadable.is_empty() => {
+            let first = searched.first().cloned().unwrap_or_default();
+            Ok((
+                cred.unit,
+                first,
+                Some(format!(
+                    "cannot look into {} as this user: run check-config as root to see that \
+                     the credential file exists",
+                    unreadable
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            ))
+        }
+        Found::Missing { searched, .. } => Err(format!(
+            "{} loads the secret with LoadCredential=client_secret:{}, but no such file exists \
+             (looked at {}); without it the service starts without a secret and refuses",
+            cred.unit.display(),
+            cred.source,
+            searched
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 fn run(path: &Path) -> u8 {
-    let Some(loaded) = load_config(path) else {
+    let Some(loaded) = load_config(path, &labagent_config::LoadOptions::default()) else {
         return exit::CONFIG;
     };
-    cli::logging::init(loaded.config.agent.log);
+    logging::init(loaded.config.agent.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -83,8 +179,8 @@ fn run(path: &Path) -> u8 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("labagent: cannot start the runtime: {e}");
-            return exit::FAILURE;
+            logging::fatal(&format!("cannot start the runtime: {e}"));
+            return exit::OS;
         }
     };
     rt.block_on(async {
@@ -96,18 +192,9 @@ fn run(path: &Path) -> u8 {
                 exit::OK
             }
             Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("labagent: {e}");
-                match e {
-                    labagent::service::RunError::Store { .. }
-                    | labagent::service::RunError::StateDir { .. } => exit::STORE,
-                    labagent::service::RunError::Uplink(_)
-                    | labagent::service::RunError::Mqtt(_) => exit::CONFIG,
-                    labagent::service::RunError::Unavailable(_) => exit::UNAVAILABLE,
-                    labagent::service::RunError::StatusSocket { .. }
-                    | labagent::service::RunError::Metrics { .. }
-                    | labagent::service::RunError::Runtime(_) => exit::FAILURE,
-                }
+                // Once: through the log (under journald with priority 3).
+                logging::fatal(&e.to_string());
+                exit::of_run_error(&e)
             }
         }
     })

@@ -234,9 +234,9 @@ async fn store_refusal_is_answered_nak_and_the_retry_succeeds_once_space_frees()
         let a = s
             .append(NewMessage {
                 channel: "other".into(),
-                protocol: "raw".into(),
+                protocol: labagent::store::Protocol::Raw,
                 received_at: std::time::SystemTime::now(),
-                clock_synced: true,
+                clock_synced: Some(true),
                 bytes: vec![b'f'; 3500 - 256 - 2],
                 meta: serde_json::json!({}),
             })
@@ -399,7 +399,7 @@ async fn several_messages_in_one_transmission_are_stored_separately() {
     for (m, want) in got.iter().zip([&a, &q, &b]) {
         assert_eq!(&m.bytes, want, "record text, frame envelopes removed");
         no_envelope(&m.bytes);
-        assert_eq!(m.info.protocol, "astm");
+        assert_eq!(m.info.protocol, labagent::store::Protocol::Astm);
     }
     let meta = |i: usize| &got[i].info.meta;
     // (patients, orders, results, queries, records)

@@ -51,9 +51,9 @@ fn corpus() -> Vec<(String, &'static str, String)> {
                 let v = labagent_hal::hl7::msh::MshView::new_checked(&bytes).ok();
                 labagent::channel::hl7::encoding_label(&Encoding::Auto, v.as_ref(), &bytes)
             } else {
-                labagent::channel::astm::encoding_label(&Encoding::Auto, &bytes)
+                labagent::text::encoding_label(&Encoding::Auto, None, &bytes)
             };
-            let text = labagent::service::adapters::decode(&bytes, &label);
+            let text = labagent::text::decode(&bytes, &label);
             out.push((
                 p.file_name().unwrap().to_string_lossy().into_owned(),
                 proto,

@@ -144,7 +144,7 @@ async fn maglumi_with_reply_after_the_store() {
         vec![records.clone(), b"first\r".to_vec(), b"second\r".to_vec()]
     );
     let m = a.store.next_pending("maglumi", 1).unwrap().remove(0);
-    assert_eq!(m.info.protocol, "raw");
+    assert_eq!(m.info.protocol, labagent::store::Protocol::Raw);
     assert_eq!(m.info.meta["encoding"], "utf-8");
     assert!(outgoing(m).text.starts_with("H|\\^&||PSWD|Maglumi User|"));
 }

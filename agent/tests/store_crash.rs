@@ -132,10 +132,7 @@ fn sigkill_loses_no_acknowledged_message() {
         let mid: MessageId = id.parse().unwrap();
         match store.get(mid).unwrap() {
             Some(m) => {
-                let got: String = Sha256::digest(&m.bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let got = labagent::text::hex(&Sha256::digest(&m.bytes));
                 assert_eq!(&got, sha, "message {id} corrupted");
                 present += 1;
             }

@@ -60,6 +60,10 @@ pub type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 pub struct LoadOptions {
     /// Looks up an environment variable (`LABAGENT_CLIENT_SECRET`, `CREDENTIALS_DIRECTORY`).
     pub env: Box<EnvLookup>,
+    /// Whether an auth method that needs a client secret without any source is an error
+    /// (`run`). Commands that never authenticate (`status`, `queue`) load without it: with
+    /// `LoadCredential=` the secret exists only inside the service.
+    pub secret_required: bool,
 }
 
 impl Default for LoadOptions {
@@ -67,6 +71,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             env: Box::new(|k| std::env::var(k).ok()),
+            secret_required: true,
         }
     }
 }
@@ -82,7 +87,14 @@ impl LoadOptions {
             .collect();
         Self {
             env: Box::new(move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())),
+            secret_required: true,
         }
+    }
+
+    /// The same, but a missing client secret is not an error (`secret` stays `None`).
+    pub fn secret_optional(mut self) -> Self {
+        self.secret_required = false;
+        self
     }
 }
 

@@ -60,6 +60,9 @@ pub enum SecretSource {
     Env,
     /// `$CREDENTIALS_DIRECTORY/client_secret`; the full path.
     CredentialsDirectory(PathBuf),
+    /// Not here yet: the systemd unit `unit` loads it as the credential `client_secret`
+    /// from `file` (`LoadCredential=`) when the service starts (`check-config` outside it).
+    Unit { unit: PathBuf, file: PathBuf },
 }
 
 impl fmt::Display for SecretSource {
@@ -75,6 +78,12 @@ impl fmt::Display for SecretSource {
                     p.display()
                 )
             }
+            Self::Unit { unit, file } => write!(
+                f,
+                "systemd credential {CREDENTIAL_NAME}, which {} loads from {} (LoadCredential=)",
+                unit.display(),
+                file.display()
+            ),
         }
     }
 }

@@ -528,6 +528,9 @@ fn resolve_secret(
             }
         };
     }
+    if !opts.secret_required {
+        return None;
+    }
     ctx.error(
         method_span,
         key,

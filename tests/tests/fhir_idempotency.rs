@@ -25,7 +25,7 @@ fn message(id: &str, text: &str) -> Outgoing {
         channel: "chem".into(),
         protocol: Protocol::Astm,
         received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
-        clock_synced: true,
+        clock_synced: Some(true),
         text: text.to_string(),
         meta: serde_json::json!({}),
     }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use labagent::service::adapters::decode;
+use labagent::text::decode;
 use labagent_tests::config::{self, free_port};
 use labagent_tests::process::AgentProcess;
 use labagent_tests::repo_path;

@@ -70,9 +70,9 @@ fn prefill(state: &Path, n: usize) -> Vec<String> {
                 let a = s
                     .append(NewMessage {
                         channel: "chem".into(),
-                        protocol: "astm".into(),
+                        protocol: labagent::store::Protocol::Astm,
                         received_at: SystemTime::now(),
-                        clock_synced: true,
+                        clock_synced: Some(true),
                         bytes: text.into_bytes(),
                         meta: serde_json::json!({}),
                     })

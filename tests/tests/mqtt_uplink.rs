@@ -26,7 +26,7 @@ fn msg(i: usize) -> Outgoing {
         channel: "chem".into(),
         protocol: Protocol::Astm,
         received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_877_987),
-        clock_synced: true,
+        clock_synced: Some(true),
         text: format!("H|\\^&\rP|1||PID-{i}\rR|1|^^^GLU|{i}|mg/dL\rL|1|N\r"),
         meta: serde_json::json!({"frames": 1}),
     }

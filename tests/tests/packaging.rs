@@ -1,10 +1,15 @@
 //! The Debian package and the systemd unit (cross/, docs/PACKAGING.md).
 //!
 //! One .deb (amd64) is built from the dev binary the suite already has and inspected with
-//! dpkg-deb: file list, owners and modes, the conffile, the unit, the maintainer scripts
-//! (`sh -n`, then run against stub commands to show an upgrade never touches the store).
+//! dpkg-deb: file list, owners and modes, the conffile, the unit, the manual pages, the
+//! changelog, the maintainer scripts (`sh -n`, then run against stub commands to show an
+//! upgrade never touches the store). lintian finds nothing that is not overridden with a
+//! reason. A second revision is built, and install → upgrade → remove → purge run with the
+//! real dpkg in a throwaway overlay of this machine (`tests/deb_lifecycle.sh`).
 //! The unit must keep its hardening: `systemd-analyze security --offline=true` exposure
-//! at most 2.0, every directive of issue 9 present, `systemd-analyze verify` silent.
+//! at most 2.0, every directive of issue 9 present, `systemd-analyze verify` silent; and
+//! its system call filter, evaluated from `systemd-analyze syscall-filter`, must let the
+//! clock-sync flag's `adjtimex` through.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,7 +33,26 @@ fn ok(cmd: &mut Command) -> String {
     r.stdout
 }
 
-/// The amd64 .deb of the dev build, built once for all tests of this file.
+/// Builds the amd64 .deb of the dev build with Debian revision `revision` into `dir`.
+fn build_deb(dir: &Path, revision: u32) -> PathBuf {
+    ok(Command::new(repo_path("cross/deb"))
+        .arg("amd64")
+        .arg("--bin")
+        .arg(labagent_tests::labagent_bin())
+        .arg("--out")
+        .arg(dir)
+        .arg("--fast")
+        .args(["--revision", &revision.to_string()]));
+    let suffix = format!("-{revision}_amd64.deb");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(&suffix))
+        .expect("cross/deb wrote no .deb")
+}
+
+/// The amd64 .deb of the dev build (`cross/deb amd64 --bin PATH`, nothing else), built
+/// once for all tests of this file.
 fn deb() -> &'static Path {
     static DEB: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &DEB.get_or_init(|| {
@@ -85,7 +109,9 @@ fn deb_has_the_files_owners_modes_and_conffile() {
     assert_eq!(field("Architecture"), "amd64");
     let depends = field("Depends");
     assert!(
-        depends.contains("adduser") && depends.contains("libc6 (>= 2."),
+        depends.contains("adduser")
+            && depends.contains("libc6 (>= 2.")
+            && depends.contains("ca-certificates"),
         "{depends}"
     );
 
@@ -101,6 +127,11 @@ fn deb_has_the_files_owners_modes_and_conffile() {
         ),
         ("/usr/share/doc/labagent/copyright", "-rw-r--r--"),
         ("/usr/share/doc/labagent/PACKAGING.md", "-rw-r--r--"),
+        ("/usr/share/doc/labagent/changelog.Debian.gz", "-rw-r--r--"),
+        ("/usr/share/man/man1/labagent.1.gz", "-rw-r--r--"),
+        ("/usr/share/man/man1/labagent-run.1.gz", "-rw-r--r--"),
+        ("/usr/share/man/man1/labagent-queue-list.1.gz", "-rw-r--r--"),
+        ("/usr/share/lintian/overrides/labagent", "-rw-r--r--"),
     ];
     for (path, mode) in expect {
         let (m, owner) = c
@@ -133,6 +164,30 @@ fn deb_has_the_files_owners_modes_and_conffile() {
     .unwrap();
     assert!(rules.contains("ENV{ID_MM_DEVICE_IGNORE}=\"1\""), "{rules}");
     assert!(rules.contains("SYMLINK+="), "{rules}");
+    // The manual page comes from the packaged binary's clap definitions, gzip -9n (no name,
+    // no time stamp: reproducible), and documents the exit codes.
+    let gunzip = |p: &str| {
+        let gz = read(p);
+        assert_eq!(&gz[..2], b"\x1f\x8b", "{p} is not gzip");
+        assert_eq!(
+            &gz[4..8],
+            &[0, 0, 0, 0],
+            "{p}: gzip time stamp set (use gzip -n)"
+        );
+        ok(Command::new("gzip").args(["-dc"]).arg(x.path().join(p)))
+    };
+    let man = gunzip("usr/share/man/man1/labagent.1.gz");
+    assert!(man.contains(".TH labagent 1"), "{man}");
+    assert!(
+        man.contains("EXIT STATUS") && man.contains("\\fB72\\fR"),
+        "{man}"
+    );
+    let changelog = gunzip("usr/share/doc/labagent/changelog.Debian.gz");
+    let version = field("Version");
+    assert!(
+        changelog.starts_with(&format!("labagent ({version}) ")),
+        "changelog does not start with the package version {version}: {changelog}"
+    );
     // The packaged binary is stripped (it was the dev build with debug info).
     let sections = ok(Command::new("readelf")
         .arg("-S")
@@ -155,8 +210,8 @@ fn deb_has_the_files_owners_modes_and_conffile() {
 
 /// Runs a maintainer script with PATH holding only stubs that log their arguments (and
 /// the few read-only tools the scripts use), so nothing on this machine changes. Returns
-/// the logged calls, one per line.
-fn run_script(script: &str, args: &[&str], user_exists: bool) -> Vec<String> {
+/// the logged calls, one per line. `enabled`: what `deb-systemd-helper was-enabled` says.
+fn run_script(script: &str, args: &[&str], user_exists: bool, enabled: bool) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -183,7 +238,22 @@ fn run_script(script: &str, args: &[&str], user_exists: bool) -> Vec<String> {
         },
     );
     stub("dpkg-statoverride", "exit 1");
-    for name in ["adduser", "chown", "chmod", "install", "systemctl", "rmdir"] {
+    stub(
+        "deb-systemd-helper",
+        &format!(
+            "case \"$*\" in *was-enabled*) exit {};; esac; exit 0",
+            if enabled { 0 } else { 1 }
+        ),
+    );
+    for name in [
+        "adduser",
+        "chown",
+        "chmod",
+        "install",
+        "systemctl",
+        "rmdir",
+        "deb-systemd-invoke",
+    ] {
         stub(name, "exit 0");
     }
     for tool in ["tr", "grep", "cat"] {
@@ -207,11 +277,13 @@ fn run_script(script: &str, args: &[&str], user_exists: bool) -> Vec<String> {
         .collect()
 }
 
+/// What the scripts call, whatever this machine has installed (the lifecycle test below
+/// runs them for real): the service is never enabled or started by the package, an
+/// upgrade never touches the store, removal masks, purge cleans up the unit's symlinks.
 #[test]
-fn maintainer_scripts_create_the_user_once_and_never_touch_the_store_on_upgrade() {
-    // First install: the system user in dialout, the config's group and mode.
-    let fresh = run_script("postinst", &["configure"], false);
+fn maintainer_scripts_never_enable_or_start_and_never_touch_the_store_on_upgrade() {
     let has = |calls: &[String], c: &str| calls.iter().any(|l| l == c);
+    let fresh = run_script("postinst", &["configure"], false, false);
     assert!(
         fresh
             .iter()
@@ -220,12 +292,8 @@ fn maintainer_scripts_create_the_user_once_and_never_touch_the_store_on_upgrade(
     );
     assert!(has(&fresh, "adduser labagent dialout"), "{fresh:?}");
     assert!(
-        has(&fresh, "chown root:labagent /etc/labagent/config.toml"),
-        "{fresh:?}"
-    );
-    assert!(
-        has(&fresh, "chmod 0640 /etc/labagent/config.toml"),
-        "{fresh:?}"
+        has(&fresh, "deb-systemd-helper update-state labagent.service"),
+        "the unit's symlinks are tracked for purge: {fresh:?}"
     );
     if !Path::new("/var/lib/labagent").exists() {
         assert!(
@@ -234,14 +302,33 @@ fn maintainer_scripts_create_the_user_once_and_never_touch_the_store_on_upgrade(
             "{fresh:?}"
         );
     }
+    // Not enabled by the admin: nothing enables it. Enabled: the enablement is renewed.
+    for (enabled, calls) in [
+        (false, run_script("postinst", &["configure"], true, false)),
+        (
+            false,
+            run_script("postinst", &["configure", "0.0.9-1"], true, false),
+        ),
+        (
+            true,
+            run_script("postinst", &["configure", "0.0.9-1"], true, true),
+        ),
+    ] {
+        assert_eq!(
+            has(&calls, "deb-systemd-helper enable labagent.service"),
+            enabled,
+            "{calls:?}"
+        );
+        assert!(
+            !calls.iter().any(|l| l.contains(" start")
+                || l.starts_with("systemctl enable")
+                || l.contains("--now")),
+            "the package never starts or enables the service: {calls:?}"
+        );
+    }
 
-    // Upgrade from 0.0.9: the conffile's group is set again (dpkg unpacks a new version
-    // root:root), nothing else; above all nothing about /var/lib/labagent.
-    let upgrade = run_script("postinst", &["configure", "0.0.9-1"], true);
-    assert!(
-        has(&upgrade, "chown root:labagent /etc/labagent/config.toml"),
-        "{upgrade:?}"
-    );
+    // Upgrade: nothing about /var/lib/labagent, no user created, prerm stops nothing.
+    let upgrade = run_script("postinst", &["configure", "0.0.9-1"], true, true);
     assert!(
         !upgrade.iter().any(|l| l.starts_with("adduser")),
         "{upgrade:?}"
@@ -251,30 +338,196 @@ fn maintainer_scripts_create_the_user_once_and_never_touch_the_store_on_upgrade(
         ("postrm", vec!["upgrade", "0.1.0-1"]),
         ("postinst", vec!["configure", "0.0.9-1"]),
     ] {
-        let calls = run_script(script, &args, true);
+        let calls = run_script(script, &args, true, true);
         assert!(
             !calls.iter().any(|l| l.contains("/var/lib/labagent")),
             "{script} {args:?} touched the store: {calls:?}"
         );
         if script != "postinst" {
             assert!(
-                !calls.iter().any(|l| l.starts_with("systemctl")),
-                "{script} {args:?} must not stop the agent on upgrade: {calls:?}"
+                calls.is_empty(),
+                "{script} {args:?} must do nothing on upgrade: {calls:?}"
             );
         }
     }
-    // Removal stops and disables the service; purge keeps the store.
-    let remove = run_script("prerm", &["remove"], true);
+    // Removal masks the unit (its file is gone); purge removes the tracked symlinks and
+    // keeps the store.
+    let remove = run_script("postrm", &["remove"], true, true);
     assert!(
-        remove
-            .iter()
-            .any(|l| l.contains("disable labagent.service")),
+        has(&remove, "deb-systemd-helper mask labagent.service"),
         "{remove:?}"
     );
-    let purge = run_script("postrm", &["purge"], true);
+    let purge = run_script("postrm", &["purge"], true, true);
+    assert!(
+        has(&purge, "deb-systemd-helper purge labagent.service")
+            && has(&purge, "deb-systemd-helper unmask labagent.service"),
+        "{purge:?}"
+    );
     assert!(
         !purge.iter().any(|l| l.contains("/var/lib/labagent")),
         "{purge:?}"
+    );
+}
+
+/// lintian on the package: no error, and every warning (pedantic and informational tags
+/// too) fixed or overridden in cross/debian/lintian-overrides with its reason.
+#[test]
+fn lintian_is_clean() {
+    let r = run(Command::new("lintian")
+        .args(["--tag-display-limit", "0", "-I", "-E", "--pedantic"])
+        .arg(deb()));
+    let tags: Vec<&str> = r
+        .stdout
+        .lines()
+        .chain(r.stderr.lines())
+        .filter(|l| {
+            ["E:", "W:", "I:", "P:", "X:"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(tags.is_empty(), "lintian: {tags:#?}\n{r:?}");
+    assert_eq!(r.code, Some(0), "{r:?}");
+    // The overrides are used (a stale one would be reported as unused-override).
+    let o = ok(Command::new("lintian")
+        .args([
+            "--tag-display-limit",
+            "0",
+            "-I",
+            "-E",
+            "--pedantic",
+            "--show-overrides",
+        ])
+        .arg(deb()));
+    let overridden = o.lines().filter(|l| l.starts_with("O:")).count();
+    let x = tempfile::tempdir().unwrap();
+    ok(Command::new("dpkg-deb").arg("-x").arg(deb()).arg(x.path()));
+    let listed = std::fs::read_to_string(x.path().join("usr/share/lintian/overrides/labagent"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("labagent:"))
+        .count();
+    assert_eq!(overridden, listed, "{o}");
+}
+
+/// `key: value` lines of tests/deb_lifecycle.sh's output, per step.
+fn lifecycle_states(out: &str) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut steps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut step = String::new();
+    for l in out.lines() {
+        if let Some(s) = l.strip_prefix("== ") {
+            step = s.to_string();
+            steps.entry(step.clone()).or_default();
+        } else if l.starts_with("| ") || l.starts_with("-- ") {
+            // a command and its output
+        } else if let Some((k, v)) = l.split_once(": ") {
+            if let Some(m) = steps.get_mut(&step) {
+                m.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    steps
+}
+
+/// install → upgrade → remove → purge with the real dpkg and maintainer scripts, in an
+/// overlay of this machine (nothing here changes): behaves as dh_installsystemd
+/// --no-enable --no-start would, keeps the admin's config edits and enablement across an
+/// upgrade, survives a deleted config, keeps the store and the user on purge.
+#[test]
+fn install_upgrade_remove_purge() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the lifecycle test runs dpkg in a private mount namespace: it needs root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let old = build_deb(dir.path(), 1);
+    let new = build_deb(dir.path(), 2);
+    let work = dir.path().join("sandbox");
+    std::fs::create_dir(&work).unwrap();
+    let out = ok(Command::new(repo_path("tests/deb_lifecycle.sh"))
+        .arg(&work)
+        .arg(&old)
+        .arg(&new));
+    let st = lifecycle_states(&out);
+    let get = |step: &str, key: &str| -> &str {
+        st.get(step)
+            .and_then(|m| m.get(key))
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {key} after {step}:\n{out}"))
+    };
+    for step in [
+        "install",
+        "admin",
+        "upgrade",
+        "reinstall-without-config",
+        "remove",
+        "purge",
+    ] {
+        assert_eq!(
+            get(step, "rc"),
+            "0",
+            "the command before {step} failed:\n{out}"
+        );
+    }
+    assert_eq!(get("before", "package"), "none", "{out}");
+    // Installed: user in dialout, config 0640 root:labagent, store dir private, man page,
+    // and the service neither enabled nor started.
+    assert_eq!(get("install", "package"), "install ok installed 0.1.0-1");
+    assert_eq!(
+        get("install", "user"),
+        "labagent:/var/lib/labagent:/usr/sbin/nologin"
+    );
+    assert!(get("install", "groups").split(' ').any(|g| g == "dialout"));
+    assert_eq!(get("install", "config"), "640 root:labagent");
+    assert_eq!(get("install", "state-dir"), "700 labagent:labagent");
+    assert_eq!(get("install", "unit"), "present");
+    assert_eq!(get("install", "man"), "present");
+    assert_eq!(
+        get("install", "enabled"),
+        "no",
+        "the package must not enable it:\n{out}"
+    );
+    assert_eq!(get("install", "binary"), "labagent 0.1.0");
+    // The admin enabled it and edited the config: the upgrade keeps both, and the store.
+    assert_eq!(get("admin", "enabled"), "yes", "{out}");
+    assert_eq!(get("upgrade", "package"), "install ok installed 0.1.0-2");
+    assert_eq!(get("upgrade", "enabled"), "yes");
+    assert_eq!(get("upgrade", "config-edited"), "1");
+    assert_eq!(get("upgrade", "config"), "640 root:labagent");
+    assert_eq!(get("upgrade", "store-file"), "present");
+    // A deleted config does not make configure fail (and stays deleted).
+    assert_eq!(get("reinstall-without-config", "config"), "absent");
+    // Removed: binary and unit gone, the unit masked, config and store kept.
+    assert_eq!(
+        get("remove", "package"),
+        "deinstall ok config-files 0.1.0-2"
+    );
+    assert_eq!(get("remove", "binary"), "absent");
+    assert_eq!(get("remove", "unit"), "absent");
+    assert_eq!(get("remove", "masked"), "yes");
+    assert_eq!(get("remove", "config-edited"), "1");
+    assert_eq!(get("remove", "store-file"), "present");
+    // Purged: config, /etc/labagent, the symlinks and the mask gone; the store and the
+    // system user kept, and the script says so.
+    assert_eq!(get("purge", "package"), "none");
+    assert_eq!(get("purge", "config"), "absent");
+    assert_eq!(get("purge", "etc-dir"), "absent");
+    assert_eq!(get("purge", "enabled"), "no");
+    assert_eq!(get("purge", "masked"), "no");
+    assert_eq!(get("purge", "store-file"), "present");
+    assert_eq!(
+        get("purge", "user"),
+        "labagent:/var/lib/labagent:/usr/sbin/nologin"
+    );
+    assert!(
+        out.contains("the message store /var/lib/labagent was kept"),
+        "{out}"
+    );
+    // And this machine was not touched.
+    assert!(
+        !Path::new("/lib/systemd/system/labagent.service").exists()
+            || run(Command::new("dpkg-query").args(["-W", "labagent"])).code == Some(0),
+        "the sandbox leaked a unit file onto this machine"
     );
 }
 
@@ -362,4 +615,120 @@ fn unit_verifies_cleanly() {
     assert_eq!(r.code, Some(0), "{r:?}");
     // Unknown keys or bad values are only warnings: there must be none.
     assert!(r.stderr.trim().is_empty(), "{r:?}");
+}
+
+/// The system calls a group of `systemd-analyze syscall-filter` stands for (nested groups
+/// expanded).
+fn syscall_group(
+    name: &str,
+    cache: &mut BTreeMap<String, std::collections::BTreeSet<String>>,
+) -> std::collections::BTreeSet<String> {
+    if let Some(s) = cache.get(name) {
+        return s.clone();
+    }
+    let out = ok(Command::new("systemd-analyze").args(["syscall-filter", "--no-pager", name]));
+    let mut set = std::collections::BTreeSet::new();
+    for l in out.lines().skip(1) {
+        let item = l.trim();
+        if item.is_empty() || item.starts_with('#') {
+            continue;
+        }
+        if item.starts_with('@') {
+            set.extend(syscall_group(item, cache));
+        } else {
+            set.insert(item.to_string());
+        }
+    }
+    assert!(!set.is_empty(), "{name}: no system calls in {out}");
+    cache.insert(name.to_string(), set.clone());
+    set
+}
+
+/// The system calls the unit's `SystemCallFilter=` lines allow, evaluated as systemd.exec(5)
+/// says: the first line is an allow list, later lines add (or with `~` remove) calls.
+fn allowed_syscalls(unit: &str) -> std::collections::BTreeSet<String> {
+    let mut cache = BTreeMap::new();
+    let mut allowed = std::collections::BTreeSet::new();
+    let mut first = true;
+    for l in unit.lines().map(str::trim) {
+        let Some(v) = l.strip_prefix("SystemCallFilter=") else {
+            continue;
+        };
+        let (deny, items) = match v.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, v),
+        };
+        assert!(
+            !(first && deny),
+            "the unit's filter must start with an allow list"
+        );
+        first = false;
+        for item in items.split_whitespace() {
+            let calls = if item.starts_with('@') {
+                syscall_group(item, &mut cache)
+            } else {
+                std::iter::once(item.to_string()).collect()
+            };
+            for c in calls {
+                if deny {
+                    allowed.remove(&c);
+                } else {
+                    allowed.insert(c);
+                }
+            }
+        }
+    }
+    allowed
+}
+
+/// The clock-sync flag reads `adjtimex` (no modes set): the unit's own filter must let it
+/// through (and `ProtectClock=`, whose filter denies it, must stay off), while setting the
+/// clock stays impossible (no CAP_SYS_TIME). Evaluated from the unit file itself.
+#[test]
+fn the_clock_flag_works_in_the_units_sandbox() {
+    let unit = unit_text();
+    let allowed = allowed_syscalls(&unit);
+    for call in ["adjtimex", "clock_adjtime"] {
+        assert!(
+            allowed.contains(call),
+            "{call} is denied by the unit's SystemCallFilter=: the clock flag would be unknown"
+        );
+    }
+    // Still a real filter: the rest of @privileged stays out.
+    for call in [
+        "settimeofday",
+        "clock_settime",
+        "reboot",
+        "init_module",
+        "mount",
+    ] {
+        assert!(!allowed.contains(call), "{call} is allowed");
+    }
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("ProtectClock=") && !l.ends_with("=no")),
+        "ProtectClock= denies adjtimex in its own filter"
+    );
+    assert!(
+        lines.contains(&"CapabilityBoundingSet="),
+        "CAP_SYS_TIME must stay out"
+    );
+    // systemd's own reading of the unit agrees.
+    let r = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(repo_path("cross/labagent.service")));
+    assert!(
+        r.stdout.contains("adjtimex is allowed"),
+        "systemd-analyze security does not see adjtimex allowed:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains("CAP_SYS_TIME") && l.trim_start().starts_with('✓')),
+        "{}",
+        r.stdout
+    );
 }

@@ -51,17 +51,6 @@ pub fn hal_duration(d: Duration) -> HalDuration {
     HalDuration::from_millis(d.as_millis().min(u64::MAX as u128) as u64)
 }
 
-/// The encoding label stored in a message's meta: an explicit channel label wins; `auto`
-/// means UTF-8 when the bytes are valid UTF-8, else windows-1252 (what instruments that
-/// send accented names use).
-pub fn encoding_label(enc: &labagent_config::Encoding, bytes: &[u8]) -> String {
-    match enc {
-        labagent_config::Encoding::Label(l) => l.clone(),
-        labagent_config::Encoding::Auto if std::str::from_utf8(bytes).is_ok() => "utf-8".into(),
-        labagent_config::Encoding::Auto => "windows-1252".into(),
-    }
-}
-
 /// Meta of a stored ASTM message: the H record's sender and record counts.
 pub fn meta(text: &[u8], end: &End, enc: &labagent_config::Encoding) -> serde_json::Value {
     let s = summary(text);
@@ -77,7 +66,7 @@ pub fn meta(text: &[u8], end: &End, enc: &labagent_config::Encoding) -> serde_js
         "results": s.results,
         "queries": s.queries,
         "end": end.as_str(),
-        "encoding": encoding_label(enc, text),
+        "encoding": crate::text::encoding_label(enc, None, text),
     })
 }
 

@@ -75,33 +75,20 @@ pub fn ack_mode(a: &labagent_config::AckMode) -> AckMode {
     }
 }
 
-/// The encoding label stored in a message's meta (what the uplink decodes with).
+/// The encoding label stored in a message's meta (what the uplink decodes with): the one
+/// rule of [`crate::text::encoding_label`], MSH-18 as the message's declaration.
 pub fn encoding_label(
     enc: &labagent_config::Encoding,
     view: Option<&MshView<'_>>,
     bytes: &[u8],
 ) -> String {
-    match enc {
-        labagent_config::Encoding::Label(l) => l.clone(),
-        labagent_config::Encoding::Auto => {
-            // MSH-18 `ASCII` cannot describe bytes over 0x7F (Mindray declares it): such a
-            // message takes the fallback below instead of being read as windows-1252.
-            let declared = view
-                .and_then(|v| charset::encoding_label(v.charset()))
-                .filter(|l| encoding_rs::Encoding::for_label(l.as_bytes()).is_some())
-                .filter(|l| *l != "us-ascii" || bytes.is_ascii());
-            match declared {
-                Some(l) => l.to_string(),
-                None if std::str::from_utf8(bytes).is_ok() => "utf-8".into(),
-                None => "windows-1252".into(),
-            }
-        }
-    }
+    let declared = view.and_then(|v| charset::encoding_label(v.charset()));
+    crate::text::encoding_label(enc, declared, bytes)
 }
 
 /// A header field as text for the meta (header fields are ASCII in practice).
 fn text(v: &[u8], label: &str) -> String {
-    crate::service::adapters::decode(v, label)
+    crate::text::decode(v, label)
 }
 
 /// Meta of a stored HL7 message: header fields and segment counts, no patient data.
@@ -152,33 +139,5 @@ pub fn stored_meta(bytes: &[u8], end: &End, enc: &labagent_config::Encoding) -> 
             };
             json!({ "error": error, "encoding": label })
         }
-    }
-}
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn encoding_choice() {
-        use labagent_config::Encoding;
-        let latin = b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3||||||8859/1\rNTE|1||\xe9\r";
-        let v = MshView::new_checked(latin).unwrap();
-        assert_eq!(
-            encoding_label(&Encoding::Auto, Some(&v), latin),
-            "iso-8859-1"
-        );
-        let explicit = Encoding::Label("windows-1252".into());
-        assert_eq!(encoding_label(&explicit, Some(&v), latin), "windows-1252");
-        // Unknown MSH-18: UTF-8 when valid, else windows-1252.
-        let odd = "MSH|^~\\&|A|B|C|D|2026||ORU^R01|1|P|2.3||||||KLINGON\rNTE|1||é\r";
-        let v = MshView::new_checked(odd.as_bytes()).unwrap();
-        assert_eq!(
-            encoding_label(&Encoding::Auto, Some(&v), odd.as_bytes()),
-            "utf-8"
-        );
-        assert_eq!(
-            encoding_label(&Encoding::Auto, None, b"\xe9"),
-            "windows-1252"
-        );
     }
 }

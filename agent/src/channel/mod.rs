@@ -23,7 +23,6 @@ pub mod raw;
 pub mod stats;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -90,8 +89,8 @@ pub struct ChannelCtx {
     pub config: labagent_config::Channel,
     pub store: Store,
     pub counters: Arc<ChannelCounters>,
-    /// Whether the system clock is synchronized (stored with each message).
-    pub clock_synced: Arc<AtomicBool>,
+    /// Whether the system clock is synchronized (stored with each message; unknown: None).
+    pub clock_synced: Arc<crate::clock::ClockFlag>,
     hooks: Hooks,
     tap: broadcast::Sender<WireEvent>,
     /// Signalled when an order for this channel was stored (the driver looks at the outbox).
@@ -115,7 +114,7 @@ impl ChannelCtx {
             config,
             store,
             counters: Arc::new(ChannelCounters::default()),
-            clock_synced: Arc::new(AtomicBool::new(true)),
+            clock_synced: Arc::default(),
             hooks,
             tap,
             orders: tokio::sync::Notify::new(),
@@ -233,9 +232,9 @@ impl ChannelCtx {
     pub fn new_message(&self, bytes: Vec<u8>, meta: serde_json::Value) -> NewMessage {
         NewMessage {
             channel: self.config.name.clone(),
-            protocol: self.config.protocol().as_str().to_string(),
+            protocol: self.config.protocol().into(),
             received_at: SystemTime::now(),
-            clock_synced: self.clock_synced.load(Ordering::Relaxed),
+            clock_synced: self.clock_synced.get(),
             bytes,
             meta,
         }

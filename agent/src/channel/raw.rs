@@ -8,7 +8,6 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::raw::{RawConfig, RawSession};
 use serde_json::json;
 
-use super::astm::encoding_label;
 use super::driver::LinkSession;
 
 impl LinkSession for RawSession<VecBuf> {}
@@ -30,5 +29,5 @@ pub fn meta(bytes: &[u8], enc: &labagent_config::Encoding) -> serde_json::Value 
         .split(|b| *b == b'\r' || *b == b'\n')
         .filter(|l| !l.is_empty())
         .count();
-    json!({ "lines": lines, "encoding": encoding_label(enc, bytes) })
+    json!({ "lines": lines, "encoding": crate::text::encoding_label(enc, None, bytes) })
 }

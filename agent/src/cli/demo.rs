@@ -131,9 +131,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> u8 {
     let text = config_text(dir, &device, hl7_port, &upstream.base_url(), args.baud);
     let cfg_path = dir.join("config.toml");
     let _ = std::fs::write(&cfg_path, &text);
-    let opts = labagent_config::LoadOptions {
-        env: Box::new(|k| (k == "LABAGENT_CLIENT_SECRET").then(|| SECRET.to_string())),
-    };
+    let opts = labagent_config::LoadOptions::with_env([("LABAGENT_CLIENT_SECRET", SECRET)]);
     let config = match labagent_config::load_str(&text, &cfg_path, &opts) {
         Ok(l) => l.config,
         Err(e) => {

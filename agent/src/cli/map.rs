@@ -47,9 +47,9 @@ pub fn message_text(
             let view = labagent_hal::hl7::msh::MshView::new_checked(b).ok();
             labagent::channel::hl7::encoding_label(encoding, view.as_ref(), b)
         }
-        Protocol::Astm | Protocol::Raw => labagent::channel::astm::encoding_label(encoding, b),
+        Protocol::Astm | Protocol::Raw => labagent::text::encoding_label(encoding, None, b),
     };
-    let text = labagent::service::adapters::decode(b, &label);
+    let text = labagent::text::decode(b, &label);
     if protocol == Protocol::Astm && !text.contains('\r') {
         return text.replace('\n', "\r");
     }

@@ -1,7 +1,9 @@
 //! The command line: parsed by clap, then each command runs against the validated config.
 
+pub mod credential;
 pub mod demo;
 pub mod logging;
+pub mod man;
 pub mod map;
 pub mod ports;
 pub mod queue;
@@ -10,30 +12,11 @@ pub mod status;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-/// Exit codes, documented in `--help` so a systemd unit can act on them
-/// (`RestartPreventExitStatus=2` stops restart loops on a broken config).
-pub mod exit {
-    /// Success.
-    pub const OK: u8 = 0;
-    /// A runtime failure (IO error, a component that died).
-    pub const FAILURE: u8 = 1;
-    /// The configuration file is missing or invalid, or the command line is wrong.
-    pub const CONFIG: u8 = 2;
-    /// The state directory or store cannot be opened (permissions, format version, disk).
-    pub const STORE: u8 = 3;
-    /// The command or feature is not built into this version.
-    pub const UNAVAILABLE: u8 = 69;
-}
-
-const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0   success
-  1   runtime failure (IO error, a component that died)
-  2   configuration error (file missing or invalid) or bad command line
-  3   the state directory or store cannot be opened
-  69  the command is not built into this version yet";
+/// Exit codes, one per kind of failure (`labagent::exit`), documented in `--help` and the
+/// man page so a systemd unit can act on them (`RestartPreventExitStatus=2 64 65`).
+pub use labagent::exit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,7 +24,7 @@ Exit codes:
     version,
     about = "Reads laboratory analyzers (ASTM, HL7, raw) over serial or TCP, stores every \
              message durably before acknowledging it, and uploads it upstream.",
-    after_help = EXIT_CODES_HELP
+    after_help = exit::help()
 )]
 pub struct Cli {
     /// The configuration file.
@@ -64,7 +47,7 @@ pub enum Command {
     Run,
     /// Validate the configuration and print the effective settings (defaults filled in,
     /// secrets shown only by where they come from).
-    CheckConfig,
+    CheckConfig(CheckConfigArgs),
     /// List the serial ports of this host, with USB vendor, product and serial number.
     Ports,
     /// Play an instrument (ASTM or HL7 sender) on a serial port, a virtual serial port or
@@ -86,4 +69,91 @@ pub enum Command {
     /// Print the FHIR transaction Bundle a message file would become on a channel (to
     /// check a code map before using format = "fhir"). Nothing is stored or sent.
     Map(map::MapArgs),
+    /// Write the manual pages (labagent.1, labagent-<command>.1) into a directory; the
+    /// Debian package is built with them.
+    #[command(hide = true)]
+    Man(man::ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The systemd unit whose LoadCredential=client_secret:… provides the client secret
+    /// when no other source is present (default: labagent.service and its drop-ins, as
+    /// systemd finds them).
+    #[arg(long, value_name = "PATH")]
+    pub unit: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command, subcommand and option says what it is for (`--help`, the man page).
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "labagent", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_cover_every_command() {
+        let d = tempfile::tempdir().unwrap();
+        let files = man::write_pages(d.path()).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "labagent.1",
+            "labagent-run.1",
+            "labagent-queue.1",
+            "labagent-status.1",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.contains("man")),
+            "hidden command: {names:?}"
+        );
+        let main = std::fs::read_to_string(d.path().join("labagent.1")).unwrap();
+        for want in [
+            ".TH labagent 1",
+            "EXIT STATUS",
+            "\\fB72\\fR",
+            "check\\-config",
+            "LoadCredential=",
+        ] {
+            assert!(
+                main.contains(want),
+                "{want:?} missing from labagent.1:\n{main}"
+            );
+        }
+    }
 }

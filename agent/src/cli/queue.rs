@@ -14,7 +14,10 @@ pub enum QueueCommand {
     /// List messages (oldest first).
     List(ListArgs),
     /// Show one message: its details and its bytes, control bytes named.
-    Show { id: String },
+    Show {
+        /// The message id, as `queue list` prints it (e.g. 1a2b3c4d-000000000042).
+        id: String,
+    },
     /// Queue a message for upload again (after fixing what made the upstream refuse it),
     /// or every rejected or incomplete message.
     Retry(RetryArgs),
@@ -34,40 +37,59 @@ pub enum QueueCommand {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    #[arg(long)]
+    /// Only the messages of this channel (its `name` in the config).
+    #[arg(long, value_name = "NAME")]
     pub channel: Option<String>,
-    /// pending | delivered | rejected | incomplete
-    #[arg(long, value_parser = parse_state)]
-    pub state: Option<State>,
-    #[arg(long, default_value_t = 100)]
+    /// Only messages in this state.
+    #[arg(long, value_enum)]
+    pub state: Option<StateArg>,
+    /// At most this many messages, oldest first.
+    #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: usize,
+}
+
+/// A message's state, as `--state` takes it (`--help` lists the values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    /// Waiting for upload.
+    Pending,
+    /// Confirmed upstream; kept for `keep_delivered`.
+    Delivered,
+    /// Refused by the upstream (400, 409, 413, 415, 422) or not a valid message.
+    Rejected,
+    /// A transmission that never ended (kept, not uploaded until retried).
+    Incomplete,
+}
+
+impl From<StateArg> for State {
+    fn from(s: StateArg) -> State {
+        match s {
+            StateArg::Pending => State::Pending,
+            StateArg::Delivered => State::Delivered,
+            StateArg::Rejected => State::Rejected,
+            StateArg::Incomplete => State::Incomplete,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct RetryArgs {
+    /// The message id to queue again, as `queue list` prints it.
     pub id: Option<String>,
+    /// Queue every rejected message again.
     #[arg(long)]
     pub rejected: bool,
+    /// Queue every incomplete message again (upload what was received).
     #[arg(long)]
     pub incomplete: bool,
-}
-
-fn parse_state(s: &str) -> Result<State, String> {
-    match s {
-        "pending" => Ok(State::Pending),
-        "delivered" => Ok(State::Delivered),
-        "rejected" => Ok(State::Rejected),
-        "incomplete" => Ok(State::Incomplete),
-        _ => Err("one of: pending, delivered, rejected, incomplete".into()),
-    }
 }
 
 fn request(cmd: &QueueCommand) -> QueueRequest {
     match cmd {
         QueueCommand::List(a) => QueueRequest::List {
             channel: a.channel.clone(),
-            state: a.state,
+            state: a.state.map(State::from),
             limit: a.limit,
         },
         QueueCommand::Show { id } => QueueRequest::Show { id: id.clone() },
@@ -86,7 +108,10 @@ fn request(cmd: &QueueCommand) -> QueueRequest {
 }
 
 pub fn run(config: &Path, cmd: &QueueCommand) -> u8 {
-    let loaded = match labagent_config::load(config) {
+    // The store and the socket are all it needs: no client secret (under LoadCredential=
+    // the secret exists only inside the service).
+    let opts = labagent_config::LoadOptions::default().secret_optional();
+    let loaded = match labagent_config::load_with(config, &opts) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("{e}");
@@ -123,7 +148,7 @@ pub fn run(config: &Path, cmd: &QueueCommand) -> u8 {
                         "labagent queue: no agent answers on {} and {e}",
                         cfg.agent.status_socket.display()
                     );
-                    return exit::STORE;
+                    return exit::of_run_error(&e);
                 }
             };
             match execute(&store, &req) {

@@ -31,7 +31,10 @@ fn socket(config: &Path, given: &Option<std::path::PathBuf>) -> Result<std::path
     if let Some(s) = given {
         return Ok(s.clone());
     }
-    match labagent_config::load(config) {
+    // Only the socket is needed: no client secret (under LoadCredential= the secret
+    // exists only inside the service).
+    let opts = labagent_config::LoadOptions::default().secret_optional();
+    match labagent_config::load_with(config, &opts) {
         Ok(l) => Ok(l.config.agent.status_socket),
         Err(e) => {
             eprintln!("{e}");
@@ -87,9 +90,10 @@ pub fn monitor(config: &Path, args: &MonitorArgs) -> u8 {
     let mut out = std::io::stdout();
     match control::monitor(&path, &args.channel, &mut out) {
         Ok(()) => exit::OK,
+        // The agent answered, but has no such channel (the name came from the command line).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && path.exists() => {
             eprintln!("labagent: {e}");
-            exit::CONFIG
+            exit::USAGE
         }
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => exit::OK,
         Err(e) => unreachable(&path, &e),

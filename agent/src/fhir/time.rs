@@ -124,7 +124,7 @@ impl Ts {
     /// Seconds since the epoch of these civil fields read as UTC.
     fn civil_secs(&self) -> i64 {
         let (h, m, s) = self.time.unwrap_or((0, 0, 0));
-        let days = crate::uplink::queue::days_from_civil(
+        let days = crate::calendar::days_from_civil(
             i64::from(self.year),
             u32::from(self.month),
             u32::from(self.day),

@@ -242,6 +242,9 @@ pub fn login(
             hs.client_cert = s.client_cert.clone();
             hs.client_key = s.client_key.clone();
             hs.allow_plain_http = s.allow_plain_http;
+            if auth.token_url.starts_with("https://") {
+                crate::uplink::tls::require_roots(hs.ca_file.as_deref())?;
+            }
             let http = HttpClient::new(&hs)?;
             let user = auth.client_id.clone();
             let secret = auth.secret.clone();

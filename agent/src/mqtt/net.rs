@@ -67,14 +67,14 @@ impl Net {
                         if self.tx.send(NetEvent::NoLogin(e)).is_err() {
                             return;
                         }
-                        if !self.wait(backoff.next_wait()).await {
+                        if !self.wait(backoff.next_delay()).await {
                             return;
                         }
                         continue;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "login task failed");
-                        if !self.wait(backoff.next_wait()).await {
+                        if !self.wait(backoff.next_delay()).await {
                             return;
                         }
                         continue;
@@ -133,7 +133,7 @@ impl Net {
                     self.el.clean();
                     self.el.pending.clear();
                     self.el.state = MqttState::new(self.window, true);
-                    if !self.wait(backoff.next_wait()).await {
+                    if !self.wait(backoff.next_delay()).await {
                         return;
                     }
                     need_login = true;

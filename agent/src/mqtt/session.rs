@@ -230,7 +230,10 @@ impl Session {
         let ids = std::mem::take(&mut self.to_confirm);
         let queue = self.queue.clone();
         Some(tokio::task::spawn_blocking(move || {
-            queue.confirm(&ids);
+            if let Err(e) = queue.confirm(&ids) {
+                // They stay pending and go again with the same id (at-least-once).
+                tracing::error!(count = ids.len(), error = %e, "cannot mark delivered messages");
+            }
             ids
         }))
     }
@@ -274,14 +277,25 @@ impl Session {
                 rejected: 0,
             };
             let mut left = want;
-            for ch in queue.channels() {
+            // A store that cannot answer ends this fetch (logged); the next wake fetches again.
+            let channels = queue.channels().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the store");
+                Vec::new()
+            });
+            for ch in channels {
                 if left == 0 {
                     out.more = true;
                     break;
                 }
                 // The inbox has no cursor: read past what is already outstanding.
                 let max = skip.get(&ch).copied().unwrap_or(0) + left;
-                let batch = queue.next_batch(&ch, max);
+                let batch = match queue.next_batch(&ch, max) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(channel = %ch, error = %e, "cannot read the store");
+                        break;
+                    }
+                };
                 if batch.len() >= max {
                     out.more = true;
                 }
@@ -298,7 +312,9 @@ impl Session {
                     if payload.len() + 1024 > s.max_packet {
                         tracing::error!(id = %m.id, channel = %m.channel, len = payload.len(),
                             max = s.max_packet, "message larger than the MQTT packet limit; parked as rejected");
-                        queue.reject(&m.id, "larger than the MQTT packet limit");
+                        if let Err(e) = queue.reject(&m.id, "larger than the MQTT packet limit") {
+                            tracing::error!(id = %m.id, error = %e, "cannot park a rejected message");
+                        }
                         out.rejected += 1;
                         continue;
                     }
@@ -587,7 +603,11 @@ impl Session {
         if !self.to_confirm.is_empty() {
             let q = self.queue.clone();
             let ids = std::mem::take(&mut self.to_confirm);
-            let _ = tokio::task::spawn_blocking(move || q.confirm(&ids)).await;
+            match tokio::task::spawn_blocking(move || q.confirm(&ids)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot mark delivered messages"),
+                Err(e) => tracing::error!(error = %e, "confirm task failed"),
+            }
         }
         if self.up {
             let _ = self.client.try_disconnect();
@@ -635,7 +655,7 @@ mod tests {
             channel: "chem".into(),
             protocol: Protocol::Astm,
             received_at: SystemTime::UNIX_EPOCH,
-            clock_synced: true,
+            clock_synced: Some(true),
             text: format!("R|{i}\r"),
             meta: serde_json::Value::Null,
         }

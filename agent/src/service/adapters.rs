@@ -5,26 +5,9 @@
 //! message's meta (`encoding`), so what arrives upstream is correct UTF-8 while the store
 //! keeps the bytes exactly as the instrument sent them.
 
-use crate::store::{self, Message, MessageId, Store};
-use crate::uplink::{Outgoing, Protocol, Queue, Secret, StoredToken, TokenCache};
-
-/// Decodes `bytes` per an encoding label (WHATWG labels: `utf-8`, `latin1`,
-/// `windows-1252`, `iso-8859-15`, ...). Unknown labels and invalid sequences fall back to
-/// UTF-8 with replacement characters; nothing is dropped silently.
-pub fn decode(bytes: &[u8], label: &str) -> String {
-    let enc =
-        encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
-    let (text, _, _) = enc.decode(bytes);
-    text.into_owned()
-}
-
-fn protocol(p: &str) -> Protocol {
-    match p {
-        "hl7" => Protocol::Hl7,
-        "raw" => Protocol::Raw,
-        _ => Protocol::Astm,
-    }
-}
+use crate::store::{self, Message, MessageId, Store, StoreError};
+use crate::text::decode;
+use crate::uplink::{Outgoing, Queue, QueueError, Secret, StoredToken, TokenCache};
 
 /// One stored message as the uplinks send it.
 pub fn outgoing(m: Message) -> Outgoing {
@@ -38,7 +21,7 @@ pub fn outgoing(m: Message) -> Outgoing {
     Outgoing {
         id: m.info.id.to_string(),
         channel: m.info.channel,
-        protocol: protocol(&m.info.protocol),
+        protocol: m.info.protocol,
         received_at: m.info.received_at,
         clock_synced: m.info.clock_synced,
         text: decode(&m.bytes, &label),
@@ -58,53 +41,40 @@ impl StoreQueue {
     }
 }
 
-fn parse_id(id: &str) -> Option<MessageId> {
-    match id.parse() {
-        Ok(id) => Some(id),
-        Err(e) => {
-            tracing::error!(error = %e, "uplink returned an id the store does not know");
-            None
-        }
-    }
+fn queue_error(e: StoreError) -> QueueError {
+    QueueError(e.to_string())
 }
 
 impl Queue for StoreQueue {
-    fn channels(&self) -> Vec<String> {
-        self.store.channels()
+    fn channels(&self) -> Result<Vec<String>, QueueError> {
+        Ok(self.store.channels())
     }
 
-    fn next_batch(&self, channel: &str, max: usize) -> Vec<Outgoing> {
-        match self.store.next_pending(channel, max) {
-            Ok(v) => v.into_iter().map(outgoing).collect(),
-            Err(e) => {
-                tracing::error!(channel, error = %e, "cannot read the queue");
-                Vec::new()
-            }
-        }
+    fn next_batch(&self, channel: &str, max: usize) -> Result<Vec<Outgoing>, QueueError> {
+        let v = self.store.next_pending(channel, max).map_err(queue_error)?;
+        Ok(v.into_iter().map(outgoing).collect())
     }
 
-    fn confirm(&self, ids: &[String]) {
-        let ids: Vec<_> = ids.iter().filter_map(|i| parse_id(i)).collect();
-        if let Err(e) = self.store.confirm_many(&ids) {
-            // Not fatal: a message not marked stays pending and is sent again with its id.
-            tracing::error!(count = ids.len(), error = %e, "cannot mark delivered messages");
-        }
+    /// A message not marked stays pending and is sent again with its id.
+    fn confirm(&self, ids: &[String]) -> Result<(), QueueError> {
+        let ids = ids
+            .iter()
+            .map(|i| i.parse::<MessageId>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(queue_error)?;
+        self.store.confirm_many(&ids).map_err(queue_error)
     }
 
-    fn reject(&self, id: &str, reason: &str) {
-        if let Some(id) = parse_id(id) {
-            if let Err(e) = self.store.reject(id, reason) {
-                tracing::error!(%id, error = %e, "cannot park a rejected message");
-            }
-        }
+    fn reject(&self, id: &str, reason: &str) -> Result<(), QueueError> {
+        let id: MessageId = id.parse().map_err(queue_error)?;
+        self.store.reject(id, reason).map_err(queue_error)
     }
 
-    fn skip(&self, id: &str, reason: &str) {
-        if let Some(id) = parse_id(id) {
-            if let Err(e) = self.store.confirm_by_policy(id, reason) {
-                tracing::error!(%id, error = %e, "cannot mark a message delivered by policy");
-            }
-        }
+    fn skip(&self, id: &str, reason: &str) -> Result<(), QueueError> {
+        let id: MessageId = id.parse().map_err(queue_error)?;
+        self.store
+            .confirm_by_policy(id, reason)
+            .map_err(queue_error)
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::status::Registry;
 use crate::channel::{Dir, WireEvent};
+use crate::text::render_bytes;
 
 /// Binds the socket (replacing a stale one), mode 0660.
 pub fn bind(path: &Path) -> io::Result<UnixListener> {
@@ -150,49 +151,6 @@ async fn handle(
     w.shutdown().await
 }
 
-/// Names for the ASCII control bytes a technician meets on an instrument line.
-fn control_name(b: u8) -> Option<&'static str> {
-    Some(match b {
-        0x00 => "NUL",
-        0x01 => "SOH",
-        0x02 => "STX",
-        0x03 => "ETX",
-        0x04 => "EOT",
-        0x05 => "ENQ",
-        0x06 => "ACK",
-        0x0b => "VT",
-        0x0a => "LF",
-        0x0d => "CR",
-        0x10 => "DLE",
-        0x15 => "NAK",
-        0x17 => "ETB",
-        0x1c => "FS",
-        0x1d => "GS",
-        0x1e => "RS",
-        0x1f => "US",
-        0x7f => "DEL",
-        _ => return None,
-    })
-}
-
-/// Wire bytes as text on one line: printable ASCII as is, control bytes named (`<STX>`),
-/// other bytes as `<xHH>`.
-pub fn render_bytes(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() + 16);
-    for &b in bytes {
-        if let Some(n) = control_name(b) {
-            s.push('<');
-            s.push_str(n);
-            s.push('>');
-        } else if (0x20..0x7f).contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("<x{b:02X}>"));
-        }
-    }
-    s
-}
-
 /// `12:00:01.123 <- <ENQ>`: UTC time, direction (`->` agent to instrument, `<-`
 /// instrument to agent), the bytes.
 pub fn render_event(ev: &WireEvent) -> String {
@@ -260,11 +218,6 @@ mod tests {
         assert_eq!(
             render_event(&ev),
             "12:01:01.123 <- <STX>1H|\\^&<CR><ETX>A3<CR><LF>\n"
-        );
-        assert_eq!(render_bytes(&[0x06]), "<ACK>");
-        assert_eq!(
-            render_bytes(&[0x0b, b'M', 0xe9, 0x1c, 0x0d]),
-            "<VT>M<xE9><FS><CR>"
         );
     }
 }

@@ -1,6 +1,13 @@
 //! Prometheus text exposition on `[agent] metrics` (off by default): `GET /metrics`
 //! (any path answers the same) over plain HTTP/1.1, one response per connection.
 //! Bind it to loopback or a management network: it names channels but carries no data.
+//!
+//! Conventions (checked by `promtool check metrics` in the suite): no state value in the
+//! labels of a metric that also carries a measurement (a changing label starts a new series):
+//! `*_up` says 1 or 0, and a separate state set (`*_state{state="…"}`, one series per
+//! possible state, 1 for the current one) says which; latency buckets reach the configured
+//! timeout; the usual `process_*` metrics and `labagent_build_info{version,target}`; an
+//! unknown clock state has no sample rather than a guessed one.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -10,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::status::{AgentStatus, Registry};
+use super::process::ProcessStats;
+use super::status::{AgentStatus, Registry, PORT_STATES, UPLINK_STATES};
 
 /// Serves metrics until `stop` turns true.
 pub async fn serve(
@@ -51,10 +59,12 @@ pub async fn serve(
             {
                 return;
             }
-            let Ok(status) = tokio::task::spawn_blocking(move || reg.snapshot()).await else {
+            let Ok((status, process)) =
+                tokio::task::spawn_blocking(move || (reg.snapshot(), super::process::read())).await
+            else {
                 return;
             };
-            let body = render(&status);
+            let body = render(&status, &process);
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
@@ -73,8 +83,22 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A state as a label value: `waiting for device` → `waiting_for_device`.
+fn state_value(s: &str) -> String {
+    s.replace(' ', "_")
+}
+
+/// A bucket bound in seconds, as Prometheus clients print them (`0.005`, `30`).
+fn seconds(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        format!("{}", ms as f64 / 1000.0)
+    }
+}
+
 /// The exposition text.
-pub fn render(s: &AgentStatus) -> String {
+pub fn render(s: &AgentStatus, p: &ProcessStats) -> String {
     let mut o = String::new();
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP labagent_{name} {help}");
@@ -186,10 +210,28 @@ pub fn render(s: &AgentStatus) -> String {
         let up = u8::from(c.port == "open" || c.port == "listening");
         let _ = writeln!(
             o,
-            "labagent_channel_port_up{{channel=\"{}\",state=\"{}\"}} {up}",
+            "labagent_channel_port_up{{channel=\"{}\",protocol=\"{}\"}} {up}",
             label(&c.name),
-            c.port
+            c.protocol
         );
+    }
+    family(
+        &mut o,
+        "channel_port_state",
+        "gauge",
+        "The port's state: 1 for the current one of starting, open, listening, waiting_for_device, reconnecting.",
+    );
+    for c in &s.channels {
+        for st in PORT_STATES {
+            let _ = writeln!(
+                o,
+                "labagent_channel_port_state{{channel=\"{}\",protocol=\"{}\",state=\"{}\"}} {}",
+                label(&c.name),
+                c.protocol,
+                state_value(st),
+                u8::from(c.port == st)
+            );
+        }
     }
     if let Some(u) = &s.uplink {
         let kind = &u.kind;
@@ -223,10 +265,23 @@ pub fn render(s: &AgentStatus) -> String {
         );
         let _ = writeln!(
             o,
-            "labagent_uplink_up{{uplink=\"{kind}\",state=\"{}\"}} {}",
-            label(&u.state),
+            "labagent_uplink_up{{uplink=\"{kind}\"}} {}",
             u8::from(u.state == "ok")
         );
+        family(
+            &mut o,
+            "uplink_state",
+            "gauge",
+            "The uplink's state: 1 for the current one of starting, ok, backing_off, paused, credentials_problem, stopped.",
+        );
+        for st in UPLINK_STATES {
+            let _ = writeln!(
+                o,
+                "labagent_uplink_state{{uplink=\"{kind}\",state=\"{}\"}} {}",
+                state_value(st),
+                u8::from(u.state == st)
+            );
+        }
         family(
             &mut o,
             "uplink_retries_total",
@@ -253,15 +308,15 @@ pub fn render(s: &AgentStatus) -> String {
             &mut o,
             "uplink_latency_seconds",
             "histogram",
-            "Upload request latency (send to response).",
+            "Upload request latency (send to response); the last bucket is the configured timeout.",
         );
         let mut cum = 0;
-        for (i, le) in crate::uplink::status::LATENCY_BUCKETS_MS.iter().enumerate() {
+        for (i, le) in u.latency_bounds_ms.iter().enumerate() {
             cum += u.latency_buckets.get(i).copied().unwrap_or(0);
             let _ = writeln!(
                 o,
                 "labagent_uplink_latency_seconds_bucket{{uplink=\"{kind}\",le=\"{}\"}} {cum}",
-                *le as f64 / 1000.0
+                seconds(*le)
             );
         }
         let _ = writeln!(
@@ -293,7 +348,7 @@ pub fn render(s: &AgentStatus) -> String {
         }
     }
     let st = &s.store;
-    let store: [(&str, &str, &str, u64); 8] = [
+    let store: [(&str, &str, &str, u64); 7] = [
         (
             "store_backlog",
             "gauge",
@@ -336,27 +391,123 @@ pub fn render(s: &AgentStatus) -> String {
             "Undelivered messages dropped by when_full = drop_oldest.",
             st.dropped_undelivered,
         ),
-        (
-            "uptime_seconds",
-            "gauge",
-            "Seconds since the agent started.",
-            s.uptime_s,
-        ),
     ];
     for (name, kind, help, v) in store {
         family(&mut o, name, kind, help);
         let _ = writeln!(o, "labagent_{name} {v}");
     }
+    // Unknown (the kernel's flag cannot be read): no sample, not a guess.
+    if let Some(synced) = s.clock_synchronized {
+        family(
+            &mut o,
+            "clock_synchronized",
+            "gauge",
+            "1 when the kernel considers the system clock synchronized.",
+        );
+        let _ = writeln!(o, "labagent_clock_synchronized {}", u8::from(synced));
+    }
     family(
         &mut o,
-        "clock_synchronized",
+        "build_info",
         "gauge",
-        "1 when the system clock is considered synchronized.",
+        "Always 1; the labels say which build runs.",
     );
     let _ = writeln!(
         o,
-        "labagent_clock_synchronized {}",
-        u8::from(s.clock_synchronized)
+        "labagent_build_info{{version=\"{}\",target=\"{}\"}} 1",
+        label(&s.version),
+        label(env!("LABAGENT_TARGET"))
     );
+    p.render(&mut o, s.started_unix);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::status::{AgentStatus, StoreView, UplinkView};
+    use super::*;
+
+    fn status(clock: Option<bool>) -> AgentStatus {
+        AgentStatus {
+            agent: "a".into(),
+            version: "0.1.0".into(),
+            uptime_s: 1,
+            started_unix: 1_795_877_987.0,
+            clock_synchronized: clock,
+            channels: vec![],
+            uplink: Some(UplinkView {
+                kind: "http".into(),
+                target: "https://x".into(),
+                state: "backing off".into(),
+                reason: None,
+                auth_mode: "none".into(),
+                token_expires_unix: None,
+                last_delivery_unix: None,
+                delivered: 0,
+                rejected: 0,
+                retries: 3,
+                token_requests: 0,
+                latency_bounds_ms: crate::uplink::status::Latency::new(Duration::from_secs(30))
+                    .bounds_ms,
+                latency_buckets: vec![0; 14],
+                latency_count: 0,
+                latency_sum_us: 0,
+                last_error: None,
+            }),
+            store: StoreView {
+                backlog: 0,
+                backlog_bytes: 0,
+                oldest_pending_age_s: None,
+                delivered_kept: 0,
+                incomplete: 0,
+                rejected: 0,
+                kept_bytes: 0,
+                dropped_undelivered: 0,
+                disk_bytes: 0,
+                syncs: 0,
+                error: None,
+            },
+        }
+    }
+
+    /// Unknown is not a guess: no sample at all; known states are 1 or 0.
+    #[test]
+    fn the_clock_metric_is_left_out_while_unknown() {
+        let p = ProcessStats::default();
+        let unknown = render(&status(None), &p);
+        assert!(
+            !unknown.contains("labagent_clock_synchronized"),
+            "{unknown}"
+        );
+        assert!(render(&status(Some(false)), &p).contains("labagent_clock_synchronized 0\n"));
+        assert!(render(&status(Some(true)), &p).contains("labagent_clock_synchronized 1\n"));
+    }
+
+    /// `labagent status` says unknown in words, and `--json` has `null`.
+    #[test]
+    fn status_says_unknown() {
+        let st = status(None);
+        assert!(st.render(0).contains("clock: synchronization unknown"));
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(json["clock_synchronized"], serde_json::Value::Null);
+        assert!(!status(Some(true)).render(0).contains("clock:"));
+    }
+
+    /// The state is a state set beside `up`, never a label of `up`.
+    #[test]
+    fn states_are_a_state_set() {
+        let text = render(&status(Some(true)), &ProcessStats::default());
+        assert!(
+            text.contains("labagent_uplink_up{uplink=\"http\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("labagent_uplink_state{uplink=\"http\",state=\"backing_off\"} 1\n"));
+        assert_eq!(
+            text.matches("labagent_uplink_state{").count(),
+            UPLINK_STATES.len()
+        );
+        assert!(text.contains("le=\"30\"} 0\n"), "{text}");
+        assert!(text.contains("labagent_build_info{version=\"0.1.0\",target=\""));
+        assert!(text.contains("process_start_time_seconds 1795877987.000\n"));
+    }
 }

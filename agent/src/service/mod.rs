@@ -6,10 +6,10 @@
 //! finishes its request in flight → the store is synced and closed.
 
 pub mod adapters;
-pub mod clock;
 pub mod control;
 pub mod metrics;
 pub mod notify;
+pub mod process;
 pub mod queue;
 pub mod settings;
 pub mod status;
@@ -40,8 +40,12 @@ const CLOCK_EVERY: Duration = Duration::from_secs(30);
 /// How long the store may take to answer the watchdog's health probe.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the agent could not start; each maps to its own exit code (`crate::exit`).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The validated configuration still cannot be used as it is.
+    #[error("{0}")]
+    Config(String),
     #[error("cannot open the store in {dir}: {source}")]
     Store { dir: String, source: StoreError },
     #[error("cannot create the state directory {dir}: {source}")]
@@ -50,8 +54,9 @@ pub enum RunError {
     Uplink(#[from] UplinkError),
     #[error("{0}")]
     Mqtt(#[from] crate::mqtt::MqttError),
+    /// A start-up task panicked (a bug).
     #[error("{0}")]
-    Unavailable(String),
+    Task(String),
     #[error("cannot open the status socket {path}: {source}")]
     StatusSocket {
         path: String,
@@ -112,6 +117,20 @@ pub struct Agent {
     ingest: crate::ingest::Ingest,
 }
 
+/// Logs a clock state found at start (a change later is logged by the watcher).
+fn log_clock(synced: Option<bool>) {
+    match synced {
+        Some(true) => {}
+        Some(false) => tracing::warn!(
+            "the system clock is not synchronized (no NTP yet?): messages are stored with clock_synced = false"
+        ),
+        None => tracing::warn!(
+            "cannot read the kernel's clock synchronization flag (adjtimex refused: a sandbox?): \
+             messages are stored with clock_synced unknown"
+        ),
+    }
+}
+
 /// Creates the state directory (0700) if needed.
 pub fn ensure_state_dir(dir: &Path) -> Result<(), RunError> {
     use std::os::unix::fs::DirBuilderExt;
@@ -149,7 +168,7 @@ impl Agent {
         let c = config.clone();
         let store = tokio::task::spawn_blocking(move || open_store(&c))
             .await
-            .map_err(|e| RunError::Unavailable(format!("store task: {e}")))??;
+            .map_err(|e| RunError::Task(format!("the store task failed: {e}")))??;
         if let Ok(s) = store.stats() {
             tracing::info!(
                 backlog = s.totals.pending,
@@ -159,11 +178,9 @@ impl Agent {
             );
         }
         let registry = Registry::new(config.agent.id.clone(), store.clone());
-        let synced = clock::synchronized();
-        registry.set_clock_synced(synced.unwrap_or(true));
-        if synced == Some(false) {
-            tracing::warn!("the system clock is not synchronized (no NTP yet?): messages are stored with clock_synced = false");
-        }
+        let synced = crate::clock::synchronized();
+        registry.set_clock_synced(synced);
+        log_clock(synced);
         let (stop, stopping) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let reg = registry.clone();
@@ -175,16 +192,16 @@ impl Agent {
                     _ = tokio::time::sleep(CLOCK_EVERY) => {}
                     _ = async { let _ = clock_stop.wait_for(|s| *s).await; } => return,
                 }
-                let now = clock::synchronized();
+                let now = crate::clock::synchronized();
                 if now != last {
                     match now {
                         Some(true) => tracing::info!("the system clock is now synchronized"),
                         Some(false) => tracing::warn!("the system clock lost synchronization"),
-                        None => {}
+                        None => log_clock(None),
                     }
                     last = now;
                 }
-                reg.set_clock_synced(now.unwrap_or(true));
+                reg.set_clock_synced(now);
             }
         });
 
@@ -249,7 +266,7 @@ impl Agent {
                 }
             }
         });
-        tracing::info!(channels = agent.channels.len(), "agent running");
+        tracing::debug!(channels = agent.channels.len(), "agent started");
         Ok(agent)
     }
 
@@ -286,7 +303,7 @@ impl Agent {
         let (run, entry) = match config.uplink.kind {
             UplinkKind::Http => {
                 let (us, auth) = settings::http_uplink(config)
-                    .ok_or_else(|| RunError::Unavailable("uplink.url is not set".into()))?;
+                    .ok_or_else(|| RunError::Config("uplink.url is not set".into()))?;
                 let target = us.url.clone();
                 let up = Uplink::new(
                     us,
@@ -587,6 +604,8 @@ impl Agent {
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         let summary = self.summary().await;
         self.notifier.ready(&summary);
+        // Said once the signals are handled: a SIGHUP from now on reloads.
+        tracing::info!(channels = self.channels.len(), "agent running");
         let watchdog = self.notifier.watchdog_every().is_some();
         // Without a watchdog the same tick refreshes STATUS= and logs ill health.
         let every = self

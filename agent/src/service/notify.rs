@@ -98,8 +98,14 @@ impl Notifier {
         self.send("STOPPING=1\nSTATUS=stopping");
     }
 
+    /// `RELOADING=1` with `MONOTONIC_USEC=` (CLOCK_MONOTONIC now), as sd_notify(3) asks of
+    /// a reload, so the manager can tell this reload from an older one; `READY=1` follows
+    /// once the new configuration is applied.
     pub fn reloading(&self) {
-        self.send("RELOADING=1\nSTATUS=reloading the configuration");
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading the configuration",
+            monotonic_usec()
+        ));
     }
 
     fn send(&self, s: &str) {
@@ -107,6 +113,12 @@ impl Notifier {
             tracing::debug!(error = %e, "sd_notify failed");
         }
     }
+}
+
+/// CLOCK_MONOTONIC in microseconds, the clock `MONOTONIC_USEC=` is in.
+pub fn monotonic_usec() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000 + (t.tv_nsec as u64) / 1000
 }
 
 /// STATUS= takes one line.
@@ -157,6 +169,31 @@ mod tests {
         let len = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
         assert!(n.watchdog_every().is_none());
+    }
+
+    #[test]
+    fn reloading_carries_the_monotonic_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&p).unwrap();
+        let n = Notifier {
+            sock: Some((UnixDatagram::unbound().unwrap(), Target::Path(p))),
+            watchdog: None,
+        };
+        let before = monotonic_usec();
+        n.reloading();
+        let after = monotonic_usec();
+        let mut buf = [0u8; 256];
+        let len = rx.recv(&mut buf).unwrap();
+        let d = std::str::from_utf8(&buf[..len]).unwrap();
+        let mut lines = d.lines();
+        assert_eq!(lines.next(), Some("RELOADING=1"));
+        let usec: u64 = lines
+            .next()
+            .and_then(|l| l.strip_prefix("MONOTONIC_USEC="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{d:?}"));
+        assert!((before..=after).contains(&usec), "{before} {usec} {after}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum QueueRequest {
 
 /// Seconds-precision UTC time for listings (the uplink's RFC 3339 form, milliseconds cut).
 fn ts(t: SystemTime) -> String {
-    let full = crate::uplink::queue::rfc3339(t);
+    let full = crate::calendar::rfc3339(t);
     format!("{}Z", &full[..19])
 }
 
@@ -58,10 +58,10 @@ fn line(i: &MessageInfo) -> String {
         state_name(i.state),
         i.len,
         ts(i.received_at),
-        if i.clock_synced {
-            ""
-        } else {
-            " (clock unsynced)"
+        match i.clock_synced {
+            Some(true) => "",
+            Some(false) => " (clock unsynced)",
+            None => " (clock unknown)",
         },
         i.reason
             .as_ref()
@@ -80,7 +80,7 @@ pub fn printable(bytes: &[u8]) -> String {
                 '\r' => out.push_str("<CR>\n"),
                 '\n' => out.push_str("<LF>"),
                 c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                    out.push_str(&super::control::render_bytes(&[c as u8]))
+                    out.push_str(&crate::text::render_bytes(&[c as u8]))
                 }
                 c => out.push(c),
             }

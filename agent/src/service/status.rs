@@ -66,7 +66,7 @@ pub struct Registry {
 struct Inner {
     channels: Vec<ChannelEntry>,
     uplink: Option<UplinkEntry>,
-    clock_synced: bool,
+    clock_synced: Option<bool>,
 }
 
 impl Registry {
@@ -75,10 +75,7 @@ impl Registry {
             agent_id,
             started: SystemTime::now(),
             store,
-            inner: RwLock::new(Inner {
-                clock_synced: true,
-                ..Inner::default()
-            }),
+            inner: RwLock::new(Inner::default()),
         })
     }
 
@@ -93,9 +90,7 @@ impl Registry {
     pub fn set_channels(&self, channels: Vec<ChannelEntry>) {
         let mut w = self.write();
         for c in &channels {
-            c.ctx
-                .clock_synced
-                .store(w.clock_synced, std::sync::atomic::Ordering::Relaxed);
+            c.ctx.clock_synced.set(w.clock_synced);
         }
         w.channels = channels;
     }
@@ -104,18 +99,17 @@ impl Registry {
         self.write().uplink = uplink;
     }
 
-    /// Records the clock state and hands it to every channel (stored with each message).
-    pub fn set_clock_synced(&self, synced: bool) {
+    /// Records the clock state (`None`: unknown) and hands it to every channel (stored
+    /// with each message).
+    pub fn set_clock_synced(&self, synced: Option<bool>) {
         let mut w = self.write();
         w.clock_synced = synced;
         for c in &w.channels {
-            c.ctx
-                .clock_synced
-                .store(synced, std::sync::atomic::Ordering::Relaxed);
+            c.ctx.clock_synced.set(synced);
         }
     }
 
-    pub fn clock_synced(&self) -> bool {
+    pub fn clock_synced(&self) -> Option<bool> {
         self.read().clock_synced
     }
 
@@ -195,7 +189,8 @@ impl Registry {
                 rejected: s.rejected,
                 retries: s.retries,
                 token_requests: s.token_requests,
-                latency_buckets: s.latency.buckets.to_vec(),
+                latency_bounds_ms: s.latency.bounds_ms.clone(),
+                latency_buckets: s.latency.buckets.clone(),
                 latency_count: s.latency.count,
                 latency_sum_us: s.latency.sum_us,
                 last_error: s.last_error.clone(),
@@ -206,6 +201,10 @@ impl Registry {
             agent: self.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: age_s(now, self.started),
+            started_unix: self
+                .started
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             clock_synchronized: inner.clock_synced,
             channels,
             uplink,
@@ -231,6 +230,25 @@ impl Registry {
         }
     }
 }
+
+/// Every value `ChannelStatus::port` takes (the metrics' state set).
+pub const PORT_STATES: [&str; 5] = [
+    "starting",
+    "open",
+    "listening",
+    "waiting for device",
+    "reconnecting",
+];
+
+/// Every value `UplinkView::state` takes (the metrics' state set).
+pub const UPLINK_STATES: [&str; 6] = [
+    "starting",
+    "ok",
+    "backing off",
+    "paused",
+    "credentials problem",
+    "stopped",
+];
 
 fn port_state(s: PortState) -> &'static str {
     match s {
@@ -258,7 +276,11 @@ pub struct AgentStatus {
     pub agent: String,
     pub version: String,
     pub uptime_s: u64,
-    pub clock_synchronized: bool,
+    /// Unix seconds when the agent started (`process_start_time_seconds`).
+    #[serde(default)]
+    pub started_unix: f64,
+    /// `null` when the kernel's flag cannot be read.
+    pub clock_synchronized: Option<bool>,
     pub channels: Vec<ChannelStatus>,
     pub uplink: Option<UplinkView>,
     pub store: StoreView,
@@ -303,8 +325,11 @@ pub struct UplinkView {
     /// Waits after failed attempts.
     pub retries: u64,
     pub token_requests: u64,
-    /// Upload latency: non-cumulative counts per bucket of
-    /// `uplink::status::LATENCY_BUCKETS_MS`, plus the overflow bucket.
+    /// Upper bounds (ms) of the upload-latency buckets; the last is `[uplink] timeout`.
+    #[serde(default)]
+    pub latency_bounds_ms: Vec<u64>,
+    /// Upload latency: non-cumulative counts per bucket of `latency_bounds_ms`, plus the
+    /// overflow bucket.
     pub latency_buckets: Vec<u64>,
     pub latency_count: u64,
     pub latency_sum_us: u64,
@@ -356,11 +381,21 @@ impl AgentStatus {
             self.agent,
             human_duration(self.uptime_s)
         );
-        if !self.clock_synchronized {
-            let _ = writeln!(
-                s,
-                "clock: NOT synchronized (received-at times are flagged as unsynchronized)"
-            );
+        match self.clock_synchronized {
+            Some(true) => {}
+            Some(false) => {
+                let _ = writeln!(
+                    s,
+                    "clock: NOT synchronized (received-at times are flagged as unsynchronized)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "clock: synchronization unknown (the kernel's flag cannot be read; \
+                     received-at times carry clock_synced = null)"
+                );
+            }
         }
         let _ = writeln!(s, "\nchannels:");
         if self.channels.is_empty() {

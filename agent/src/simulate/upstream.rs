@@ -179,7 +179,7 @@ impl DemoUpstream {
                 std::time::SystemTime::now(),
                 st.tokens_issued
             );
-            let token = hex(&sha2::Sha256::digest(seed.as_bytes()));
+            let token = crate::text::hex(&sha2::Sha256::digest(seed.as_bytes()));
             st.token = Some(token.clone());
             return (
                 "200 OK",
@@ -224,8 +224,4 @@ fn header<'a>(headers: &'a [(String, String)], k: &str) -> &'a str {
         .find(|(n, _)| n == k)
         .map(|(_, v)| v.as_str())
         .unwrap_or("")
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

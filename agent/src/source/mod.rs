@@ -33,7 +33,8 @@
 //!   never per attempt, and never with data bytes.
 //! - `next_connection` never fails and is cancel-safe: select it against shutdown.
 
-mod backoff;
+/// The one backoff policy (`crate::backoff`), under the name the transports use.
+pub(crate) use crate::backoff;
 mod conn;
 mod serial;
 mod settings;

@@ -52,19 +52,10 @@ fn put_chunks(ops: &mut Vec<Op>, seq: u64, first: u32, bytes: &[u8]) -> u32 {
     n
 }
 
-fn hex(d: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(d.len() * 2);
-    for b in d {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
+use crate::text::hex;
 
 #[test]
-fn hex_is_lowercase_two_digits_per_byte() {
-    assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+fn hex_digests_parse_back() {
     let sha = [0x5au8; 32];
     assert_eq!(sha_bytes(&hex(&sha)), Some(sha));
 }
@@ -984,9 +975,9 @@ mod confirm_by_policy_tests {
         let a = s
             .append(NewMessage {
                 channel: "lab".into(),
-                protocol: "astm".into(),
+                protocol: Protocol::Astm,
                 received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
-                clock_synced: true,
+                clock_synced: Some(true),
                 bytes: b"H|\\^&\rQ|1\rL|1\r".to_vec(),
                 meta: serde_json::json!({"encoding": "utf-8"}),
             })
@@ -1016,9 +1007,9 @@ mod append_rejected_tests {
     fn msg(bytes: &[u8]) -> NewMessage {
         NewMessage {
             channel: "lab".into(),
-            protocol: "hl7".into(),
+            protocol: Protocol::Hl7,
             received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
-            clock_synced: true,
+            clock_synced: Some(true),
             bytes: bytes.to_vec(),
             meta: serde_json::json!({}),
         }

@@ -118,10 +118,12 @@ pub(crate) fn seq_suffix(key: &[u8]) -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Header {
     pub channel: String,
-    pub protocol: String,
+    pub protocol: super::Protocol,
     /// Milliseconds since the Unix epoch (wall clock; may be before 1970 on a bad clock).
     pub received_at_ms: i64,
-    pub clock_synced: bool,
+    /// `null` when unknown; records written before it could be unknown hold `true` or
+    /// `false` and read as known.
+    pub clock_synced: Option<bool>,
     pub meta: serde_json::Value,
     pub state: super::State,
     pub len: u64,
@@ -197,31 +199,6 @@ impl Counters {
     }
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-28T14:05:00.123Z`.
-pub fn rfc3339_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{milli:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -233,22 +210,29 @@ mod tests {
         assert_eq!(super::parse_queue(b"Q"), None);
     }
 
+    /// Records written before the flag could be unknown read as known; an unknown flag
+    /// reads back as unknown; a protocol the type does not name is an error, never a guess.
+    #[test]
+    fn headers_old_and_new() {
+        let old = r#"{"channel":"c","protocol":"hl7","received_at_ms":1,"clock_synced":true,
+            "meta":{},"state":"pending","len":1,"chunks":1,"sha256":"","reason":null,
+            "delivered_at":null,"transmission":null}"#;
+        let h: super::Header = serde_json::from_str(old).unwrap();
+        assert_eq!(h.clock_synced, Some(true));
+        assert_eq!(h.protocol, super::super::Protocol::Hl7);
+        let unknown = old.replace("true", "null");
+        let h: super::Header = serde_json::from_str(&unknown).unwrap();
+        assert_eq!(h.clock_synced, None);
+        assert!(serde_json::to_string(&h)
+            .unwrap()
+            .contains(r#""clock_synced":null"#));
+        let odd = old.replace(r#""hl7""#, r#""dicom""#);
+        assert!(serde_json::from_str::<super::Header>(&odd).is_err());
+    }
+
     #[test]
     fn json_len_is_the_compact_text_length() {
         let v = serde_json::json!({"type": "ORU^R01", "n": [1, 2.5, null], "s": "é\"\n", "e": {}});
         assert_eq!(super::json_len(&v), v.to_string().len() as u64);
-    }
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::rfc3339_ms(1_795_874_700_123),
-            "2026-11-28T14:05:00.123Z"
-        );
-        assert_eq!(
-            super::rfc3339_ms(951_782_400_000),
-            "2000-02-29T00:00:00.000Z"
-        );
     }
 }

@@ -105,7 +105,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use keys::{rfc3339_ms, Counters};
+pub use crate::calendar::rfc3339_ms;
+pub use keys::Counters;
 pub use outbox::{NewOrder, Order, OrderOutcome, OrderState, Secret, Token};
 pub use quota::FullReason;
 
@@ -199,14 +200,59 @@ impl std::str::FromStr for MessageId {
     }
 }
 
+/// The link protocol a message came from. Stored as `"astm"`, `"hl7"` or `"raw"`; a
+/// record naming anything else is corrupt, never read as one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Astm,
+    Hl7,
+    Raw,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Astm => "astm",
+            Protocol::Hl7 => "hl7",
+            Protocol::Raw => "raw",
+        }
+    }
+
+    /// The `Content-Type` of a raw-format upload (ARCHITECTURE.md, "Upload contract").
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Protocol::Hl7 => "x-application/hl7-v2+er7",
+            Protocol::Astm | Protocol::Raw => "text/plain; charset=utf-8",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl From<labagent_config::Protocol> for Protocol {
+    fn from(p: labagent_config::Protocol) -> Self {
+        match p {
+            labagent_config::Protocol::Astm => Protocol::Astm,
+            labagent_config::Protocol::Hl7 => Protocol::Hl7,
+            labagent_config::Protocol::Raw => Protocol::Raw,
+        }
+    }
+}
+
 /// A message to store.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub channel: String,
-    /// `astm`, `hl7` or `raw`.
-    pub protocol: String,
+    pub protocol: Protocol,
     pub received_at: SystemTime,
-    pub clock_synced: bool,
+    /// Whether the system clock was synchronized when `received_at` was taken; `None`:
+    /// unknown (the kernel could not be asked).
+    pub clock_synced: Option<bool>,
     pub bytes: Vec<u8>,
     /// Small JSON object: sender, record counts, MSH-10, ...
     pub meta: serde_json::Value,
@@ -218,10 +264,10 @@ pub struct Fragment {
     pub channel: String,
     /// Identifies the transmission within the channel (chosen by the receiver).
     pub transmission: String,
-    pub protocol: String,
+    pub protocol: Protocol,
     /// Used for the message when this is the first fragment.
     pub received_at: SystemTime,
-    pub clock_synced: bool,
+    pub clock_synced: Option<bool>,
     pub bytes: Vec<u8>,
 }
 
@@ -250,9 +296,10 @@ pub struct Appended {
 pub struct MessageInfo {
     pub id: MessageId,
     pub channel: String,
-    pub protocol: String,
+    pub protocol: Protocol,
     pub received_at: SystemTime,
-    pub clock_synced: bool,
+    /// `None`: unknown when the message was stored.
+    pub clock_synced: Option<bool>,
     pub state: State,
     pub reason: Option<String>,
     pub meta: serde_json::Value,
@@ -397,6 +444,7 @@ impl Store {
     fn open_engine(dir: &Path, opts: StoreOptions, opener: Opener) -> Result<Store> {
         create_private_dir(dir)?;
         let eng = opener(dir)?;
+        sync_sled_conf(dir)?;
         let writer = load(&*eng)?;
         let engine: EngineSlot = Arc::new(RwLock::new(Some(eng)));
         let slot = Arc::clone(&engine);
@@ -691,6 +739,17 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// sled 0.34 writes `sled/conf` at open without an fsync: after a power cut the file can
+/// be found empty, and sled warns and rewrites it at the next open. Synced once per open
+/// (its directory entry is synced by the engine). Engines without the file: nothing to do.
+fn sync_sled_conf(dir: &Path) -> io::Result<()> {
+    match std::fs::File::open(dir.join("sled").join("conf")) {
+        Ok(f) => f.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads (or initialises) version, store id, sequence and counters.

@@ -19,9 +19,9 @@ fn opts() -> StoreOptions {
 fn msg(ch: &str, bytes: &[u8]) -> NewMessage {
     NewMessage {
         channel: ch.into(),
-        protocol: "hl7".into(),
+        protocol: Protocol::Hl7,
         received_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_874_700_123),
-        clock_synced: true,
+        clock_synced: Some(true),
         bytes: bytes.to_vec(),
         meta: serde_json::json!({"msh10": "X1"}),
     }
@@ -92,9 +92,9 @@ fn fragments_complete_abandon_restart() {
     let frag = |t: &str, b: &[u8]| Fragment {
         channel: "astm1".into(),
         transmission: t.into(),
-        protocol: "astm".into(),
+        protocol: Protocol::Astm,
         received_at: SystemTime::now(),
-        clock_synced: false,
+        clock_synced: Some(false),
         bytes: b.to_vec(),
     };
     {

@@ -256,7 +256,7 @@ impl Authenticator {
                     );
                     return Ok(self.basic());
                 }
-                let wait = hint.unwrap_or_else(|| st.backoff.next_wait());
+                let wait = hint.unwrap_or_else(|| st.backoff.next_delay());
                 st.next_attempt = Some(now_i + wait);
                 st.last_error = Some(err.clone());
                 tracing::warn!(error = %err, retry_in_s = wait.as_secs(), "no access token");

@@ -1,9 +1,16 @@
-//! Waiting: capped exponential backoff with jitter, and the clock the uplink waits on.
+//! Waiting: the clock the uplink waits on, and the agent's one [`Backoff`] policy.
 //!
 //! The uplink never calls `std::thread::sleep` or `SystemTime::now` directly; it asks a
-//! [`Clock`]. [`SystemClock`] waits on a condition variable so shutdown and "new data"
-//! wake it at once; [`VirtualClock`] advances virtual time instead of sleeping, so a test
-//! of a 30 s `Retry-After` takes microseconds and can read back every wait.
+//! [`Clock`]. Two kinds of wait, because "new data" must end one and never the other:
+//!
+//! * [`Clock::idle`]: nothing to send; a stored message ([`Clock::wake`]) ends it at once;
+//! * [`Clock::sleep`]: a backoff or the server's `Retry-After`; only shutdown ends it early.
+//!   An instrument sending 200 messages/s must not turn a `503` with `Retry-After: 1` into
+//!   200 attempts a second.
+//!
+//! [`SystemClock`] waits on a condition variable so shutdown and wakes arrive at once;
+//! [`VirtualClock`] advances virtual time instead of waiting, so a test of a 30 s
+//! `Retry-After` takes microseconds and can read back every wait.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -14,10 +21,14 @@ pub trait Clock: Send + Sync {
     fn now(&self) -> SystemTime;
     /// Monotonic now (timeouts between events).
     fn instant(&self) -> Instant;
-    /// Waits up to `d`. Returns early when woken ([`Clock::wake`]); returns `false` when
-    /// the uplink must stop.
+    /// Waits out `d` (a backoff, a `Retry-After`): a wake does not end it. Returns `false`
+    /// when the uplink must stop.
     fn sleep(&self, d: Duration) -> bool;
-    /// Ends the current or next `sleep` early (new data queued).
+    /// Waits up to `d` with nothing to do: returns early when woken ([`Clock::wake`]).
+    /// Returns `false` when the uplink must stop.
+    fn idle(&self, d: Duration) -> bool;
+    /// Ends the current or next [`Clock::idle`] early (new data queued); a [`Clock::sleep`]
+    /// under way is not shortened.
     fn wake(&self);
     /// Makes every `sleep` return `false` from now on.
     fn shutdown(&self);
@@ -44,23 +55,18 @@ impl SystemClock {
     fn flags(&self) -> MutexGuard<'_, Flags> {
         self.flags.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-    fn instant(&self) -> Instant {
-        Instant::now()
-    }
-    fn sleep(&self, d: Duration) -> bool {
+    /// Waits until `d` has passed or shutdown, or a wake if `wakeable`. A wake that comes
+    /// during an unwakeable wait stays pending: the next idle wait returns at once, so the
+    /// message that came meanwhile is looked at right after the wait.
+    fn wait(&self, d: Duration, wakeable: bool) -> bool {
         let deadline = Instant::now() + d;
         let mut f = self.flags();
         loop {
             if f.shutdown {
                 return false;
             }
-            if f.woken {
+            if wakeable && f.woken {
                 f.woken = false;
                 return true;
             }
@@ -74,6 +80,21 @@ impl Clock for SystemClock {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+    fn instant(&self) -> Instant {
+        Instant::now()
+    }
+    fn sleep(&self, d: Duration) -> bool {
+        self.wait(d, false)
+    }
+    fn idle(&self, d: Duration) -> bool {
+        self.wait(d, true)
     }
     fn wake(&self) {
         self.flags().woken = true;
@@ -96,8 +117,8 @@ struct VState {
     shutdown: bool,
 }
 
-/// A test clock: `sleep` records the wait and moves virtual time forward instantly.
-/// After `budget` sleeps it reports shutdown, so a test of an endless pause ends.
+/// A test clock: `sleep` and `idle` record the wait and move virtual time forward
+/// instantly. After `budget` waits it reports shutdown, so a test of an endless pause ends.
 pub struct VirtualClock {
     st: Mutex<VState>,
     base: Instant,
@@ -160,6 +181,9 @@ impl Clock for VirtualClock {
         s.offset += d;
         true
     }
+    fn idle(&self, d: Duration) -> bool {
+        self.sleep(d)
+    }
     fn wake(&self) {}
     fn shutdown(&self) {
         self.st().shutdown = true;
@@ -169,95 +193,12 @@ impl Clock for VirtualClock {
     }
 }
 
-/// Capped exponential backoff with "equal jitter": the n-th wait is uniformly drawn from
-/// `[d/2, d]` with `d = min(cap, base * 2^n)`, so retries of many agents spread out but
-/// never wait less than half the step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-    rng: u64,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, cap: Duration, seed: u64) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-            rng: seed | 1,
-        }
-    }
-
-    /// The next wait, then one step further.
-    pub fn next_wait(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
-        let d = exp.min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = d / 2;
-        let span = (d - half).as_millis() as u64;
-        let jitter = if span == 0 {
-            0
-        } else {
-            self.rand() % (span + 1)
-        };
-        half + Duration::from_millis(jitter)
-    }
-
-    /// Back to the first step (after a success).
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    fn rand(&mut self) -> u64 {
-        // xorshift64: plenty for jitter, no dependency.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-}
-
-/// A seed for jitter that differs between hosts and runs.
-pub fn seed() -> u64 {
-    let t = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    t ^ (u64::from(std::process::id()) << 32)
-}
+/// The agent's one backoff policy and its seed (`crate::backoff`).
+pub use crate::backoff::{seed, Backoff};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_capped_with_jitter() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60), 42);
-        let mut prev_max = Duration::ZERO;
-        for n in 0..12u32 {
-            let d = Duration::from_secs(1)
-                .saturating_mul(1 << n)
-                .min(Duration::from_secs(60));
-            let w = b.next_wait();
-            assert!(
-                w >= d / 2 && w <= d,
-                "step {n}: {w:?} not in [{:?}, {d:?}]",
-                d / 2
-            );
-            prev_max = prev_max.max(w);
-        }
-        assert!(prev_max <= Duration::from_secs(60));
-        b.reset();
-        assert!(b.next_wait() <= Duration::from_secs(1));
-    }
 
     #[test]
     fn virtual_clock_budget() {
@@ -273,8 +214,42 @@ mod tests {
     fn system_clock_wakes_and_stops() {
         let c = SystemClock::new();
         c.wake();
-        assert!(c.sleep(Duration::from_secs(3600)));
+        assert!(c.idle(Duration::from_secs(3600)));
         c.shutdown();
+        assert!(!c.idle(Duration::from_secs(3600)));
         assert!(!c.sleep(Duration::from_secs(3600)));
+    }
+
+    /// Wakes do not shorten a backoff: a thread waking the clock all the time during a
+    /// 200 ms sleep leaves it at least 200 ms long; the wake that came meanwhile ends the
+    /// next idle wait at once.
+    #[test]
+    fn wakes_do_not_shorten_a_sleep() {
+        let c = SystemClock::new();
+        let waker = c.clone();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                waker.wake();
+                n += 1;
+                std::thread::yield_now();
+            }
+            n
+        });
+        let start = Instant::now();
+        assert!(c.sleep(Duration::from_millis(200)));
+        let slept = start.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let wakes = t.join().unwrap();
+        assert!(wakes > 0);
+        assert!(
+            slept >= Duration::from_millis(200),
+            "{slept:?} after {wakes} wakes"
+        );
+        let start = Instant::now();
+        assert!(c.idle(Duration::from_secs(3600)));
+        assert!(start.elapsed() < Duration::from_secs(60));
     }
 }

@@ -8,8 +8,9 @@
 //!   too (sled), which is fine there.
 //! * **The queue is the source of truth.** A message leaves the queue only through
 //!   [`Queue::confirm`] after a 2xx, or [`Queue::reject`] after a 400/409/413/415/422 that
-//!   names that one message. Everything else (network errors, 5xx, 401/403/404/405, 429)
-//!   leaves the message where it is and the uplink waits. Delivery is at-least-once; the
+//!   names that one message. Everything else (network errors, 5xx, 401/403/404/405, 429,
+//!   a store that cannot answer) leaves the message where it is and the uplink waits; a
+//!   new message never cuts a wait short (see [`run`]). Delivery is at-least-once; the
 //!   `Idempotency-Key` (the message id) is the same on every retry and after restarts.
 //! * **Order per channel.** A channel never moves past a message that is neither confirmed
 //!   nor parked; a JSON batch rejected with 4xx is bisected, and halves go in order.
@@ -19,7 +20,7 @@
 //!
 //! Modules: [`http`] (ureq agent, request building), [`tls`] (roots, mutual TLS),
 //! [`auth`] (OAuth2 client credentials, Basic, fallback), [`response`] (status → action
-//! table), [`backoff`] (capped exponential backoff with jitter, clocks), [`status`]
+//! table), [`backoff`] (the clocks; the agent's one backoff policy), [`status`]
 //! (what `labagent status` shows), [`queue`] (the traits the store implements, plus
 //! in-memory versions for tests), [`run`] (the drain loop).
 //!
@@ -45,7 +46,7 @@ use std::time::Duration;
 pub use auth::{AuthError, Authenticator};
 pub use backoff::{Backoff, Clock, SystemClock, VirtualClock};
 pub use queue::{
-    MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Queue, StoredToken, TokenCache,
+    MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Queue, QueueError, StoredToken, TokenCache,
 };
 pub use run::{Uplink, UplinkError, UplinkHandle};
 pub use status::{AuthMode, UplinkState, UplinkStatus};

@@ -13,32 +13,8 @@ use serde::Serialize;
 
 use super::Secret;
 
-/// The link protocol a message came from; picks the `Content-Type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Astm,
-    Hl7,
-    Raw,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Astm => "astm",
-            Protocol::Hl7 => "hl7",
-            Protocol::Raw => "raw",
-        }
-    }
-
-    /// The `Content-Type` of a raw-format POST (see "Upload contract").
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Protocol::Hl7 => "x-application/hl7-v2+er7",
-            Protocol::Astm | Protocol::Raw => "text/plain; charset=utf-8",
-        }
-    }
-}
+/// The link protocol a message came from (the store's type); picks the `Content-Type`.
+pub use crate::store::Protocol;
 
 /// One stored message, ready to upload.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +25,9 @@ pub struct Outgoing {
     pub protocol: Protocol,
     /// Wall-clock time the message was stored.
     pub received_at: SystemTime,
-    /// Whether the system clock was synchronized when `received_at` was taken.
-    pub clock_synced: bool,
+    /// Whether the system clock was synchronized when `received_at` was taken (`None`:
+    /// unknown; `null` in envelopes).
+    pub clock_synced: Option<bool>,
     /// The message as UTF-8 text (frame envelopes removed).
     pub text: String,
     pub meta: serde_json::Value,
@@ -65,7 +42,7 @@ pub struct Envelope<'a> {
     pub channel: &'a str,
     pub protocol: &'a str,
     pub received_at: String,
-    pub clock_synced: bool,
+    pub clock_synced: Option<bool>,
     pub text: &'a str,
     pub meta: &'a serde_json::Value,
 }
@@ -85,21 +62,28 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// The queue could not answer (the store failed). Never an empty answer in disguise: the
+/// caller decides whether to wait and retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueueError(pub String);
+
 /// The queue of undelivered messages, per channel, oldest first.
 pub trait Queue: Send + Sync {
     /// Channels that may have pending messages.
-    fn channels(&self) -> Vec<String>;
+    fn channels(&self) -> Result<Vec<String>, QueueError>;
     /// Up to `max` oldest pending messages of `channel`, oldest first, without removing them.
-    fn next_batch(&self, channel: &str, max: usize) -> Vec<Outgoing>;
-    /// The server accepted these (2xx): they are delivered.
-    fn confirm(&self, ids: &[String]);
+    fn next_batch(&self, channel: &str, max: usize) -> Result<Vec<Outgoing>, QueueError>;
+    /// The server accepted these (2xx): they are delivered. On `Err` none or some are
+    /// marked; the rest go again with their ids.
+    fn confirm(&self, ids: &[String]) -> Result<(), QueueError>;
     /// The server refused this message itself (400/409/413/415/422): park it as rejected.
-    fn reject(&self, id: &str, reason: &str);
+    fn reject(&self, id: &str, reason: &str) -> Result<(), QueueError>;
     /// Not sent, by policy (`format = "fhir"`: a query, QC, no results): delivered, with
     /// the reason kept (the store writes it into the message's meta).
-    fn skip(&self, id: &str, reason: &str) {
+    fn skip(&self, id: &str, reason: &str) -> Result<(), QueueError> {
         let _ = reason;
-        self.confirm(&[id.to_string()]);
+        self.confirm(&[id.to_string()])
     }
 }
 
@@ -242,41 +226,44 @@ impl MemoryQueue {
 }
 
 impl Queue for MemoryQueue {
-    fn channels(&self) -> Vec<String> {
-        lock(&self.inner).pending.keys().cloned().collect()
+    fn channels(&self) -> Result<Vec<String>, QueueError> {
+        Ok(lock(&self.inner).pending.keys().cloned().collect())
     }
 
-    fn next_batch(&self, channel: &str, max: usize) -> Vec<Outgoing> {
-        lock(&self.inner)
+    fn next_batch(&self, channel: &str, max: usize) -> Result<Vec<Outgoing>, QueueError> {
+        Ok(lock(&self.inner)
             .pending
             .get(channel)
             .map(|q| q.iter().take(max).cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default())
     }
 
-    fn confirm(&self, ids: &[String]) {
+    fn confirm(&self, ids: &[String]) -> Result<(), QueueError> {
         let mut st = lock(&self.inner);
         for id in ids {
             if Self::remove(&mut st, id) {
                 st.log.push(Fate::Confirmed(id.clone()));
             }
         }
+        Ok(())
     }
 
-    fn reject(&self, id: &str, reason: &str) {
+    fn reject(&self, id: &str, reason: &str) -> Result<(), QueueError> {
         let mut st = lock(&self.inner);
         if Self::remove(&mut st, id) {
             st.log
                 .push(Fate::Rejected(id.to_string(), reason.to_string()));
         }
+        Ok(())
     }
 
-    fn skip(&self, id: &str, reason: &str) {
+    fn skip(&self, id: &str, reason: &str) -> Result<(), QueueError> {
         let mut st = lock(&self.inner);
         if Self::remove(&mut st, id) {
             st.log
                 .push(Fate::Skipped(id.to_string(), reason.to_string()));
         }
+        Ok(())
     }
 }
 
@@ -291,66 +278,29 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC with millisecond precision, e.g. `2026-11-28T14:59:47.123Z`.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day) (H. Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// (year, month, day) → days since 1970-01-01.
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = m as i64;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+pub use crate::calendar::rfc3339;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
+    /// Unknown clock state travels as `null`, known as `true`/`false`.
     #[test]
-    fn rfc3339_golden() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_877_987_123);
-        assert_eq!(rfc3339(t), "2026-11-28T14:59:47.123Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn civil_roundtrip() {
-        for z in (-800_000..800_000).step_by(997) {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
-        }
+    fn envelopes_carry_an_unknown_clock_as_null() {
+        let mut m = Outgoing {
+            id: "m1".into(),
+            channel: "c".into(),
+            protocol: Protocol::Hl7,
+            received_at: UNIX_EPOCH,
+            clock_synced: None,
+            text: "x".into(),
+            meta: serde_json::Value::Null,
+        };
+        let json = |m: &Outgoing| serde_json::to_value(Envelope::of("a", m)).unwrap();
+        assert_eq!(json(&m)["clock_synced"], serde_json::Value::Null);
+        assert_eq!(json(&m)["protocol"], "hl7");
+        m.clock_synced = Some(false);
+        assert_eq!(json(&m)["clock_synced"], false);
     }
 
     #[test]
@@ -362,15 +312,15 @@ mod tests {
                 channel: "c".into(),
                 protocol: Protocol::Raw,
                 received_at: UNIX_EPOCH,
-                clock_synced: true,
+                clock_synced: Some(true),
                 text: "x".into(),
                 meta: serde_json::Value::Null,
             });
         }
-        assert_eq!(q.next_batch("c", 2).len(), 2);
-        q.confirm(&["m0".into()]);
-        q.reject("m1", "bad");
-        assert_eq!(q.next_batch("c", 5)[0].id, "m2");
+        assert_eq!(q.next_batch("c", 2).unwrap().len(), 2);
+        q.confirm(&["m0".into()]).unwrap();
+        q.reject("m1", "bad").unwrap();
+        assert_eq!(q.next_batch("c", 5).unwrap()[0].id, "m2");
         assert_eq!(
             q.log(),
             vec![

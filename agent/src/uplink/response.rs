@@ -7,8 +7,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::queue::days_from_civil;
-
 /// What to do after a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -18,8 +16,10 @@ pub enum Action {
     Unauthorized,
     /// The uplink is misconfigured or not allowed: keep the message, pause, retry later.
     Pause(String),
-    /// 429/503: wait as the server asked (None: it did not say; back off).
+    /// 429: wait as the server asked (None: it did not say; back off).
     RateLimited(Option<Duration>),
+    /// 503: the server is unavailable; wait as it asked (None: it did not say; back off).
+    Unavailable(Option<Duration>),
     /// The message itself was refused: park it (bisect a batch first).
     Reject(String),
     /// 5xx and anything unexpected: back off and retry.
@@ -47,7 +47,8 @@ pub fn classify(status: u16, hints: &Hints, now: SystemTime) -> Action {
             hints.location.as_deref().unwrap_or("(no Location)")
         )),
         400 | 409 | 413 | 415 | 422 => Action::Reject(format!("HTTP {status}")),
-        429 | 503 => Action::RateLimited(wait_hint(hints, now)),
+        429 => Action::RateLimited(wait_hint(hints, now)),
+        503 => Action::Unavailable(wait_hint(hints, now)),
         _ => Action::Retry(format!("HTTP {status}")),
     }
 }
@@ -61,7 +62,7 @@ pub fn wait_hint(hints: &Hints, now: SystemTime) -> Option<Duration> {
         .or_else(|| hints.rate_limit.as_deref().and_then(parse_ratelimit_t))
 }
 
-/// `Retry-After: 120` or `Retry-After: Fri, 31 Dec 1999 23:59:59 GMT` (RFC 9110 §10.2.3).
+/// `Retry-After: 120` or an HTTP date (RFC 9110 §10.2.3); a date in the past means now.
 pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
@@ -71,38 +72,11 @@ pub fn parse_retry_after(v: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// IMF-fixdate only (`Sun, 06 Nov 1994 08:49:37 GMT`), which RFC 9110 requires senders
-/// to use.
+/// An HTTP date in any of the three forms a recipient must accept (RFC 9110 §5.6.7):
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`).
 pub fn parse_http_date(v: &str) -> Option<SystemTime> {
-    let rest = v.split_once(", ")?.1;
-    let mut it = rest.split(' ');
-    let day: u32 = it.next()?.parse().ok()?;
-    let month = match it.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = it.next()?.parse().ok()?;
-    let mut hms = it.next()?.split(':');
-    let h: u64 = hms.next()?.parse().ok()?;
-    let m: u64 = hms.next()?.parse().ok()?;
-    let s: u64 = hms.next()?.parse().ok()?;
-    if it.next()? != "GMT" || day == 0 || day > 31 || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    httpdate::parse_http_date(v.trim()).ok()
 }
 
 /// The `t` parameter of the IETF `RateLimit` header
@@ -141,7 +115,8 @@ mod tests {
                 401 => "unauthorized",
                 300..=399 | 403 | 404 | 405 => "pause",
                 400 | 409 | 413 | 415 | 422 => "reject",
-                429 | 503 => "ratelimited",
+                429 => "ratelimited",
+                503 => "unavailable",
                 _ => "retry",
             };
             let got = match a {
@@ -150,6 +125,7 @@ mod tests {
                 Action::Pause(_) => "pause",
                 Action::Reject(_) => "reject",
                 Action::RateLimited(_) => "ratelimited",
+                Action::Unavailable(_) => "unavailable",
                 Action::Retry(_) => "retry",
             };
             assert_eq!(got, expected, "status {status}");
@@ -189,6 +165,21 @@ mod tests {
             Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777))
         );
         assert_eq!(parse_retry_after("soon", now()), None);
+        // The two obsolete forms RFC 9110 §5.6.7 requires recipients to accept.
+        let epoch_784111777 = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777));
+        assert_eq!(
+            parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"),
+            epoch_784111777
+        );
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), epoch_784111777);
+        assert_eq!(
+            parse_retry_after("Saturday, 28-Nov-26 15:00:17 GMT", now()),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sat Nov 28 15:00:17 2026", now()),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(
             parse_retry_after("Sun, 06 Foo 1994 08:49:37 GMT", now()),
             None
@@ -221,11 +212,11 @@ mod tests {
         };
         assert_eq!(
             classify(503, &h, now()),
-            Action::RateLimited(Some(Duration::from_secs(7)))
+            Action::Unavailable(Some(Duration::from_secs(7)))
         );
         assert_eq!(
             classify(503, &Hints::default(), now()),
-            Action::RateLimited(None)
+            Action::Unavailable(None)
         );
     }
 }

@@ -4,6 +4,11 @@
 //! parked (400/409/413/415/422 naming that message), so order is kept. Any other outcome
 //! stops the round: the uplink waits (backoff, `Retry-After`, pause) and starts again
 //! from the oldest message, with the same `Idempotency-Key`.
+//!
+//! A stored message wakes an idle uplink at once ([`Clock::idle`]); a backoff or a
+//! `Retry-After` is always waited out ([`Clock::sleep`]), however many messages arrive.
+//! A store that cannot answer is waited out the same way, never read as an empty queue.
+//! Failures are logged when they start, change and end ([`Failures`]), not per attempt.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,9 +19,9 @@ use tokio::sync::watch;
 use super::auth::{AuthError, Authenticator, Credential};
 use super::backoff::{seed, Backoff, Clock, SystemClock};
 use super::http::{HttpClient, NetErrorKind};
-use super::queue::{rfc3339, Envelope, Outgoing, Queue, TokenCache};
+use super::queue::{rfc3339, Envelope, Outgoing, Queue, QueueError, TokenCache};
 use super::response::{classify, Action};
-use super::status::{UplinkState, UplinkStatus};
+use super::status::{Failure, Failures, Latency, UplinkState, UplinkStatus};
 use super::tls::TlsError;
 use super::{AuthSettings, Format, UplinkSettings};
 use crate::fhir::response::{verdict, Verdict};
@@ -63,6 +68,7 @@ pub struct Uplink {
     backoff: Backoff,
     /// `format = "fhir"`: maps each message to a transaction Bundle.
     mapper: Option<Arc<Mapper>>,
+    failures: Failures,
 }
 
 /// Controls a spawned uplink.
@@ -73,11 +79,12 @@ pub struct UplinkHandle {
 }
 
 impl UplinkHandle {
-    /// New data was queued: look now instead of at the next poll.
+    /// New data was queued: look now instead of at the next poll (an idle uplink only; a
+    /// backoff or `Retry-After` is waited out).
     pub fn wake(&self) {
         self.clock.wake();
     }
-    /// A function that wakes the uplink, for the channel drivers.
+    /// A function that wakes an idle uplink, for the channel drivers.
     pub fn waker(&self) -> impl Fn() + Send + Sync + 'static {
         let clock = self.clock.clone();
         move || clock.wake()
@@ -144,13 +151,26 @@ impl Uplink {
         if auth.method != super::AuthMethod::None && auth.secret.is_none() {
             return Err(UplinkError::Auth("no client secret"));
         }
+        // Trusted roots are needed only for https: a plain-http site needs no CA store.
+        let mut https = vec![settings.url.as_str()];
+        if auth.method == super::AuthMethod::ClientCredentials {
+            https.push(&auth.token_url);
+        }
+        if https
+            .iter()
+            .any(|u| u.to_ascii_lowercase().starts_with("https://"))
+        {
+            super::tls::require_roots(settings.ca_file.as_deref())?;
+        }
         let http = HttpClient::new(&settings)?;
         let mapper = match settings.format {
             Format::Fhir => Some(Arc::new(Mapper::new(&settings.agent_id, &settings.fhir)?)),
             Format::Raw | Format::Json => None,
         };
         let authn = Authenticator::new(auth, http.clone(), cache, clock.clone());
-        let (status, _) = watch::channel(UplinkStatus::new(authn.mode()));
+        let mut initial = UplinkStatus::new(authn.mode());
+        initial.latency = Latency::new(settings.timeout);
+        let (status, _) = watch::channel(initial);
         Ok(Uplink {
             settings,
             queue,
@@ -160,6 +180,7 @@ impl Uplink {
             status,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed()),
             mapper,
+            failures: Failures::default(),
         })
     }
 
@@ -198,7 +219,7 @@ impl Uplink {
         while !self.clock.is_shutdown() {
             let alive = match self.round() {
                 Ok(true) => true,
-                Ok(false) => self.clock.sleep(IDLE_POLL),
+                Ok(false) => self.clock.idle(IDLE_POLL),
                 Err(stop) => self.wait(stop),
             };
             if !alive {
@@ -227,13 +248,28 @@ impl Uplink {
     fn wait(&mut self, stop: Stop) -> bool {
         let Stop::Wait(hint, state, error) = stop;
         let wait = hint
-            .unwrap_or_else(|| self.backoff.next_wait())
+            .unwrap_or_else(|| self.backoff.next_delay())
             .max(self.auth.retry_in());
         let state = match state {
             UplinkState::BackingOff { .. } => UplinkState::BackingOff { wait },
             s => s,
         };
-        tracing::warn!(state = %state, error = %error, wait_ms = wait.as_millis() as u64, "uplink waits");
+        let wait_ms = wait.as_millis() as u64;
+        match self.failures.failed(&error) {
+            Failure::First => {
+                tracing::warn!(state = %state, wait_ms, "upload failed: {error}; retrying")
+            }
+            Failure::Changed { previous, attempts } => tracing::warn!(
+                state = %state,
+                wait_ms,
+                previous = %previous,
+                previous_attempts = attempts,
+                "upload failed: {error}; retrying"
+            ),
+            Failure::Repeated { attempts } => {
+                tracing::debug!(attempts, wait_ms, "upload failed again: {error}")
+            }
+        }
         self.publish(|s| {
             s.state = state;
             s.last_error = Some(error);
@@ -262,8 +298,11 @@ impl Uplink {
             Format::Json => self.settings.batch_max.max(1),
         };
         let mut progressed = false;
-        for channel in self.queue.channels() {
-            let batch = self.queue.next_batch(&channel, max);
+        for channel in self.queue.channels().map_err(|e| store_stop("read", e))? {
+            let batch = self
+                .queue
+                .next_batch(&channel, max)
+                .map_err(|e| store_stop("read", e))?;
             if batch.is_empty() {
                 continue;
             }
@@ -293,7 +332,16 @@ impl Uplink {
         match self.post(batch)? {
             Action::Delivered => {
                 let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
-                self.queue.confirm(&ids);
+                if let Some((what, attempts)) = self.failures.recovered() {
+                    tracing::info!(
+                        failed_attempts = attempts,
+                        "uploads succeed again (after: {what})"
+                    );
+                }
+                // Not confirmed: sent again with the same id after the wait (at-least-once).
+                self.queue
+                    .confirm(&ids)
+                    .map_err(|e| store_stop("mark delivered messages in", e))?;
                 tracing::debug!(count = ids.len(), "delivered and confirmed");
                 let now = self.clock.now();
                 self.publish(|s| {
@@ -305,7 +353,9 @@ impl Uplink {
             Action::Reject(why) if batch.len() == 1 => {
                 let m = &batch[0];
                 tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message rejected by the server; parked");
-                self.queue.reject(&m.id, &why);
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
                 self.publish(|s| s.rejected += 1);
                 Ok(())
             }
@@ -335,13 +385,17 @@ impl Uplink {
             Ok(b) => b,
             Err(Skip::Policy(why)) => {
                 tracing::info!(id = %m.id, channel = %m.channel, reason = %why, "not posted as FHIR; kept as delivered by policy");
-                self.queue.skip(&m.id, &why);
+                self.queue
+                    .skip(&m.id, &why)
+                    .map_err(|e| store_stop("mark a message delivered by policy in", e))?;
                 return Ok(());
             }
             Err(skip @ Skip::NotMappable(_)) => {
                 let why = skip.to_string();
                 tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message kept as rejected");
-                self.queue.reject(&m.id, &why);
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
                 self.publish(|s| s.rejected += 1);
                 return Ok(());
             }
@@ -351,7 +405,9 @@ impl Uplink {
             Ok(b) => b,
             Err(e) => {
                 let why = format!("cannot serialize the Bundle: {e}");
-                self.queue.reject(&m.id, &why);
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
                 self.publish(|s| s.rejected += 1);
                 return Ok(());
             }
@@ -372,7 +428,9 @@ impl Uplink {
         let (reply, action) = self.exchange(&url, &headers, &body, Some(FHIR_MAX_REPLY))?;
         match verdict(reply.status, &reply.body, &kinds) {
             Verdict::Delivered => {
-                self.queue.confirm(std::slice::from_ref(&m.id));
+                self.queue
+                    .confirm(std::slice::from_ref(&m.id))
+                    .map_err(|e| store_stop("mark delivered messages in", e))?;
                 tracing::debug!(id = %m.id, resources = kinds.len(), "delivered and confirmed");
                 let now = self.clock.now();
                 self.publish(|s| {
@@ -383,7 +441,9 @@ impl Uplink {
             }
             Verdict::Rejected(why) => {
                 tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "Bundle refused by the FHIR server; message kept as rejected");
-                self.queue.reject(&m.id, &why);
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
                 self.publish(|s| s.rejected += 1);
                 Ok(())
             }
@@ -396,7 +456,9 @@ impl Uplink {
             )),
             Verdict::Status => match action {
                 Action::Reject(why) => {
-                    self.queue.reject(&m.id, &why);
+                    self.queue
+                        .reject(&m.id, &why)
+                        .map_err(|e| store_stop("park a rejected message in", e))?;
                     self.publish(|s| s.rejected += 1);
                     Ok(())
                 }
@@ -430,7 +492,14 @@ impl Uplink {
                 UplinkState::BackingOff {
                     wait: Duration::ZERO,
                 },
-                "rate limited by the server".into(),
+                "rate limited by the server (HTTP 429)".into(),
+            ),
+            Action::Unavailable(hint) => Stop::Wait(
+                hint,
+                UplinkState::BackingOff {
+                    wait: Duration::ZERO,
+                },
+                "server unavailable (HTTP 503)".into(),
             ),
             Action::Retry(e) => Stop::Wait(
                 None,
@@ -538,6 +607,18 @@ fn unreachable_stop() -> Stop {
             wait: Duration::ZERO,
         },
         "internal: unexpected action".into(),
+    )
+}
+
+/// The store could not answer: wait with backoff and try again (nothing is lost; the
+/// queue is not empty just because it cannot be read).
+fn store_stop(what: &str, e: QueueError) -> Stop {
+    Stop::Wait(
+        None,
+        UplinkState::BackingOff {
+            wait: Duration::ZERO,
+        },
+        format!("cannot {what} the store: {e}"),
     )
 }
 

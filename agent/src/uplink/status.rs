@@ -64,29 +64,105 @@ impl fmt::Display for AuthMode {
     }
 }
 
-/// Upper bounds (milliseconds) of the upload-latency histogram buckets; a last, implicit
-/// bucket takes the rest.
-pub const LATENCY_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+/// The upper bounds (milliseconds) latency buckets are chosen from: every one below the
+/// configured timeout, then the timeout itself, which no request outlasts.
+const LATENCY_STEPS_MS: [u64; 16] = [
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 15_000, 30_000, 60_000, 120_000,
+    300_000,
+];
 
 /// Time from sending a request to its response, per request (any HTTP status).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Latency {
-    /// Non-cumulative counts per bucket of [`LATENCY_BUCKETS_MS`], plus one for the rest.
-    pub buckets: [u64; 10],
+    /// Upper bounds of the buckets in milliseconds, ascending; the last is the timeout.
+    pub bounds_ms: Vec<u64>,
+    /// Non-cumulative counts per bound, plus one for the rest.
+    pub buckets: Vec<u64>,
     pub count: u64,
     pub sum_us: u64,
 }
 
 impl Latency {
+    /// Buckets that reach `timeout` (`[uplink] timeout`).
+    pub fn new(timeout: Duration) -> Self {
+        let t = (timeout.as_millis().min(u128::from(u64::MAX)) as u64).max(1);
+        let mut bounds_ms: Vec<u64> = LATENCY_STEPS_MS.into_iter().filter(|b| *b < t).collect();
+        bounds_ms.push(t);
+        Latency {
+            buckets: vec![0; bounds_ms.len() + 1],
+            bounds_ms,
+            count: 0,
+            sum_us: 0,
+        }
+    }
+
     pub fn observe(&mut self, d: Duration) {
         let ms = d.as_millis() as u64;
-        let i = LATENCY_BUCKETS_MS
+        let i = self
+            .bounds_ms
             .iter()
             .position(|b| ms <= *b)
-            .unwrap_or(LATENCY_BUCKETS_MS.len());
+            .unwrap_or(self.bounds_ms.len());
         self.buckets[i] += 1;
         self.count += 1;
         self.sum_us += d.as_micros() as u64;
+    }
+}
+
+impl Default for Latency {
+    /// For the default `timeout` of 30 s.
+    fn default() -> Self {
+        Latency::new(Duration::from_secs(30))
+    }
+}
+
+/// Which failed attempts deserve a log line: the first of a kind and every change of kind
+/// (with how many attempts the previous one took), and the recovery — not each repeat.
+/// A server answering 503 for an hour logs two lines, not one per attempt.
+#[derive(Debug, Default)]
+pub struct Failures {
+    current: Option<String>,
+    attempts: u64,
+}
+
+/// What a failed attempt is, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The first failure after a success (or ever).
+    First,
+    /// A different failure than the previous attempts'.
+    Changed { previous: String, attempts: u64 },
+    /// The same failure again; `attempts` counts this one.
+    Repeated { attempts: u64 },
+}
+
+impl Failures {
+    /// An attempt failed with `what` (the error text, without the wait).
+    pub fn failed(&mut self, what: &str) -> Failure {
+        match &self.current {
+            Some(c) if c == what => {
+                self.attempts += 1;
+                Failure::Repeated {
+                    attempts: self.attempts,
+                }
+            }
+            Some(_) => {
+                let previous = self.current.replace(what.to_string()).unwrap_or_default();
+                let attempts = std::mem::replace(&mut self.attempts, 1);
+                Failure::Changed { previous, attempts }
+            }
+            None => {
+                self.current = Some(what.to_string());
+                self.attempts = 1;
+                Failure::First
+            }
+        }
+    }
+
+    /// An attempt succeeded: the failure that ended, and its attempts.
+    pub fn recovered(&mut self) -> Option<(String, u64)> {
+        let what = self.current.take()?;
+        Some((what, std::mem::take(&mut self.attempts)))
     }
 }
 
@@ -122,5 +198,55 @@ impl UplinkStatus {
             token_requests: 0,
             latency: Latency::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_reach_the_timeout() {
+        let l = Latency::new(Duration::from_secs(30));
+        assert_eq!(l.bounds_ms.last(), Some(&30_000));
+        assert_eq!(
+            l.bounds_ms,
+            [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 15_000, 30_000]
+        );
+        assert_eq!(
+            Latency::new(Duration::from_secs(7)).bounds_ms.last(),
+            Some(&7000)
+        );
+        assert_eq!(
+            Latency::new(Duration::from_millis(1500)).bounds_ms,
+            [5, 10, 25, 50, 100, 250, 500, 1000, 1500]
+        );
+        let mut l = Latency::new(Duration::from_secs(30));
+        l.observe(Duration::from_secs(12));
+        l.observe(Duration::from_secs(31));
+        assert_eq!(l.buckets[11], 1, "12 s is in the 15 s bucket");
+        assert_eq!(l.buckets[13], 1, "past the timeout: the last bucket");
+        assert_eq!((l.count, l.sum_us), (2, 43_000_000));
+    }
+
+    #[test]
+    fn repeated_failures_are_counted_not_logged() {
+        let mut f = Failures::default();
+        assert_eq!(f.recovered(), None);
+        let busy = "server unavailable (HTTP 503)";
+        assert_eq!(f.failed(busy), Failure::First);
+        for n in 2..=180 {
+            assert_eq!(f.failed(busy), Failure::Repeated { attempts: n });
+        }
+        assert_eq!(
+            f.failed("connection refused"),
+            Failure::Changed {
+                previous: busy.into(),
+                attempts: 180
+            }
+        );
+        assert_eq!(f.recovered(), Some(("connection refused".into(), 1)));
+        assert_eq!(f.recovered(), None);
+        assert_eq!(f.failed(busy), Failure::First);
     }
 }

@@ -1,7 +1,10 @@
 //! TLS for the uplink: which servers to trust and how to prove who we are.
 //!
 //! Trust = the system's roots (rustls-native-certs reads the same store curl and
-//! openssl use) plus the PEM file `uplink.ca_file`, for sites that run their own CA.
+//! openssl use; Debian's `ca-certificates`, which the package depends on) plus the PEM file
+//! `uplink.ca_file`, for sites that run their own CA. The roots are demanded only where a
+//! TLS connection needs them ([`require_roots`] for https URLs, mqtts): a site that
+//! uploads over plain http on its own network starts without any CA store.
 //! Mutual TLS = `client_cert` (a PEM chain) + `client_key` (PKCS#8, PKCS#1 or SEC1 PEM).
 //! One crypto provider (ring) is passed explicitly, so nothing depends on a process-wide
 //! default being installed.
@@ -24,13 +27,33 @@ pub enum TlsError {
     },
     #[error("{path}: no certificate in PEM file")]
     NoCertificate { path: PathBuf },
-    #[error("no trusted root certificates: the system store is empty and no ca_file is set")]
+    /// An environment problem, not a configuration one: the service exits with
+    /// `EX_OSFILE` (72), which systemd restarts once the package is installed.
+    #[error(
+        "no trusted root certificates for https: the system store is empty (install the \
+         ca-certificates package) and no uplink.ca_file is set"
+    )]
     NoRoots,
     #[error("client_cert and client_key must be set together")]
     HalfClientCert,
 }
 
-/// The TLS settings of the uplink's HTTP agent.
+/// Fails with [`TlsError::NoRoots`] when neither the system store nor `ca_file` holds a
+/// root: called before anything that will make a TLS connection.
+pub fn require_roots(ca_file: Option<&Path>) -> Result<(), TlsError> {
+    if let Some(path) = ca_file {
+        if !read_pem_certs(path, "ca_file")?.is_empty() {
+            return Ok(());
+        }
+    }
+    if native_roots().is_empty() {
+        return Err(TlsError::NoRoots);
+    }
+    Ok(())
+}
+
+/// The TLS settings of the uplink's HTTP agent. With no root at all the agent is still
+/// built (plain-http URLs need none); [`require_roots`] is what refuses https without one.
 pub fn tls_config(
     ca_file: Option<&Path>,
     client_cert: Option<&Path>,
@@ -44,9 +67,6 @@ pub fn tls_config(
         let extra = read_certs(path, "ca_file")?;
         tracing::debug!(path = %path.display(), count = extra.len(), "extra trusted roots");
         roots.extend(extra);
-    }
-    if roots.is_empty() {
-        return Err(TlsError::NoRoots);
     }
     let client = match (client_cert, client_key) {
         (Some(c), Some(k)) => Some(ClientCert::new_with_certs(

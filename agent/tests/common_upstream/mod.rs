@@ -372,7 +372,7 @@ pub fn msg(channel: &str, n: usize, protocol: Protocol) -> Outgoing {
         channel: channel.into(),
         protocol,
         received_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_877_987_123 + n as u64),
-        clock_synced: true,
+        clock_synced: Some(true),
         text: format!("H|\\^&|||analyzer\rR|{n}|^^^GLU|5.{n}|mmol/L\rL|1|N\r"),
         meta: serde_json::json!({ "n": n }),
     }

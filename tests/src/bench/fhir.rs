@@ -151,9 +151,9 @@ fn prefill(dir: &Path, n: u64) -> Store {
     let store = Store::open(dir.join("store"), opts).expect("open store");
     crate::sys::fill(&store, n, 8, |i| NewMessage {
         channel: format!("ch{}", i % CHANNELS),
-        protocol: "astm".into(),
+        protocol: labagent::store::Protocol::Astm,
         received_at: SystemTime::now(),
-        clock_synced: true,
+        clock_synced: Some(true),
         bytes: astm_message(i),
         meta: serde_json::json!({"encoding": "utf-8"}),
     });

@@ -40,9 +40,9 @@ fn text(i: usize) -> Vec<u8> {
 fn fill(store: &Store, n: usize) -> Duration {
     crate::sys::fill(store, n as u64, 32, |i| NewMessage {
         channel: "chem".into(),
-        protocol: "astm".into(),
+        protocol: labagent::store::Protocol::Astm,
         received_at: SystemTime::now(),
-        clock_synced: true,
+        clock_synced: Some(true),
         bytes: text(i as usize),
         meta: serde_json::json!({"frames": 1}),
     })

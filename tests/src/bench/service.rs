@@ -85,9 +85,9 @@ fn prefill(dir: &Path, n: u64) -> Duration {
         b.extend_from_slice(format!("{i:016}").as_bytes());
         NewMessage {
             channel: format!("ch{}", i % 4),
-            protocol: "astm".into(),
+            protocol: labagent::store::Protocol::Astm,
             received_at: SystemTime::now(),
-            clock_synced: true,
+            clock_synced: Some(true),
             bytes: b,
             meta: serde_json::Value::Null,
         }

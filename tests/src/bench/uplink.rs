@@ -21,7 +21,8 @@ use std::time::{Duration, Instant, SystemTime};
 use labagent::service::adapters::StoreQueue;
 use labagent::store::{NewMessage, Store, StoreOptions};
 use labagent::uplink::{
-    AuthSettings, Format, MemoryTokenCache, Outgoing, Queue, SystemClock, Uplink, UplinkSettings,
+    AuthSettings, Format, MemoryTokenCache, Outgoing, Queue, QueueError, SystemClock, Uplink,
+    UplinkSettings,
 };
 
 use crate::table::Row;
@@ -130,21 +131,22 @@ fn add(a: &AtomicU64, t: Instant) {
 }
 
 impl Queue for Timed {
-    fn channels(&self) -> Vec<String> {
+    fn channels(&self) -> Result<Vec<String>, QueueError> {
         self.inner.channels()
     }
-    fn next_batch(&self, channel: &str, max: usize) -> Vec<Outgoing> {
+    fn next_batch(&self, channel: &str, max: usize) -> Result<Vec<Outgoing>, QueueError> {
         let t = Instant::now();
         let v = self.inner.next_batch(channel, max);
         add(&self.next_ns, t);
         v
     }
-    fn confirm(&self, ids: &[String]) {
+    fn confirm(&self, ids: &[String]) -> Result<(), QueueError> {
         let t = Instant::now();
-        self.inner.confirm(ids);
+        let r = self.inner.confirm(ids);
         add(&self.confirm_ns, t);
+        r
     }
-    fn reject(&self, id: &str, reason: &str) {
+    fn reject(&self, id: &str, reason: &str) -> Result<(), QueueError> {
         self.inner.reject(id, reason)
     }
 }
@@ -163,9 +165,9 @@ fn prefill(dir: &Path, n: u64) -> (Store, Duration) {
         b.extend_from_slice(format!("{i:024}").as_bytes());
         NewMessage {
             channel: format!("ch{}", i % CHANNELS),
-            protocol: "astm".into(),
+            protocol: labagent::store::Protocol::Astm,
             received_at: SystemTime::now(),
-            clock_synced: true,
+            clock_synced: Some(true),
             bytes: b,
             meta: serde_json::Value::Null,
         }

@@ -1,4 +1,5 @@
-//! Capped exponential backoff with jitter, used by every reconnect in this module.
+//! Capped exponential backoff with jitter: the one policy behind every retry of the agent —
+//! port reconnects (`source`), uploads and token requests (`uplink`), MQTT reconnects.
 //!
 //! Why jitter: a site with several agents (or one agent with several channels behind one
 //! device server) would otherwise retry in lock-step after a shared outage. Why a seed: a
@@ -34,19 +35,10 @@ impl Backoff {
         }
     }
 
-    /// The default policy (250 ms → 30 s) with a seed that differs between processes
+    /// The default policy (250 ms → 30 s) with a [`seed`] that differs between processes
     /// and calls, so agents started together do not retry together.
     pub fn with_random_seed() -> Self {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let seed = nanos
-            ^ (u64::from(std::process::id()) << 32)
-            ^ COUNTER.fetch_add(0x9E37_79B9, Ordering::Relaxed);
-        Self::new(Self::DEFAULT_INITIAL, Self::DEFAULT_MAX, seed)
+        Self::new(Self::DEFAULT_INITIAL, Self::DEFAULT_MAX, seed())
     }
 
     /// The delay before the next attempt; each call doubles the nominal delay up to `max`.
@@ -89,6 +81,19 @@ impl Backoff {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+}
+
+/// A seed for jitter that differs between hosts, runs and calls.
+pub fn seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ COUNTER.fetch_add(0x9E37_79B9, Ordering::Relaxed)
 }
 
 impl Default for Backoff {
