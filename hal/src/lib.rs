@@ -22,6 +22,7 @@
 //!   sender, contention, orders), E1394 (LIS2-A2) records and message boundaries;
 //! - [`hl7`]: MLLP framing, the MSH view, ACKs and the [`hl7::session::Hl7Session`];
 //! - [`raw`]: delimited byte streams and the [`raw::RawSession`];
+//! - [`query`]: which specimens a host query (ASTM Q, HL7 QRY^Q02 / QBP^Q11) asks about;
 //! - [`drive`]: a blocking driver that runs any session over `embedded-io` (bare metal);
 //! - [`buf`]: bounded buffers: `heapless` with a const capacity, or (feature `alloc`) a
 //!   growable one with a run-time limit;
@@ -44,6 +45,7 @@ pub mod astm;
 pub mod buf;
 pub mod drive;
 pub mod hl7;
+pub mod query;
 pub mod raw;
 pub mod session;
 pub mod time;

@@ -297,6 +297,14 @@ pub enum Event {
     Contention,
     /// The fate of an order attempt.
     Order(OrderRef, OrderOutcome),
+    /// A host query arrived ([`Session::query`]): answer it with
+    /// [`Session::answer_query`] before the session's deadline.
+    Query,
+    /// The answer to a host query went out (`delivered`: the instrument took it).
+    QueryAnswered {
+        /// The instrument acknowledged the whole answer.
+        delivered: bool,
+    },
 }
 
 /// A link session: every rule of one protocol's link, no IO. See the module doc.
@@ -338,6 +346,17 @@ pub trait Session {
         text: &[u8],
         now: Instant,
     ) -> Result<(), OrderFailure>;
+    /// The host query waiting for an answer, if any: the specimens it asks about.
+    fn query(&self) -> Option<&crate::query::Specimens> {
+        None
+    }
+    /// Answers the waiting host query: the answer in the protocol's form, or `None` for
+    /// "nothing known" (the session builds that one). `Err` when there is no query, or the
+    /// answer could not be used (the session then answers "nothing known").
+    fn answer_query(&mut self, answer: Option<&[u8]>, now: Instant) -> Result<(), OrderFailure> {
+        let _ = (answer, now);
+        Err(OrderFailure::Unsupported)
+    }
 }
 
 #[cfg(test)]

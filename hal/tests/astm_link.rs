@@ -186,9 +186,9 @@ fn contention_the_instrument_wins_and_the_order_waits_20s() {
     assert_eq!(
         b.inst_tx.poll_event(),
         Some(SendEvent::Contention),
-        "the simulator's sender yields too"
+        "the simulator's sender holds its message"
     );
-    b.inst_tx.send(RESULT, b.now).unwrap();
+    b.inst_tx.start(b.now);
     let _ = b.inst_tx.poll_transmit(&mut ibuf);
     // ... and ours sees its ENQ: we yield, answer it, and take its message.
     b.to_host.push(ENQ);

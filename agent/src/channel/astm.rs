@@ -35,6 +35,7 @@ pub fn link_config(a: &labagent_config::Astm) -> LinkConfig {
             max_frame: a.max_frame as usize,
             max_message: a.max_message as usize,
             receive_timeout: hal_duration(a.receive_timeout),
+            query_id_component: None,
         },
         sender: SenderConfig {
             reply_timeout: hal_duration(a.ack_timeout),
@@ -66,6 +67,7 @@ pub fn meta(text: &[u8], end: &End, enc: &labagent_config::Encoding) -> serde_js
         "results": s.results,
         "queries": s.queries,
         "end": end.as_str(),
+        "kind": if s.queries > 0 { "query" } else { "result" },
         "encoding": crate::text::encoding_label(enc, None, text),
     })
 }

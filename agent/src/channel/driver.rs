@@ -22,9 +22,9 @@ use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
 use super::durable::{Durable, MetaFn};
-use super::{ChannelCtx, Dir};
+use super::{ChannelCtx, Dir, QueryRequest};
 use crate::source::Conn;
-use crate::store::{Order, OrderOutcome};
+use crate::store::{MessageId, Order, OrderOutcome};
 
 /// A session the driver can run; `set_wall_clock` for those that write wall-clock time.
 pub trait LinkSession: Session + Send {
@@ -62,6 +62,34 @@ struct InFlight {
     _lock: tokio::sync::OwnedMutexGuard<()>,
 }
 
+/// A host query asked of the upstream: its answer to come, and when it was asked.
+struct Asked {
+    answer: tokio::sync::oneshot::Receiver<Option<String>>,
+    at: Instant,
+}
+
+/// The stored messages among `recent` that are host queries, decoded and joined.
+fn query_text(ctx: &ChannelCtx, recent: &[MessageId]) -> (String, Option<MessageId>) {
+    let mut text = String::new();
+    let mut first = None;
+    for id in recent {
+        let Ok(Some(m)) = ctx.store.get(*id) else {
+            continue;
+        };
+        let meta = &m.info.meta;
+        let is_query = meta["queries"].as_u64().is_some_and(|n| n > 0)
+            || meta["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("QRY^Q02") || t.starts_with("QBP^Q11"));
+        if is_query {
+            let label = meta["encoding"].as_str().unwrap_or("utf-8");
+            text.push_str(&crate::text::decode(&m.bytes, label));
+            first.get_or_insert(*id);
+        }
+    }
+    (text, first)
+}
+
 /// Runs `session` on `conn` until the line ends or the agent stops.
 pub async fn run<S: LinkSession>(
     conn: Conn,
@@ -81,6 +109,10 @@ pub async fn run<S: LinkSession>(
     let mut inflight: Option<InFlight> = None;
     let mut look_again: Option<Instant> = None;
     let mut line_lost = false;
+    // Messages stored since the last host query, and the query being asked upstream.
+    let mut recent: Vec<MessageId> = Vec::new();
+    let mut asked: Option<Asked> = None;
+    let query_timeout = ctx.query_timeout();
     session.orders_waiting(true);
     loop {
         session.set_wall_clock(unix_now());
@@ -92,7 +124,7 @@ pub async fn run<S: LinkSession>(
             progressed |= n > 0;
         }
         if let Some(c) = session.poll_commit() {
-            let ok = super::commit(&ctx, &mut durable, c, meta).await;
+            let ok = super::commit(&ctx, &mut durable, c, meta, &mut recent).await;
             session.commit_done(ok, clock.now());
             progressed = true;
         }
@@ -117,6 +149,32 @@ pub async fn run<S: LinkSession>(
                 continue;
             }
             return Ok(());
+        }
+        // A host query: ask the upstream, with most of the session's time.
+        if asked.is_none() {
+            if let Some(ids) = session.query() {
+                let specimens: Vec<String> = ids
+                    .iter()
+                    .map(|i| String::from_utf8_lossy(i).into_owned())
+                    .collect();
+                let (text, id) = query_text(&ctx, &recent);
+                recent.clear();
+                let id = id.map_or_else(|| format!("{}", clock.now().as_millis()), |i| i.to_string());
+                tracing::info!(channel = %ctx.name(), specimens = specimens.len(), "host query");
+                let req = QueryRequest {
+                    id: format!("{}-{id}", ctx.name()),
+                    channel: ctx.name().to_string(),
+                    protocol: ctx.config.protocol().into(),
+                    text,
+                    specimens,
+                };
+                let deadline = std::time::Instant::now() + query_timeout * 3 / 4;
+                asked = Some(Asked {
+                    answer: ctx.ask_upstream(req, deadline),
+                    at: Instant::now(),
+                });
+                continue;
+            }
         }
         if start < end && progressed {
             continue;
@@ -192,6 +250,20 @@ pub async fn run<S: LinkSession>(
             },
             _ = sleep_until(deadline) => session.handle_timeout(clock.now()),
             _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(true),
+            answer = async { (&mut asked.as_mut().expect("guarded").answer).await }, if asked.is_some() => {
+                let from_upstream = answer.ok().flatten();
+                let at = asked.take().map(|a| a.at);
+                let now = clock.now();
+                let r = match &from_upstream {
+                    Some(t) => session.answer_query(Some(t.as_bytes()), now),
+                    None => session.answer_query(None, now),
+                };
+                let ms = at.map_or(0, |t| t.elapsed().as_millis() as u64);
+                match r {
+                    Ok(()) => tracing::info!(channel = %ctx.name(), from = if from_upstream.is_some() { "upstream" } else { "nothing known" }, ms, "host query answered"),
+                    Err(e) => tracing::warn!(channel = %ctx.name(), error = %e, "the query's answer could not be used; answered \"nothing known\""),
+                }
+            }
             // The wait must not be gated on the signal's value: a stop that arrives while
             // the loop awaits something else would then never wake it.
             r = stopping.changed(), if !stop_seen => {
@@ -260,9 +332,13 @@ async fn event(ctx: &ChannelCtx, e: Event, inflight: &mut Option<InFlight>) {
                 }
             }
         }
+        Event::QueryAnswered { delivered } => {
+            tracing::debug!(channel = %name, delivered, "query answer sent")
+        }
         Event::TransmissionStarted
         | Event::TransmissionEnded
         | Event::Refused
-        | Event::DuplicateFrame => {}
+        | Event::DuplicateFrame
+        | Event::Query => {}
     }
 }

@@ -49,6 +49,7 @@ pub fn session(cfg: &labagent_config::Hl7) -> Hl7Session<VecBuf> {
             mode: ack_mode(&cfg.ack),
             orders: OrderPolicy::default(),
             ack_timeout: hal_duration(ORDER_ACK_TIMEOUT),
+            ..Hl7Config::default()
         },
         prefix.as_bytes(),
     )
@@ -108,6 +109,11 @@ pub fn meta(v: &MshView<'_>, label: &str) -> serde_json::Value {
         ty.push('^');
         ty.push_str(&text(t.trigger, label));
     }
+    let kind = if labagent_hal::query::hl7_query(v).is_some() {
+        "query"
+    } else {
+        "message"
+    };
     json!({
         "type": ty,
         "control_id": text(v.control_id(), label),
@@ -120,6 +126,7 @@ pub fn meta(v: &MshView<'_>, label: &str) -> serde_json::Value {
         "segments": segments,
         "segment_counts": counts,
         "encoding": label,
+        "kind": kind,
     })
 }
 

@@ -66,6 +66,36 @@ pub struct OrderReport {
     pub detail: String,
 }
 
+/// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryRequest {
+    /// Unique per query (`<channel>-<store message id>`).
+    pub id: String,
+    pub channel: String,
+    pub protocol: crate::store::Protocol,
+    /// The query as received, decoded (CR-separated records or segments).
+    pub text: String,
+    pub specimens: Vec<String>,
+}
+
+/// Asks the upstream; the receiver gets the answer in the instrument's protocol (ASTM
+/// records H…L, HL7 messages each starting with MSH), or `None`: nothing known, no
+/// upstream, or not before the deadline.
+pub type QueryHook = Arc<
+    dyn Fn(QueryRequest, std::time::Instant) -> tokio::sync::oneshot::Receiver<Option<String>>
+        + Send
+        + Sync,
+>;
+
+/// A query hook with no upstream: `None` at once.
+pub fn no_query_upstream() -> QueryHook {
+    Arc::new(|_, _| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(None);
+        rx
+    })
+}
+
 /// Where a channel reports to: the uplink(s).
 #[derive(Clone)]
 pub struct Hooks {
@@ -73,6 +103,8 @@ pub struct Hooks {
     pub stored: Notify,
     /// An order was delivered to the instrument or given up.
     pub order: Arc<dyn Fn(OrderReport) + Send + Sync>,
+    /// A host query for the upstream.
+    pub query: QueryHook,
 }
 
 impl Default for Hooks {
@@ -80,6 +112,7 @@ impl Default for Hooks {
         Hooks {
             stored: Arc::new(|| {}),
             order: Arc::new(|_| {}),
+            query: no_query_upstream(),
         }
     }
 }
@@ -125,6 +158,11 @@ impl ChannelCtx {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// How long a host query may wait for its answer (`query_timeout`, 5 s by default).
+    pub fn query_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(5)
     }
 
     /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
@@ -185,6 +223,15 @@ impl ChannelCtx {
     /// Reports an order's fate to the uplink.
     pub fn report_order(&self, r: OrderReport) {
         (self.hooks.order)(r)
+    }
+
+    /// Asks the upstream about a host query (see [`QueryHook`]).
+    pub fn ask_upstream(
+        &self,
+        q: QueryRequest,
+        deadline: std::time::Instant,
+    ) -> tokio::sync::oneshot::Receiver<Option<String>> {
+        (self.hooks.query)(q, deadline)
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -326,6 +373,7 @@ pub async fn commit(
     d: &mut durable::Durable,
     c: Commit<'_>,
     meta: durable::MetaFn<'_>,
+    stored: &mut Vec<crate::store::MessageId>,
 ) -> bool {
     let (applied, ticket) = match d.apply(ctx, c, meta) {
         Ok(a) => a,
@@ -345,6 +393,7 @@ pub async fn commit(
     for (a, len) in applied.stored {
         ctx.counters.received();
         ctx.after_store(&Ok(a), len);
+        stored.push(a.id);
     }
     for (a, len, why) in applied.rejected {
         ctx.counters.received();

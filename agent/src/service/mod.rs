@@ -285,6 +285,7 @@ impl Agent {
     fn channel_hooks(&self) -> Hooks {
         let a = self.hooks.clone();
         let b = self.hooks.clone();
+        let c = self.hooks.clone();
         Hooks {
             stored: Arc::new(move || {
                 let h = a.read().unwrap_or_else(|e| e.into_inner()).stored.clone();
@@ -293,6 +294,10 @@ impl Agent {
             order: Arc::new(move |r: OrderReport| {
                 let h = b.read().unwrap_or_else(|e| e.into_inner()).order.clone();
                 h(r)
+            }),
+            query: Arc::new(move |q, deadline| {
+                let h = c.read().unwrap_or_else(|e| e.into_inner()).query.clone();
+                h(q, deadline)
             }),
         }
     }

@@ -196,7 +196,11 @@ impl AstmInstrument {
                     && !rx.is_receiving()
                 {
                     bid_again = None;
-                    let _ = tx.send(m, self.now());
+                    if tx.is_held() {
+                        tx.start(self.now());
+                    } else {
+                        let _ = tx.send(m, self.now());
+                    }
                 }
                 while let Some(ev) = tx.poll_event() {
                     match ev {

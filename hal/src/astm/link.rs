@@ -13,6 +13,14 @@
 //! - **Order attempts.** Each order is one whole transfer; its fate is an
 //!   [`Event::Order`]: delivered, retried after `retry_wait` (a failed transfer, an
 //!   interrupt, a lost line), or failed after `max_attempts` ([`OrderPolicy`]).
+//! - **Host queries.** A transmission whose committed messages carry Q records ends in
+//!   [`Event::Query`]; [`Session::query`] gives the specimens asked about. The driver
+//!   answers with [`Session::answer_query`] (records H…L, or `None`: nothing known); at
+//!   `query_timeout` after the query's EOT without an answer the link answers "no
+//!   information" itself (`H` then `L|1|I`, LIS2-A2). The answer goes out before any order
+//!   as soon as the line is neutral; after contention it is bid again as soon as the
+//!   instrument's transmission ends (the instrument is waiting for it), and its fate is
+//!   [`Event::QueryAnswered`].
 //! - **Stopping.** The receiver answers ENQ with NAK; a transmission in progress is
 //!   finished; no order is started.
 //!
@@ -24,8 +32,13 @@ use super::receiver::{Receiver, ReceiverConfig};
 use super::sender::{Event as SendEvent, Failure, SendError, Sender, SenderConfig};
 use super::ENQ;
 use crate::buf::{Buffer, Queue};
+use crate::query::Specimens;
 use crate::session::{Commit, Event, OrderFailure, OrderOutcome, OrderPolicy, OrderRef, Session};
 use crate::time::{Duration, Instant};
+
+/// The answer when nothing is known about a queried specimen (LIS2-A2: `L-3` = `I`, no
+/// information available).
+pub const NOTHING_KNOWN: &[u8] = b"H|\\^&\rL|1|I\r";
 
 /// Everything that sets the link's behaviour.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +51,9 @@ pub struct LinkConfig {
     pub orders: OrderPolicy,
     /// Wait after losing contention before the next order (LIS1-A: at least 20 s).
     pub contention_wait: Duration,
+    /// How long after a host query's EOT its answer may start (below what the instrument
+    /// waits). Default 5 s.
+    pub query_timeout: Duration,
 }
 
 impl Default for LinkConfig {
@@ -47,8 +63,20 @@ impl Default for LinkConfig {
             sender: SenderConfig::default(),
             orders: OrderPolicy::default(),
             contention_wait: Duration::from_secs(20),
+            query_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Where a host query stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Waiting for the driver until the deadline.
+    Waiting(Instant),
+    /// The answer is loaded in the sender, to start when the line is neutral.
+    Loaded,
+    /// Being sent.
+    Sending,
 }
 
 /// The host's ASTM link session.
@@ -61,6 +89,8 @@ pub struct Link<B> {
     orders_waiting: bool,
     not_before: Option<Instant>,
     stopping: bool,
+    /// The host query being answered: its specimens and where its answer stands.
+    query: Option<(Specimens, Answer)>,
     events: Queue<Event, 4>,
 }
 
@@ -75,6 +105,7 @@ impl<B: Buffer> Link<B> {
             orders_waiting: false,
             not_before: None,
             stopping: false,
+            query: None,
             events: Queue::new(),
         }
     }
@@ -89,8 +120,52 @@ impl<B: Buffer> Link<B> {
         self.order
     }
 
+    /// A query's answer: the sender's fate of it.
+    fn answer_event(&mut self, e: SendEvent, now: Instant) {
+        match e {
+            SendEvent::Contention => {
+                // The instrument goes first; the answer, kept, goes after it.
+                let _ = self.events.push(Event::Contention);
+                self.rx.handle_input(&[ENQ], now);
+                if let Some((_, a)) = &mut self.query {
+                    *a = Answer::Loaded;
+                }
+            }
+            SendEvent::Delivered => {
+                self.query = None;
+                let _ = self.events.push(Event::QueryAnswered { delivered: true });
+            }
+            SendEvent::Interrupted | SendEvent::Failed(_) => {
+                self.query = None;
+                let _ = self.events.push(Event::QueryAnswered { delivered: false });
+            }
+        }
+    }
+
+    /// Moves a finished transmission's query into waiting; starts a loaded answer when
+    /// the line is neutral.
+    fn step_query(&mut self, now: Instant) {
+        if self.query.is_none() {
+            if let Some(ids) = self.rx.take_query() {
+                self.query = Some((ids, Answer::Waiting(now + self.cfg.query_timeout)));
+                let _ = self.events.push(Event::Query);
+            }
+        }
+        let neutral = !self.rx.is_receiving() && !self.rx.commit_outstanding();
+        if let Some((_, a @ Answer::Loaded)) = &mut self.query {
+            if neutral && self.tx.is_held() {
+                *a = Answer::Sending;
+                self.tx.start(now);
+            }
+        }
+    }
+
     fn sender_events(&mut self, now: Instant) {
         while let Some(e) = self.tx.poll_event() {
+            if matches!(self.query, Some((_, Answer::Sending))) {
+                self.answer_event(e, now);
+                continue;
+            }
             let Some(order) = self.order.take() else {
                 continue;
             };
@@ -99,6 +174,7 @@ impl<B: Buffer> Link<B> {
                 SendEvent::Contention => {
                     // The instrument wins: its ENQ is the receiver's.
                     let _ = self.events.push(Event::Contention);
+                    self.tx.abort();
                     self.rx.handle_input(&[ENQ], now);
                     self.not_before = Some(now + self.cfg.contention_wait);
                     OrderOutcome::Deferred
@@ -130,7 +206,7 @@ impl<B: Buffer> Session for Link<B> {
             if self.events.room() < 2 {
                 break;
             }
-            if !self.tx.is_idle() {
+            if self.tx.is_sending() {
                 self.tx.handle_input(&input[used..=used], now);
                 used += 1;
                 self.sender_events(now);
@@ -142,6 +218,7 @@ impl<B: Buffer> Session for Link<B> {
             }
             used += n;
         }
+        self.step_query(now);
         used
     }
 
@@ -151,16 +228,30 @@ impl<B: Buffer> Session for Link<B> {
 
     fn commit_done(&mut self, ok: bool, now: Instant) {
         self.rx.commit_done(ok, now);
+        self.step_query(now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.rx.handle_timeout(now);
-        self.tx.handle_timeout(now);
+        // A sender waiting to bid again waits for the instrument's transmission to end.
+        if !self.rx.is_receiving() && !self.rx.commit_outstanding() {
+            self.tx.handle_timeout(now);
+        }
         self.sender_events(now);
+        if let Some((_, Answer::Waiting(d))) = self.query {
+            if now >= d {
+                // Nothing from the driver in time: "no information".
+                let _ = self.answer_query(None, now);
+            }
+        }
+        self.step_query(now);
     }
 
     fn handle_line_lost(&mut self, now: Instant) {
         self.rx.handle_line_lost(now);
+        if self.query.take().is_some_and(|(_, a)| a != Answer::Waiting(now)) {
+            let _ = self.events.push(Event::QueryAnswered { delivered: false });
+        }
         if let Some(order) = self.order.take() {
             self.tx.abort();
             let outcome = self.failed(order, OrderFailure::LineLost, now);
@@ -182,7 +273,12 @@ impl<B: Buffer> Session for Link<B> {
         let order_wait = self
             .not_before
             .filter(|_| self.orders_waiting && self.is_quiet() && !self.stopping);
-        [self.rx.poll_timeout(), self.tx.poll_timeout(), order_wait]
+        let answer = match self.query {
+            Some((_, Answer::Waiting(d))) => Some(d),
+            _ => None,
+        };
+        let sender = self.tx.poll_timeout().filter(|_| !self.rx.is_receiving());
+        [self.rx.poll_timeout(), sender, order_wait, answer]
             .into_iter()
             .flatten()
             .min()
@@ -202,6 +298,7 @@ impl<B: Buffer> Session for Link<B> {
             && !self.rx.commit_outstanding()
             && self.tx.is_idle()
             && self.order.is_none()
+            && self.query.is_none()
     }
 
     fn orders_waiting(&mut self, waiting: bool) {
@@ -213,6 +310,33 @@ impl<B: Buffer> Session for Link<B> {
             && !self.stopping
             && self.is_quiet()
             && self.not_before.map_or(true, |t| now >= t)
+    }
+
+    fn query(&self) -> Option<&Specimens> {
+        match &self.query {
+            Some((ids, Answer::Waiting(_))) => Some(ids),
+            _ => None,
+        }
+    }
+
+    fn answer_query(&mut self, answer: Option<&[u8]>, now: Instant) -> Result<(), OrderFailure> {
+        if !matches!(self.query, Some((_, Answer::Waiting(_)))) {
+            return Err(OrderFailure::Unsupported);
+        }
+        let text = answer.unwrap_or(NOTHING_KNOWN);
+        let r = match self.tx.load(text) {
+            Ok(()) => Ok(()),
+            // Too big for the sender: say "nothing" rather than nothing at all.
+            Err(_) => {
+                self.tx.load(NOTHING_KNOWN).map_err(|_| OrderFailure::BadSize)?;
+                Err(OrderFailure::BadSize)
+            }
+        };
+        if let Some((_, a)) = &mut self.query {
+            *a = Answer::Loaded;
+        }
+        self.step_query(now);
+        r
     }
 
     fn send_order(

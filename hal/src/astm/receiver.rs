@@ -40,6 +40,7 @@ use super::frame::{Decoded, FrameDecoder};
 use super::split::{Scan, Splitter, Summary};
 use super::{ACK, ENQ, EOT, NAK};
 use crate::buf::{Buffer, Queue};
+use crate::query::Specimens;
 use crate::session::{Commit, End, Event, MessageEnd, Piece, Reject};
 use crate::time::{Duration, Instant};
 
@@ -55,6 +56,9 @@ pub struct ReceiverConfig {
     pub max_message: usize,
     /// Time to wait for the next frame or EOT. Default 30 s.
     pub receive_timeout: Duration,
+    /// The Q-3 component a host query's specimen id is read from (1-based); `None`: the
+    /// first non-empty one.
+    pub query_id_component: Option<u32>,
 }
 
 impl Default for ReceiverConfig {
@@ -63,6 +67,7 @@ impl Default for ReceiverConfig {
             max_frame: 64 * 1024,
             max_message: 4 * 1024 * 1024,
             receive_timeout: Duration::from_secs(30),
+            query_id_component: None,
         }
     }
 }
@@ -88,12 +93,15 @@ enum Pending {
         etx: bool,
         after: Splitter,
         messages: u16,
+        /// Specimens of host queries among the messages this frame completes.
+        query: Option<Specimens>,
     },
     /// An open message ends without more text.
     Close {
         why: Close,
         end: End,
         summary: Summary,
+        query: Option<Specimens>,
     },
 }
 
@@ -110,6 +118,8 @@ pub struct Receiver<B> {
     has_last: bool,
     split: Splitter,
     pending: Option<Pending>,
+    /// Specimens of host queries received in this transmission (committed).
+    query: Option<Specimens>,
     line_lost_deferred: bool,
     busy: bool,
     interrupt: bool,
@@ -132,6 +142,7 @@ impl<B: Buffer> Receiver<B> {
             has_last: false,
             split: Splitter::default(),
             pending: None,
+            query: None,
             line_lost_deferred: false,
             busy: false,
             interrupt: false,
@@ -177,8 +188,29 @@ impl<B: Buffer> Receiver<B> {
         self.split.open_len()
     }
 
+    /// The specimens of the host queries of a transmission that has ended (committed
+    /// messages with Q records), once.
+    pub fn take_query(&mut self) -> Option<Specimens> {
+        if self.state == State::Neutral && self.pending.is_none() {
+            self.query.take()
+        } else {
+            None
+        }
+    }
+
+    /// Adds the specimens of a complete message's summary to `into`.
+    fn note_query(&self, into: &mut Option<Specimens>, end: &Option<End>, s: &Option<Summary>) {
+        if let (Some(End::Complete(_)), Some(s)) = (end, s) {
+            if s.queries > 0 {
+                into.get_or_insert_with(Specimens::default)
+                    .extend(&s.specimens(self.cfg.query_id_component));
+            }
+        }
+    }
+
     fn begin(&mut self, now: Instant) {
         self.state = State::Receiving;
+        self.query = None;
         self.decoder.reset();
         self.last.clear();
         self.has_last = false;
@@ -283,10 +315,12 @@ impl<B: Buffer> Receiver<B> {
         let text = frame.get(1..).unwrap_or(&[]);
         let mut scan = Scan::new(text, etx, self.split.clone(), self.cfg.max_message);
         let mut messages = 0u16;
+        let mut query = None;
         for p in scan.by_ref() {
             if matches!(p.end, Some(End::Complete(_))) {
                 messages = messages.saturating_add(1);
             }
+            self.note_query(&mut query, &p.end, &p.summary);
         }
         if scan.too_long() {
             self.reject(Reject::MessageTooLong);
@@ -297,6 +331,7 @@ impl<B: Buffer> Receiver<B> {
             etx,
             after: scan.state().clone(),
             messages,
+            query,
         });
         self.deadline = None;
     }
@@ -306,10 +341,13 @@ impl<B: Buffer> Receiver<B> {
             Some((_, summary)) => {
                 // Lenient: whatever the instrument sent before EOT is its message.
                 let end = End::Complete(MessageEnd::Eot);
+                let mut query = None;
+                self.note_query(&mut query, &Some(end.clone()), &Some(summary.clone()));
                 self.pending = Some(Pending::Close {
                     why: Close::Eot,
                     end,
                     summary,
+                    query,
                 });
                 self.deadline = None;
             }
@@ -357,8 +395,12 @@ impl<B: Buffer> Receiver<B> {
                 etx,
                 after,
                 messages,
+                query,
             } if ok => {
                 self.split = after;
+                if let Some(q) = query {
+                    self.query.get_or_insert_with(Specimens::default).extend(&q);
+                }
                 let frame = self.decoder.last_frame();
                 // Same limit as the decoder's buffer: it fits.
                 let _ = self.last.try_set(frame);
@@ -378,12 +420,15 @@ impl<B: Buffer> Receiver<B> {
                 self.event(Event::Refused);
                 self.reject(Reject::CommitFailed);
             }
-            Pending::Close { why, end, .. } => {
+            Pending::Close { why, end, query, .. } => {
                 if why == Close::Eot {
                     if !ok {
                         self.event(Event::Refused);
                     } else if matches!(end, End::Complete(_)) {
                         self.event(Event::Accepted { messages: 1 });
+                        if let Some(q) = query {
+                            self.query.get_or_insert_with(Specimens::default).extend(&q);
+                        }
                     }
                     self.end_transmission();
                 }
@@ -413,8 +458,11 @@ impl<B: Buffer> Receiver<B> {
                 why: Close::Abort,
                 end: End::Incomplete(why),
                 summary,
+                query: None,
             });
         }
+        // A query cut off by the line or the timer is not answered.
+        self.query = None;
         self.state = State::Neutral;
         self.deadline = None;
         self.interrupt = false;

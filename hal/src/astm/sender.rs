@@ -11,8 +11,9 @@
 //! - NAK to ENQ → wait `busy_retry` (10 s) before the next ENQ; at most `max_retries`
 //!   ENQs per message, then [`Event::Failed`] with [`Failure::NotEstablished`].
 //! - Contention: ENQ received while waiting for the reply to our ENQ → [`Event::Contention`]
-//!   and the sender goes idle, the message dropped: the caller decides what wins (the
-//!   host yields to the instrument, [`super::link::Link`]; an instrument may send again).
+//!   and the sender stops, *holding* the message: the caller decides what wins and whether
+//!   to [`Sender::start`] it again later or [`Sender::abort`] it (the host yields to the
+//!   instrument, [`super::link::Link`]; an instrument bids again).
 //! - Each frame is sent at most `max_retries` times in total (NAK, or any reply other
 //!   than ACK/EOT → resend the same frame, same FN); then EOT and [`Failure::FrameRetries`].
 //!   No reply within `reply_timeout` → EOT and [`Failure::NoReply`] (LIS1-A termination).
@@ -98,6 +99,8 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Idle,
+    /// A message is loaded but not being sent (before `start`, or after contention).
+    Held,
     WaitEnqReply,
     WaitBeforeEnq,
     WaitFrameReply,
@@ -147,6 +150,17 @@ impl<B: Buffer> Sender<B> {
         self.state == State::Idle
     }
 
+    /// True when a message is loaded but not being sent.
+    pub fn is_held(&self) -> bool {
+        self.state == State::Held
+    }
+
+    /// True while the other side's replies are this sender's (after our ENQ, after a
+    /// frame): bytes from the wire go to it, not to a receiver.
+    pub fn is_sending(&self) -> bool {
+        matches!(self.state, State::WaitEnqReply | State::WaitFrameReply)
+    }
+
     /// The records being sent (CR separated).
     pub fn message(&self) -> &[u8] {
         self.msg.as_slice()
@@ -155,6 +169,26 @@ impl<B: Buffer> Sender<B> {
     /// Queue a message (records separated by CR, LF or CR LF; the last record's end may be
     /// missing) and start establishment.
     pub fn send(&mut self, records: &[u8], now: Instant) -> Result<(), SendError> {
+        self.load(records)?;
+        self.start(now);
+        Ok(())
+    }
+
+    /// Start sending the loaded message (ENQ), from the beginning.
+    pub fn start(&mut self, now: Instant) {
+        if self.state != State::Held {
+            return;
+        }
+        self.off = 0;
+        self.len = 0;
+        self.fn_digit = 0;
+        self.enq_attempts = 0;
+        self.tx.clear();
+        self.send_enq(now);
+    }
+
+    /// Load a message without sending it yet ([`Sender::start`]).
+    pub fn load(&mut self, records: &[u8]) -> Result<(), SendError> {
         if self.state != State::Idle {
             return Err(SendError::Busy);
         }
@@ -174,12 +208,7 @@ impl<B: Buffer> Sender<B> {
         if self.msg.is_empty() {
             return Err(SendError::BadSize);
         }
-        self.off = 0;
-        self.len = 0;
-        self.fn_digit = 0;
-        self.enq_attempts = 0;
-        self.tx.clear();
-        self.send_enq(now);
+        self.state = State::Held;
         Ok(())
     }
 
@@ -259,9 +288,8 @@ impl<B: Buffer> Sender<B> {
                 }
                 (State::WaitEnqReply, NAK) => self.retry_enq_later(now),
                 (State::WaitEnqReply, ENQ) => {
-                    self.state = State::Idle;
+                    self.state = State::Held;
                     self.deadline = None;
-                    self.msg.clear();
                     let _ = self.events.push(Event::Contention);
                 }
                 // A reply before the frame went out is not about that frame.
@@ -310,7 +338,7 @@ impl<B: Buffer> Sender<B> {
             }
             State::WaitBeforeEnq => self.send_enq(now),
             State::WaitFrameReply => self.finish(Event::Failed(Failure::NoReply)),
-            State::Idle => self.deadline = None,
+            State::Idle | State::Held => self.deadline = None,
         }
     }
 
@@ -396,9 +424,9 @@ mod tests {
         out(&mut s);
         s.handle_input(&[ENQ], t);
         assert_eq!(s.poll_event(), Some(Event::Contention));
-        assert!(s.is_idle());
-        s.send(b"H|\\^&\r", t).unwrap();
-        out(&mut s);
+        assert!(s.is_held(), "the message is kept");
+        s.start(t);
+        assert_eq!(&out(&mut s)[..], [ENQ]);
         s.handle_input(&[NAK], t);
         assert_eq!(s.poll_timeout(), Some(t + cfg.busy_retry));
         s.handle_timeout(t + cfg.busy_retry);

@@ -31,6 +31,8 @@ use crate::session::{End, MessageEnd, Piece};
 pub const HEADER_KEEP: usize = 128;
 /// Longest sender name kept in a summary.
 pub const SENDER_KEEP: usize = 64;
+/// Bytes of a message's Q records kept (a host query's specimen ids are read from them).
+pub const QUERY_KEEP: usize = 1024;
 
 const LF: u8 = b'\n';
 
@@ -49,6 +51,21 @@ pub struct Summary {
     pub results: u32,
     /// Q records (a host query).
     pub queries: u32,
+    /// The Q records' text (CR-separated, at most [`QUERY_KEEP`] bytes: see `query_cut`).
+    pub query_text: heapless::Vec<u8, QUERY_KEEP>,
+    /// Some Q record text did not fit.
+    pub query_cut: bool,
+    /// The message's delimiters (from its H record; default `|\^&`).
+    pub delimiters: Delimiters,
+}
+
+impl Summary {
+    /// The specimens the message's Q records ask about (see [`crate::query`]).
+    pub fn specimens(&self, component: Option<u32>) -> crate::query::Specimens {
+        let mut s = crate::query::astm_specimens(&self.query_text, self.delimiters, component);
+        s.truncated |= self.query_cut;
+        s
+    }
 }
 
 /// The boundary state between two bytes of a text.
@@ -67,6 +84,15 @@ pub struct Splitter {
     /// The first bytes of the message's H record.
     header: heapless::Vec<u8, HEADER_KEEP>,
     counts: Summary,
+}
+
+impl Splitter {
+    /// Keeps a byte of a Q record.
+    fn keep_query(&mut self, b: u8) {
+        if self.rec_type == b'Q' && self.counts.query_text.push(b).is_err() {
+            self.counts.query_cut = true;
+        }
+    }
 }
 
 /// What one byte did.
@@ -121,6 +147,7 @@ impl Splitter {
     fn take_summary(&mut self) -> Summary {
         let mut s = core::mem::take(&mut self.counts);
         if let Some(d) = Delimiters::from_header(&self.header) {
+            s.delimiters = d;
             let sender = Record::new(&self.header, d)
                 .field(5)
                 .and_then(|f| f.component(1))
@@ -180,12 +207,16 @@ impl Splitter {
             self.rec_second = 0;
             self.rec_len = 1;
             self.count(b, 1);
+            self.keep_query(b);
             if b == b'H' && self.len == 1 {
                 let _ = self.header.push(b);
             }
             return Step::In;
         }
         if b == CR {
+            if self.rec_len > 0 {
+                self.keep_query(CR);
+            }
             let (len, ty, second) = (self.rec_len, self.rec_type, self.rec_second);
             self.rec_len = 0;
             let is_l = len > 0 && ty == b'L' && (len == 1 || !second.is_ascii_alphanumeric());
@@ -200,6 +231,7 @@ impl Splitter {
             return Step::In;
         }
         self.rec_len += 1;
+        self.keep_query(b);
         let mut step = Step::In;
         if self.rec_len == 2 {
             self.rec_second = b;

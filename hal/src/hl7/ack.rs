@@ -168,6 +168,29 @@ pub fn build_ack(orig: &MshView<'_>, code: AckCode, p: &AckParams<'_>) -> Vec<u8
 /// [`build_ack`] into any [`Sink`].
 pub fn build_ack_into(orig: &MshView<'_>, code: AckCode, p: &AckParams<'_>, out: &mut impl Sink) {
     let d = orig.delimiters();
+    let trigger = orig.message_type().trigger;
+    let mut ty = heapless::Vec::<u8, 24>::new();
+    let _ = ty.extend_from_slice(b"ACK");
+    if !trigger.is_empty() && trigger.len() <= 8 {
+        let _ = ty.push(d.component);
+        let _ = ty.extend_from_slice(trigger);
+        let _ = ty.push(d.component);
+        let _ = ty.extend_from_slice(b"ACK");
+    }
+    write_reply_msh(orig, &ty, p, out);
+    write_msa_err(out, &d, code, orig.control_id(), orig.version(), p);
+}
+
+/// The MSH segment (CR-terminated) of a reply to `orig`: its separators, sender and
+/// receiver swapped, MSH-9 `msg_type` (components already joined with the message's
+/// component separator), MSH-7 and MSH-10 from `p`, MSH-11/12 and MSH-18 copied.
+pub fn write_reply_msh(
+    orig: &MshView<'_>,
+    msg_type: &[u8],
+    p: &AckParams<'_>,
+    out: &mut impl Sink,
+) {
+    let d = orig.delimiters();
     let f = d.field;
     out.put_all(b"MSH");
     out.put(f);
@@ -186,14 +209,7 @@ pub fn build_ack_into(orig: &MshView<'_>, code: AckCode, p: &AckParams<'_>, out:
     escape_into(p.timestamp, &d, out);
     out.put(f); // MSH-8 security
     out.put(f);
-    out.put_all(b"ACK");
-    let trigger = orig.message_type().trigger;
-    if !trigger.is_empty() {
-        out.put(d.component);
-        out.put_all(trigger);
-        out.put(d.component);
-        out.put_all(b"ACK");
-    }
+    out.put_all(msg_type);
     out.put(f);
     escape_into(p.control_id, &d, out);
     out.put(f);
@@ -207,7 +223,6 @@ pub fn build_ack_into(orig: &MshView<'_>, code: AckCode, p: &AckParams<'_>, out:
         out.put_all(charset);
     }
     out.put(b'\r');
-    write_msa_err(out, &d, code, orig.control_id(), orig.version(), p);
 }
 
 /// A minimal ACK for bytes that are not HL7 at all: default separators, empty

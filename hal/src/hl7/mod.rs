@@ -11,10 +11,11 @@
 //! The pieces on their own (the session does this for a driver):
 //!
 //! ```
-//! use labagent_hal::buf::VecBuf;
+//! use labagent_hal::buf::Bounded;
 //! use labagent_hal::hl7::{ack, mllp, msh::MshView};
-//! let mut framer = mllp::MllpFramer::<VecBuf>::new(64 * 1024);
-//! let mut replies = Vec::new();
+//! // A fixed buffer, as on a microcontroller (with `alloc`, `VecBuf` grows instead).
+//! let mut framer = mllp::MllpFramer::<heapless::Vec<u8, 1024>>::new(1024);
+//! let mut reply = heapless::Vec::<u8, 256>::new();
 //! framer.feed(b"\x0bMSH|^~\\&|A|B|C|D|2024||ORU^R01|42|P|2.4\r\x1c\r", |ev| {
 //!     if let mllp::MllpEvent::Message(msg) = ev {
 //!         let view = MshView::new_checked(msg).ok();
@@ -23,15 +24,16 @@
 //!         let params = ack::AckParams { timestamp: b"20240101120000", control_id: b"1",
 //!                                       text: None, error: None };
 //!         if let Some(code) = ack::decide_ack(view.as_ref(), ack::AckMode::Original, outcome) {
-//!             let body = match &view {
-//!                 Some(v) => ack::build_ack(v, code, &params),
-//!                 None => ack::build_minimal_ack(code, &params),
-//!             };
-//!             replies.push(mllp::encode(&body));
+//!             let mut out = Bounded::new(&mut reply);
+//!             match &view {
+//!                 Some(v) => ack::build_ack_into(v, code, &params, &mut out),
+//!                 None => ack::build_minimal_ack_into(code, &params, &mut out),
+//!             }
+//!             out.finish().expect("fits");
 //!         }
 //!     }
 //! });
-//! assert!(replies[0].windows(9).any(|w| w == b"MSA|AA|42"));
+//! assert!(reply.windows(9).any(|w| w == b"MSA|AA|42"));
 //! ```
 
 pub mod ack;

@@ -29,6 +29,16 @@
 //! committed and acknowledged as usual; its answer to the order is neither committed nor
 //! acknowledged (an ACK is never ACKed).
 //!
+//! # Host queries
+//!
+//! A QRY^Q02 or QBP^Q11 ([`crate::query::hl7_query`]) is committed like any message; then,
+//! instead of the plain ACK, the session raises [`Event::Query`] and waits for
+//! [`Session::answer_query`] until `query_timeout`: the upstream's messages as they are
+//! (one or more, each starting with MSH, sent in order — Mindray answers QRY^Q02 with
+//! QCK^Q02 then DSR^Q03), or, with `None` or at the deadline, QCK^Q02 / RSP^K11 with
+//! QAK-2 `NF` and MSA-2 echoing the query's MSH-10 — whatever MSH-15/16 say. The
+//! instrument's ACKs of the answer's messages are neither committed nor acknowledged.
+//!
 //! # Time
 //!
 //! The ACK's MSH-7 is wall-clock time, which the driver supplies with
@@ -36,6 +46,7 @@
 //! without a clock would). Its MSH-10 is the session's `id_prefix` plus a counter.
 
 use super::ack::{self, AckError, AckMode, AckParams, Outcome};
+use crate::query::{hl7_query, Hl7Query, Specimens};
 use super::mllp::{self, MllpEvent, MllpFramer};
 use super::msh::{MshError, MshView};
 use crate::buf::{Bounded, Buffer, Queue, Sink};
@@ -61,6 +72,8 @@ pub struct Hl7Config {
     pub orders: OrderPolicy,
     /// How long the instrument has to acknowledge an order. Default 30 s.
     pub ack_timeout: Duration,
+    /// How long after a host query its answer may wait for the driver. Default 5 s.
+    pub query_timeout: Duration,
 }
 
 impl Default for Hl7Config {
@@ -70,14 +83,30 @@ impl Default for Hl7Config {
             mode: AckMode::Original,
             orders: OrderPolicy::default(),
             ack_timeout: Duration::from_secs(30),
+            query_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Bytes of a query kept to answer it (its MSH, QRD and QPD segments).
+pub const QUERY_HEAD: usize = 1024;
+
+/// A host query waiting for its answer.
+#[derive(Debug)]
+struct Query {
+    kind: Hl7Query,
+    ids: Specimens,
+    deadline: Instant,
+    /// The query's MSH, QRD and QPD segments, CR-terminated.
+    head: heapless::Vec<u8, QUERY_HEAD>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
     /// A parsed message, in the framer's buffer.
     Message,
+    /// A host query, in the framer's buffer.
+    Query,
     /// Bytes that are not HL7, in the framer's buffer.
     NotHl7(&'static str),
 }
@@ -105,6 +134,9 @@ pub struct Hl7Session<B> {
     orders_waiting: bool,
     not_before: Option<Instant>,
     stopping: bool,
+    query: Option<Query>,
+    /// MSH-10 of the answer messages sent: the instrument's ACKs of them are absorbed.
+    answered: heapless::Vec<heapless::Vec<u8, MAX_CONTROL_ID>, 8>,
     events: Queue<Event, 4>,
 }
 
@@ -170,8 +202,112 @@ impl<B: Buffer> Hl7Session<B> {
             orders_waiting: false,
             not_before: None,
             stopping: false,
+            query: None,
+            answered: heapless::Vec::new(),
             events: Queue::new(),
         }
+    }
+
+    fn next_id(&mut self) -> heapless::Vec<u8, 24> {
+        let mut id = heapless::Vec::<u8, 24>::new();
+        let _ = id.extend_from_slice(&self.id_prefix);
+        let _ = push_decimal(&mut id, self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// A query was committed: keep what its answer needs and ask the driver.
+    fn begin_query(&mut self, now: Instant) {
+        let Some(MllpEvent::Message(m)) = self.framer.poll_event() else {
+            return;
+        };
+        let Ok(v) = MshView::new_checked(m) else {
+            return;
+        };
+        let Some((kind, ids)) = hl7_query(&v) else {
+            return;
+        };
+        let f = v.delimiters().field;
+        let mut head = heapless::Vec::new();
+        for seg in v.segments() {
+            let id = seg.split(|&b| b == f).next().unwrap_or(&[]);
+            if matches!(id, b"MSH" | b"QRD" | b"QPD")
+                && head.extend_from_slice(seg).is_ok()
+            {
+                let _ = head.push(b'\r');
+            }
+        }
+        self.query = Some(Query {
+            kind,
+            ids,
+            deadline: now + self.cfg.query_timeout,
+            head,
+        });
+        let _ = self.events.push(Event::Query);
+    }
+
+    /// Queues the "nothing known" answer to the waiting query (QCK^Q02 / RSP^K11, QAK-2 NF).
+    fn answer_nothing(&mut self) {
+        let Some(q) = self.query.take() else { return };
+        let Ok(v) = MshView::new_checked(&q.head) else {
+            return;
+        };
+        let d = v.delimiters();
+        let f = d.field;
+        let (ty, tag_seg, tag_field): (&[u8], &[u8], usize) = match q.kind {
+            Hl7Query::Qry02 => (b"QCK^Q02", b"QRD", 4),
+            Hl7Query::Qbp11 => (b"RSP^K11^RSP_K11", b"QPD", 2),
+        };
+        let mut ty_v = heapless::Vec::<u8, 24>::new();
+        for &b in ty {
+            let _ = ty_v.push(if b == b'^' { d.component } else { b });
+        }
+        let mut tag: &[u8] = &[];
+        let mut qpd: &[u8] = &[];
+        for seg in v.segments() {
+            let mut fields = seg.split(|&b| b == f);
+            let name = fields.next().unwrap_or(&[]);
+            if name == tag_seg {
+                tag = fields.nth(tag_field - 1).unwrap_or(&[]);
+            }
+            if name == b"QPD" {
+                qpd = seg;
+            }
+        }
+        let id = self.next_id();
+        let ts = self.wall.map(crate::time::hl7_timestamp);
+        let p = AckParams {
+            timestamp: ts.as_ref().map_or(&[][..], |t| &t[..]),
+            control_id: &id,
+            text: None,
+            error: None,
+        };
+        self.tx.clear();
+        self.tx_sent = 0;
+        let mut out = Bounded::new(&mut self.tx);
+        out.put(mllp::VT);
+        ack::write_reply_msh(&v, &ty_v, &p, &mut out);
+        out.put_all(b"MSA");
+        out.put(f);
+        out.put_all(b"AA");
+        out.put(f);
+        out.put_all(v.control_id());
+        out.put(b'\r');
+        out.put_all(b"QAK");
+        out.put(f);
+        out.put_all(tag);
+        out.put(f);
+        out.put_all(b"NF");
+        out.put(b'\r');
+        if q.kind == Hl7Query::Qbp11 && !qpd.is_empty() {
+            out.put_all(qpd);
+            out.put(b'\r');
+        }
+        out.put_all(&[mllp::FS, mllp::CR]);
+        if out.finish().is_err() {
+            self.tx.clear();
+        }
+        let _ = self.events.push(Event::QueryAnswered { delivered: true });
     }
 
     /// The wall clock, in Unix seconds, for the MSH-7 of the next ACKs.
@@ -246,6 +382,12 @@ impl<B: Buffer> Hl7Session<B> {
         };
         match ev {
             MllpEvent::Message(m) => {
+                if self.answered.iter().any(|id| ack_code_for(m, id).is_some()) {
+                    // The instrument's ACK of our answer to its query (Mindray ACKs the
+                    // DSR): not a message to store or acknowledge.
+                    self.framer.release();
+                    return;
+                }
                 let answer = self
                     .order
                     .as_ref()
@@ -267,6 +409,7 @@ impl<B: Buffer> Hl7Session<B> {
                     return;
                 }
                 self.pending = Some(match MshView::new_checked(m) {
+                    Ok(v) if hl7_query(&v).is_some() => Pending::Query,
                     Ok(_) => Pending::Message,
                     Err(e) => Pending::NotHl7(not_hl7_reason(e)),
                 });
@@ -328,21 +471,27 @@ impl<B: Buffer> Session for Hl7Session<B> {
             cr: false,
             begins: true,
             end: Some(match p {
-                Pending::Message => End::Complete(MessageEnd::Terminator),
+                Pending::Message | Pending::Query => End::Complete(MessageEnd::Terminator),
                 Pending::NotHl7(why) => End::Rejected(why),
             }),
             summary: None,
         })))
     }
 
-    fn commit_done(&mut self, ok: bool, _now: Instant) {
+    fn commit_done(&mut self, ok: bool, now: Instant) {
         let Some(p) = self.pending.take() else { return };
         match p {
+            Pending::Query if ok => {
+                let _ = self.events.push(Event::Accepted { messages: 1 });
+                // A query still unanswered gets "nothing" now: the new one replaces it.
+                self.answer_nothing();
+                self.begin_query(now);
+            }
             Pending::Message if ok => {
                 let _ = self.events.push(Event::Accepted { messages: 1 });
                 self.queue_ack(Outcome::Accepted, None, None);
             }
-            Pending::Message => {
+            Pending::Message | Pending::Query => {
                 let _ = self.events.push(Event::Refused);
                 self.queue_ack(
                     Outcome::StoreRefused,
@@ -367,6 +516,9 @@ impl<B: Buffer> Session for Hl7Session<B> {
     fn handle_timeout(&mut self, now: Instant) {
         if self.order.as_ref().is_some_and(|f| now >= f.deadline) {
             self.order_failed(OrderFailure::NoAck, now);
+        }
+        if self.query.as_ref().is_some_and(|q| now >= q.deadline) && self.tx_empty() {
+            self.answer_nothing();
         }
     }
 
@@ -401,10 +553,14 @@ impl<B: Buffer> Session for Hl7Session<B> {
         let order_wait = self
             .not_before
             .filter(|_| self.orders_waiting && self.order.is_none() && !self.stopping);
-        [self.order.as_ref().map(|f| f.deadline), order_wait]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.order.as_ref().map(|f| f.deadline),
+            order_wait,
+            self.query.as_ref().map(|q| q.deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn max_transmit(&self) -> usize {
@@ -416,7 +572,11 @@ impl<B: Buffer> Session for Hl7Session<B> {
     }
 
     fn is_quiet(&self) -> bool {
-        !self.framer.in_block() && self.pending.is_none() && self.order.is_none() && self.tx_empty()
+        !self.framer.in_block()
+            && self.pending.is_none()
+            && self.order.is_none()
+            && self.query.is_none()
+            && self.tx_empty()
     }
 
     fn orders_waiting(&mut self, waiting: bool) {
@@ -428,6 +588,64 @@ impl<B: Buffer> Session for Hl7Session<B> {
             && !self.stopping
             && self.is_quiet()
             && self.not_before.map_or(true, |t| now >= t)
+    }
+
+    fn query(&self) -> Option<&Specimens> {
+        self.query.as_ref().map(|q| &q.ids)
+    }
+
+    fn answer_query(&mut self, answer: Option<&[u8]>, _now: Instant) -> Result<(), OrderFailure> {
+        if self.query.is_none() || !self.tx_empty() {
+            return Err(OrderFailure::Unsupported);
+        }
+        let Some(text) = answer else {
+            self.answer_nothing();
+            return Ok(());
+        };
+        // Each message of the answer in its own block, in order; a message that is not
+        // HL7 (or does not fit) makes the whole answer "nothing known".
+        self.tx.clear();
+        self.tx_sent = 0;
+        self.answered.clear();
+        let mut ok = true;
+        let mut open = false;
+        for seg in text.split(|&b| b == b'\r' || b == b'\n') {
+            if seg.is_empty() {
+                continue;
+            }
+            if seg.starts_with(b"MSH") {
+                if open {
+                    ok &= self.tx.try_extend(&[mllp::FS, mllp::CR]).is_ok();
+                }
+                ok &= self.tx.try_push(mllp::VT).is_ok();
+                open = true;
+            }
+            ok &= open && self.tx.try_extend(seg).is_ok() && self.tx.try_push(b'\r').is_ok();
+        }
+        ok &= open && self.tx.try_extend(&[mllp::FS, mllp::CR]).is_ok();
+        if ok {
+            let mut ids: heapless::Vec<heapless::Vec<u8, MAX_CONTROL_ID>, 8> = heapless::Vec::new();
+            for b in self.tx.as_slice().split(|&b| b == mllp::VT).skip(1) {
+                let body = b.strip_suffix(&[mllp::FS, mllp::CR]).unwrap_or(b);
+                match MshView::new_checked(body) {
+                    Ok(v) => {
+                        let id = heapless::Vec::from_slice(v.control_id()).unwrap_or_default();
+                        let _ = ids.push(id);
+                    }
+                    Err(_) => ok = false,
+                }
+            }
+            self.answered = ids;
+        }
+        if !ok {
+            self.tx.clear();
+            self.answered.clear();
+            self.answer_nothing();
+            return Err(OrderFailure::Invalid);
+        }
+        self.query = None;
+        let _ = self.events.push(Event::QueryAnswered { delivered: true });
+        Ok(())
     }
 
     fn send_order(
