@@ -53,7 +53,10 @@ impl Board {
             ok,
             "qemu-system-arm is missing: apt-get install qemu-system-arm (tests/run.sh does this)"
         );
-        let (port0, port1) = (free_port(), free_port());
+        let port0 = free_port();
+        let port1 = std::iter::repeat_with(free_port)
+            .find(|&p| p != port0)
+            .unwrap();
         let mut cmd = Command::new(labagent_tests::repo_path("cross/qemu-firmware"));
         cmd.arg(port0.to_string())
             .arg(port1.to_string())
