@@ -28,6 +28,8 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 dpkg -s ca-certificates >/dev/null 2>&1 || missing+=(ca-certificates)
+# The bare-metal firmware under system emulation (firmware_qemu.rs).
+command -v qemu-system-arm >/dev/null 2>&1 || missing+=(qemu-system-arm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing: ${missing[*]}"
   as_root apt-get update -qq
@@ -51,13 +53,22 @@ fi
 # The hal must build for a bare-metal target (no_std + alloc).
 rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
 rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1 || rustup target add aarch64-unknown-linux-musl
+# The firmware (cross/firmware, its own workspace) is built for a Cortex-M3.
+rustup target add thumbv7m-none-eabi >/dev/null 2>&1 || rustup target add thumbv7m-none-eabi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-echo "==> hal builds for thumbv7em-none-eabihf (no_std)"
-cargo build --quiet -p labagent-hal --no-default-features --target thumbv7em-none-eabihf
+echo "==> hal without alloc: builds for thumbv7m-none-eabi, and its tests pass (no heap buffers)"
+cargo build --quiet -p labagent-hal --no-default-features --target thumbv7m-none-eabi
+cargo test --quiet -p labagent-hal --no-default-features
+echo "==> firmware (cross/firmware): fmt, clippy, host tests, release build for thumbv7m-none-eabi"
+fw=cross/firmware/Cargo.toml
+cargo fmt --manifest-path "$fw" -- --check
+cargo clippy --quiet --manifest-path "$fw" --release --target thumbv7m-none-eabi -- -D warnings
+cargo test --quiet --manifest-path "$fw" --lib --target "$(rustc -vV | sed -n 's/^host: //p')"
+cargo build --quiet --manifest-path "$fw" --release --target thumbv7m-none-eabi
 echo "==> build binaries (end-to-end tests run the real labagent)"
 cargo build --quiet --workspace --bins --examples
 echo "==> dependency duplicates against tests/duplicates.allow"

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use labagent::simulate::wire::{PtyWire, SerialWire, Wire};
-use labagent::simulate::{self, AstmInstrument, Pacer, Sent};
+use labagent::simulate::{self, AstmInstrument, Faults, Pacer, Sent};
 
 use super::exit;
 
@@ -48,6 +48,26 @@ pub struct SimulateArgs {
     /// How long to wait for the agent to open the port or accept the connection.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub open_timeout: u64,
+    /// ASTM: fill each frame with up to 240 text bytes across record boundaries (several
+    /// records per frame, records split anywhere, ETX only on a message's last frame), as
+    /// some instruments do. Default: each record starts a frame and ends in an ETX frame.
+    #[arg(long)]
+    pub pack_records: bool,
+    /// ASTM: send frame N of the run (counted from 1 over all messages; a retransmission
+    /// is not a new frame) once with a corrupted byte. The receiver must answer NAK; the
+    /// frame then goes again unchanged. A line reports the answer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub corrupt_frame: Option<u64>,
+    /// ASTM: send frame N of the run twice: after its ACK the same bytes again, as when an
+    /// ACK is lost. The receiver must ACK the copy and drop it. A line reports the answer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub duplicate_frame: Option<u64>,
+    /// ASTM: give up an ENQ that gets no answer within SECS (EOT) and send another, with no
+    /// limit on attempts, until the receiver answers (one that is still starting, such as
+    /// firmware under QEMU). Default: LIS1-A's 15 s reply timer, then 10 s between at most
+    /// 6 ENQs per message.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..15))]
+    pub enq_timeout: Option<u64>,
     /// Files of records (ASTM: H…L, one record per line; HL7: segments, a message per
     /// MSH). None: the bundled samples.
     pub files: Vec<PathBuf>,
@@ -130,6 +150,19 @@ fn line(i: usize, n: usize, name: &str, s: &Sent) -> String {
 }
 
 pub fn run(args: &SimulateArgs) -> u8 {
+    let astm_only = [
+        ("--pack-records", args.pack_records),
+        ("--corrupt-frame", args.corrupt_frame.is_some()),
+        ("--duplicate-frame", args.duplicate_frame.is_some()),
+        ("--enq-timeout", args.enq_timeout.is_some()),
+    ];
+    if let Some((flag, _)) = astm_only
+        .iter()
+        .find(|(_, set)| *set && args.protocol != Proto::Astm)
+    {
+        eprintln!("labagent simulate: {flag} is for --protocol astm only");
+        return exit::CONFIG;
+    }
     let messages = match load(args) {
         Ok(m) => m,
         Err(e) => {
@@ -157,6 +190,13 @@ pub fn run(args: &SimulateArgs) -> u8 {
                 println!("{}", line(i, n, &names[i], s));
                 i += 1;
             }));
+            inst.sender.pack_records = args.pack_records;
+            inst.faults = Faults {
+                corrupt_frame: args.corrupt_frame,
+                duplicate_frame: args.duplicate_frame,
+                enq_timeout: args.enq_timeout.map(Duration::from_secs),
+            };
+            inst.on_note = Some(Box::new(|note: &str| println!("{note}")));
             let r = inst.send_all(&mut *wire, &bodies);
             if r.is_ok() && args.wait_orders > 0 {
                 let deadline = Instant::now() + Duration::from_secs(args.wait_orders);

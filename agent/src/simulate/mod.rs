@@ -11,6 +11,7 @@
 //! bytes as fast as memory — behaves like a line and throughput can be compared with line
 //! rate.
 
+pub mod faults;
 pub mod pty;
 pub mod upstream;
 pub mod wire;
@@ -21,10 +22,12 @@ use std::time::{Duration, Instant};
 use labagent_hal::astm::receiver::{Receiver, ReceiverConfig};
 use labagent_hal::astm::record::split_messages;
 use labagent_hal::astm::sender::{Event as TxEvent, Sender, SenderConfig};
+use labagent_hal::astm::EOT;
 use labagent_hal::buf::VecBuf;
 use labagent_hal::session::End;
 use labagent_hal::time::Instant as HalInstant;
 
+pub use faults::Faults;
 pub use wire::{PtyWire, Wire};
 
 /// Bundled ASTM samples (written for labagent; no patient data): what `simulate` sends
@@ -125,6 +128,8 @@ impl Pacer {
 
 /// Called with each message's fate.
 pub type OnSent = Box<dyn FnMut(&Sent) + Send>;
+/// Called with a line about each injected fault and the answer it got.
+pub type OnNote = Box<dyn FnMut(&str) + Send>;
 
 /// An ASTM instrument: sends messages with the E1381 sender, answers the agent's orders
 /// with the receiver.
@@ -139,6 +144,10 @@ pub struct AstmInstrument {
     /// Called with each message as it is delivered or fails.
     pub on_sent: Option<OnSent>,
     pub received: Received,
+    /// Faults to inject on purpose, and ENQ without a limit of attempts ([`faults`]).
+    pub faults: Faults,
+    /// Called with a line about each injected fault.
+    pub on_note: Option<OnNote>,
 }
 
 impl AstmInstrument {
@@ -151,6 +160,8 @@ impl AstmInstrument {
             start: Instant::now(),
             on_sent: None,
             received: Received::default(),
+            faults: Faults::default(),
+            on_note: None,
         }
     }
 
@@ -175,6 +186,7 @@ impl AstmInstrument {
         let mut out = vec![0u8; tx.max_transmit()];
         let mut buf = [0u8; 1024];
         let mut results = Vec::new();
+        let mut inject = faults::Injector::new(self.faults.clone());
         for m in messages {
             let t0 = Instant::now();
             if let Err(e) = tx.send(m, self.now()) {
@@ -202,6 +214,13 @@ impl AstmInstrument {
                         let _ = tx.send(m, self.now());
                     }
                 }
+                if inject.enq_deadline().is_some_and(|t| Instant::now() >= t) && !tx.is_idle() {
+                    // The receiver may not be up yet: end the bid, then bid again.
+                    inject.enq_given_up();
+                    tx.abort();
+                    self.pacer.write(w, &[EOT])?;
+                    let _ = tx.send(m, self.now());
+                }
                 while let Some(ev) = tx.poll_event() {
                     match ev {
                         // The host bid for the line at the same time. The instrument
@@ -219,8 +238,12 @@ impl AstmInstrument {
                 }
                 self.pump_receiver(&mut rx, w)?;
                 while let Some(n) = tx.poll_transmit(&mut out) {
-                    self.pacer.write(w, &out[..n])?;
+                    match inject.outgoing(&out[..n], Instant::now()) {
+                        Some(bad) => self.pacer.write(w, &bad)?,
+                        None => self.pacer.write(w, &out[..n])?,
+                    }
                 }
+                self.notes(&mut inject);
                 if let Some(d) = done {
                     break d;
                 }
@@ -228,13 +251,21 @@ impl AstmInstrument {
                 if let Some(t) = bid_again {
                     wait = wait.min(t.saturating_duration_since(Instant::now()));
                 }
+                if let Some(t) = inject.enq_deadline() {
+                    wait = wait.min(t.saturating_duration_since(Instant::now()));
+                }
                 let n = w.read_timeout(&mut buf, wait.max(Duration::from_millis(1)))?;
                 let now = self.now();
                 if n > 0 {
                     if tx.is_idle() {
+                        inject.heard();
                         self.feed_receiver(&mut rx, &buf[..n], w)?;
                     } else {
-                        tx.handle_input(&buf[..n], now);
+                        let (reply, copy) = inject.incoming(&buf[..n]);
+                        if let Some(copy) = copy {
+                            self.pacer.write(w, &copy)?;
+                        }
+                        tx.handle_input(reply, now);
                     }
                 }
                 tx.handle_timeout(now);
@@ -249,7 +280,17 @@ impl AstmInstrument {
             self.report(&s);
             results.push(s);
         }
+        inject.notes.extend(inject.unapplied());
+        self.notes(&mut inject);
         Ok(results)
+    }
+
+    fn notes(&mut self, inject: &mut faults::Injector) {
+        for n in inject.notes.drain(..) {
+            if let Some(f) = self.on_note.as_mut() {
+                f(&n);
+            }
+        }
     }
 
     /// Listens for the agent's orders until `deadline` (or `max` messages), ACKing frames.
