@@ -51,7 +51,6 @@ if [ ! -d tests/fhir/node_modules/@medplum/core ]; then
 fi
 
 # The hal must build for a bare-metal target (no_std + alloc).
-rustup target add thumbv7em-none-eabihf >/dev/null 2>&1 || rustup target add thumbv7em-none-eabihf
 rustup target add aarch64-unknown-linux-musl >/dev/null 2>&1 || rustup target add aarch64-unknown-linux-musl
 # The firmware (cross/firmware, its own workspace) is built for a Cortex-M3.
 rustup target add thumbv7m-none-eabi >/dev/null 2>&1 || rustup target add thumbv7m-none-eabi
