@@ -71,7 +71,10 @@ impl Specimens {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
     let e = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -163,7 +166,10 @@ mod tests {
         assert_eq!(ids(&astm_specimens(roche, d, None)), [&b"0000000387"[..]]);
         assert_eq!(ids(&astm_specimens(roche, d, Some(4))), [&b"587"[..]]);
         let two = b"Q|1|VALI1||ALL\rQ|2|VALI2||ALL\rQ|3|VALI1||ALL\r";
-        assert_eq!(ids(&astm_specimens(two, d, None)), [&b"VALI1"[..], b"VALI2"]);
+        assert_eq!(
+            ids(&astm_specimens(two, d, None)),
+            [&b"VALI1"[..], b"VALI2"]
+        );
     }
 
     #[test]
@@ -171,11 +177,17 @@ mod tests {
         let qry = b"MSH|^~\\&|||||20120508104700||QRY^Q02|4|P|2.3.1||||||ASCII|||\rQRD|20120508104700|R|D|1|||RD|0019|OTH|||T|\rQRF||||||RCT|COR|ALL||\r";
         let v = MshView::new_checked(qry).unwrap();
         let (k, s) = hl7_query(&v).unwrap();
-        assert_eq!((k, ids(&s).as_slice()), (Hl7Query::Qry02, &[&b"0019"[..]][..]));
+        assert_eq!(
+            (k, ids(&s).as_slice()),
+            (Hl7Query::Qry02, &[&b"0019"[..]][..])
+        );
         let qbp = b"MSH|^~\\&|AN|A|LIS|L|2024||QBP^Q11^QBP_Q11|9|P|2.5.1\rQPD|WOS^Work Order Step^IHE_LABTF|Q1|S123^^^LAB~S124\rRCP|I||R\r";
         let v = MshView::new_checked(qbp).unwrap();
         let (k, s) = hl7_query(&v).unwrap();
-        assert_eq!((k, ids(&s).as_slice()), (Hl7Query::Qbp11, &[&b"S123"[..], b"S124"][..]));
+        assert_eq!(
+            (k, ids(&s).as_slice()),
+            (Hl7Query::Qbp11, &[&b"S123"[..], b"S124"][..])
+        );
         let oru = b"MSH|^~\\&|A|B|C|D|2024||ORU^R01|1|P|2.5\r";
         assert!(hl7_query(&MshView::new_checked(oru).unwrap()).is_none());
     }

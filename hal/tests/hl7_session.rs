@@ -81,9 +81,8 @@ fn every_fixture_is_committed_whole_then_acknowledged() {
     let want: Vec<Vec<u8>> = all.iter().map(|(_, m)| m.clone()).collect();
     assert_eq!(model.texts(), want);
     // A host query (QRY^Q02) gets its answer instead of an ACK (tests/query.rs).
-    let is_query = |m: &[u8]| {
-        labagent_hal::query::hl7_query(&MshView::new_checked(m).unwrap()).is_some()
-    };
+    let is_query =
+        |m: &[u8]| labagent_hal::query::hl7_query(&MshView::new_checked(m).unwrap()).is_some();
     let wanted_acks = all
         .iter()
         .filter(|(_, m)| {

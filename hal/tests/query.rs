@@ -16,11 +16,18 @@ use labagent_hal::time::{Duration, Instant};
 use std::path::Path;
 
 fn shared(rel: &str) -> Option<Vec<u8>> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures").join(rel)).ok()
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures")
+            .join(rel),
+    )
+    .ok()
 }
 
 fn ids(s: &labagent_hal::query::Specimens) -> Vec<String> {
-    s.iter().map(|i| String::from_utf8_lossy(i).into_owned()).collect()
+    s.iter()
+        .map(|i| String::from_utf8_lossy(i).into_owned())
+        .collect()
 }
 
 /// What an instrument receives from the host as records: ACKs every frame, collects text.
@@ -67,7 +74,11 @@ fn vitros_query_is_answered_with_exactly_the_cached_order() {
     let mut link = Link::<Buf>::new(LinkConfig::default());
     let t0 = Instant::from_millis(1000);
     let (model, ev) = query_in(&mut link, &wire, t0);
-    assert_eq!(model.messages.len(), 1, "the query is stored like any message");
+    assert_eq!(
+        model.messages.len(),
+        1,
+        "the query is stored like any message"
+    );
     assert!(ev.contains(&Event::Query));
     assert_eq!(ids(link.query().unwrap()), ["1068687"]);
     assert!(!link.order_wanted(t0), "the answer goes before any order");
@@ -87,7 +98,10 @@ fn erba_five_specimens_and_roche_third_component() {
             "astm-wire/nish_erba_xl1000_multiquery_recon.bin",
             vec!["1007149", "1007152", "1007151", "1007150", "1007148"],
         ),
-        ("astm-wire/rubyastm_roche_e411_query_recon.bin", vec!["0000000387"]),
+        (
+            "astm-wire/rubyastm_roche_e411_query_recon.bin",
+            vec!["0000000387"],
+        ),
     ] {
         let Some(wire) = shared(file) else { continue };
         let mut link = Link::<Buf>::new(LinkConfig::default());
@@ -120,7 +134,10 @@ fn no_answer_by_the_deadline_means_no_information() {
     assert_eq!(ids(link.query().unwrap()), ["S42"]);
     assert_eq!(link.poll_timeout(), Some(t0 + Duration::from_millis(3000)));
     let mut buf = vec![0u8; link.max_transmit()];
-    assert!(link.poll_transmit(&mut buf).is_none(), "silent until answered or the deadline");
+    assert!(
+        link.poll_transmit(&mut buf).is_none(),
+        "silent until answered or the deadline"
+    );
     let mut now = t0;
     assert!(common::advance(&mut link, &mut now));
     assert_eq!(receive_answer(&mut link, now), NOTHING_KNOWN.to_vec());
@@ -136,7 +153,8 @@ fn contention_during_the_answer_sends_it_after_the_instruments_transmission() {
     wire.push(EOT);
     let t = Instant::ZERO;
     query_in(&mut link, &wire, t);
-    link.answer_query(Some(b"H|\\^&\rO|1|S1\rL|1|N\r"), t).unwrap();
+    link.answer_query(Some(b"H|\\^&\rO|1|S1\rL|1|N\r"), t)
+        .unwrap();
     let mut buf = vec![0u8; link.max_transmit()];
     assert_eq!(link.poll_transmit(&mut buf), Some(1));
     assert_eq!(buf[0], ENQ);
@@ -163,7 +181,10 @@ fn contention_during_the_answer_sends_it_after_the_instruments_transmission() {
     assert!(events.contains(&Event::Contention));
     assert_eq!(model.messages.len(), 1);
     // Then our answer goes at once (no 20 s wait: the instrument is waiting for it).
-    assert_eq!(receive_answer(&mut link, t), b"H|\\^&\rO|1|S1\rL|1|N\r".to_vec());
+    assert_eq!(
+        receive_answer(&mut link, t),
+        b"H|\\^&\rO|1|S1\rL|1|N\r".to_vec()
+    );
 }
 
 fn block_messages(tx: &[u8]) -> Vec<Vec<u8>> {
@@ -243,7 +264,10 @@ fn qbp_unanswered_gets_rsp_k11_nf_echoing_msh10_and_qpd() {
     assert_eq!(v.message_type().trigger, b"K11");
     assert_eq!(segment(&msgs[0], b"MSA"), b"MSA|AA|Q77");
     assert_eq!(segment(&msgs[0], b"QAK"), b"QAK|TAG1|NF");
-    assert_eq!(segment(&msgs[0], b"QPD"), b"QPD|WOS^Work Order Step^IHE_LABTF|TAG1|S123");
+    assert_eq!(
+        segment(&msgs[0], b"QPD"),
+        b"QPD|WOS^Work Order Step^IHE_LABTF|TAG1|S123"
+    );
     // An answer that is not HL7 becomes "nothing known" too.
     let mut s = Hl7Session::<Buf>::new(Hl7Config::default(), b"T");
     feed(&mut s, &mllp(qbp), t0, &mut |_| true);

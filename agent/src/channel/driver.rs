@@ -159,7 +159,8 @@ pub async fn run<S: LinkSession>(
                     .collect();
                 let (text, id) = query_text(&ctx, &recent);
                 recent.clear();
-                let id = id.map_or_else(|| format!("{}", clock.now().as_millis()), |i| i.to_string());
+                let id =
+                    id.map_or_else(|| format!("{}", clock.now().as_millis()), |i| i.to_string());
                 tracing::info!(channel = %ctx.name(), specimens = specimens.len(), "host query");
                 let req = QueryRequest {
                     id: format!("{}-{id}", ctx.name()),

@@ -249,7 +249,11 @@ impl<B: Buffer> Session for Link<B> {
 
     fn handle_line_lost(&mut self, now: Instant) {
         self.rx.handle_line_lost(now);
-        if self.query.take().is_some_and(|(_, a)| a != Answer::Waiting(now)) {
+        if self
+            .query
+            .take()
+            .is_some_and(|(_, a)| a != Answer::Waiting(now))
+        {
             let _ = self.events.push(Event::QueryAnswered { delivered: false });
         }
         if let Some(order) = self.order.take() {
@@ -328,7 +332,9 @@ impl<B: Buffer> Session for Link<B> {
             Ok(()) => Ok(()),
             // Too big for the sender: say "nothing" rather than nothing at all.
             Err(_) => {
-                self.tx.load(NOTHING_KNOWN).map_err(|_| OrderFailure::BadSize)?;
+                self.tx
+                    .load(NOTHING_KNOWN)
+                    .map_err(|_| OrderFailure::BadSize)?;
                 Err(OrderFailure::BadSize)
             }
         };

@@ -420,7 +420,9 @@ impl<B: Buffer> Receiver<B> {
                 self.event(Event::Refused);
                 self.reject(Reject::CommitFailed);
             }
-            Pending::Close { why, end, query, .. } => {
+            Pending::Close {
+                why, end, query, ..
+            } => {
                 if why == Close::Eot {
                     if !ok {
                         self.event(Event::Refused);

@@ -46,10 +46,10 @@
 //! without a clock would). Its MSH-10 is the session's `id_prefix` plus a counter.
 
 use super::ack::{self, AckError, AckMode, AckParams, Outcome};
-use crate::query::{hl7_query, Hl7Query, Specimens};
 use super::mllp::{self, MllpEvent, MllpFramer};
 use super::msh::{MshError, MshView};
 use crate::buf::{Bounded, Buffer, Queue, Sink};
+use crate::query::{hl7_query, Hl7Query, Specimens};
 use crate::session::{
     Commit, End, Event, MessageEnd, OrderFailure, OrderOutcome, OrderPolicy, OrderRef, Piece,
     Session,
@@ -231,9 +231,7 @@ impl<B: Buffer> Hl7Session<B> {
         let mut head = heapless::Vec::new();
         for seg in v.segments() {
             let id = seg.split(|&b| b == f).next().unwrap_or(&[]);
-            if matches!(id, b"MSH" | b"QRD" | b"QPD")
-                && head.extend_from_slice(seg).is_ok()
-            {
+            if matches!(id, b"MSH" | b"QRD" | b"QPD") && head.extend_from_slice(seg).is_ok() {
                 let _ = head.push(b'\r');
             }
         }
