@@ -275,3 +275,27 @@ fn qbp_unanswered_gets_rsp_k11_nf_echoing_msh10_and_qpd() {
     let (tx, _) = pump(&mut s, t0, &mut |_| true);
     assert_eq!(segment(&block_messages(&tx)[0], b"QAK"), b"QAK|TAG1|NF");
 }
+
+#[test]
+fn a_receive_only_link_drops_the_query_at_its_deadline_without_spinning() {
+    let cfg = LinkConfig {
+        sender: labagent_hal::astm::sender::SenderConfig {
+            max_message: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut link = Link::<Buf>::new(cfg);
+    let mut f = vec![0u8; 300];
+    let n = encode_frame(1, b"H|\\^&\rQ|1|^S9||ALL\rL|1|N\r", true, &mut f).unwrap();
+    let mut wire = vec![ENQ];
+    wire.extend_from_slice(&f[..n]);
+    wire.push(EOT);
+    query_in(&mut link, &wire, Instant::ZERO);
+    let mut now = Instant::ZERO;
+    assert!(common::advance(&mut link, &mut now));
+    let (_, ev) = pump(&mut link, now, &mut |_| true);
+    assert!(ev.contains(&Event::QueryAnswered { delivered: false }));
+    assert_eq!(link.poll_timeout(), None, "nothing left to wake for");
+    assert!(link.is_quiet());
+}

@@ -44,6 +44,7 @@ pub fn link_config() -> LinkConfig {
             max_frame: MAX_TEXT + 1,
             max_message: 16 * 1024 * 1024,
             receive_timeout: RECEIVE_TIMEOUT,
+            ..ReceiverConfig::default()
         },
         sender: SenderConfig {
             max_text: TX - labagent_hal::astm::frame::OVERHEAD,

@@ -332,9 +332,12 @@ impl<B: Buffer> Session for Link<B> {
             Ok(()) => Ok(()),
             // Too big for the sender: say "nothing" rather than nothing at all.
             Err(_) => {
-                self.tx
-                    .load(NOTHING_KNOWN)
-                    .map_err(|_| OrderFailure::BadSize)?;
+                if self.tx.load(NOTHING_KNOWN).is_err() {
+                    // Not even that fits (a receive-only board): the query is dropped.
+                    self.query = None;
+                    let _ = self.events.push(Event::QueryAnswered { delivered: false });
+                    return Err(OrderFailure::BadSize);
+                }
                 Err(OrderFailure::BadSize)
             }
         };
