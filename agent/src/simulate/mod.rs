@@ -204,7 +204,7 @@ impl AstmInstrument {
             let outcome = loop {
                 let mut done = None;
                 if bid_again.is_some_and(|t| Instant::now() >= t)
-                    && tx.is_idle()
+                    && !tx.is_sending()
                     && !rx.is_receiving()
                 {
                     bid_again = None;
@@ -214,7 +214,7 @@ impl AstmInstrument {
                         let _ = tx.send(m, self.now());
                     }
                 }
-                if inject.enq_deadline().is_some_and(|t| Instant::now() >= t) && !tx.is_idle() {
+                if inject.enq_deadline().is_some_and(|t| Instant::now() >= t) && tx.is_sending() {
                     // The receiver may not be up yet: end the bid, then bid again.
                     inject.enq_given_up();
                     tx.abort();
@@ -257,7 +257,9 @@ impl AstmInstrument {
                 let n = w.read_timeout(&mut buf, wait.max(Duration::from_millis(1)))?;
                 let now = self.now();
                 if n > 0 {
-                    if tx.is_idle() {
+                    // While our message is held after contention, the host's bytes are
+                    // the receiver's (the host took the line).
+                    if !tx.is_sending() {
                         inject.heard();
                         self.feed_receiver(&mut rx, &buf[..n], w)?;
                     } else {
