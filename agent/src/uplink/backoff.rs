@@ -39,6 +39,8 @@ pub trait Clock: Send + Sync {
 struct Flags {
     shutdown: bool,
     woken: bool,
+    /// An idle wait is under way (a wake must notify it).
+    idling: bool,
 }
 
 /// The real clock.
@@ -74,11 +76,13 @@ impl SystemClock {
             if now >= deadline {
                 return true;
             }
+            f.idling = wakeable;
             f = self
                 .cv
                 .wait_timeout(f, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            f.idling = false;
         }
     }
 }
@@ -96,9 +100,19 @@ impl Clock for SystemClock {
     fn idle(&self, d: Duration) -> bool {
         self.wait(d, true)
     }
+    /// Called for every stored message: only the first wake of an idle wait notifies (a
+    /// futex call and a context switch); a wake that is already pending, or one that comes
+    /// while the uplink uploads or waits out a backoff, only sets the flag.
     fn wake(&self) {
-        self.flags().woken = true;
-        self.cv.notify_all();
+        let mut f = self.flags();
+        if f.woken {
+            return;
+        }
+        f.woken = true;
+        if f.idling {
+            drop(f);
+            self.cv.notify_all();
+        }
     }
     fn shutdown(&self) {
         self.flags().shutdown = true;

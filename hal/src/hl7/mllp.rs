@@ -158,6 +158,17 @@ impl<B: Buffer> MllpFramer<B> {
         used
     }
 
+    /// Takes the CR that ends the block just delivered, if `input` starts with it (nothing
+    /// else): lets a caller that holds further input still finish the block's trailer.
+    pub fn take_trailer(&mut self, input: &[u8]) -> usize {
+        if self.ready.is_none() && self.state == State::AfterFs && input.first() == Some(&CR) {
+            self.state = State::Idle;
+            1
+        } else {
+            0
+        }
+    }
+
     /// The event produced, if any (borrowing the framer's buffer).
     pub fn poll_event(&self) -> Option<MllpEvent<'_>> {
         Some(match self.ready? {

@@ -36,8 +36,9 @@
 //! [`Session::answer_query`] until `query_timeout`: the upstream's messages as they are
 //! (one or more, each starting with MSH, sent in order — Mindray answers QRY^Q02 with
 //! QCK^Q02 then DSR^Q03), or, with `None` or at the deadline, QCK^Q02 / RSP^K11 with
-//! QAK-2 `NF` and MSA-2 echoing the query's MSH-10 — whatever MSH-15/16 say. The
-//! instrument's ACKs of the answer's messages are neither committed nor acknowledged.
+//! QAK-2 `NF` and MSA-2 echoing the query's MSH-10 — whatever MSH-15/16 say. Input waits
+//! while a query is unanswered, so answers and ACKs go out in the order the messages came.
+//! The instrument's ACKs of the answer's messages are neither committed nor acknowledged.
 //!
 //! # Time
 //!
@@ -450,7 +451,16 @@ impl<B: Buffer> Session for Hl7Session<B> {
     fn handle_input(&mut self, input: &[u8], now: Instant) -> usize {
         let mut used = 0;
         while used < input.len() {
-            if self.pending.is_some() || !self.tx_empty() || self.events.room() < 2 {
+            // A query is answered before the next message is read: answers go out in the
+            // order the messages came.
+            if self.query.is_some() && self.pending.is_none() {
+                used += self.framer.take_trailer(&input[used..]);
+            }
+            if self.pending.is_some()
+                || self.query.is_some()
+                || !self.tx_empty()
+                || self.events.room() < 2
+            {
                 break;
             }
             used += self.framer.push(&input[used..]);
