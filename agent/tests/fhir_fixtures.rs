@@ -49,7 +49,7 @@ fn corpus() -> Vec<(String, &'static str, String)> {
             // Decoded as the drivers record it (encoding = "auto").
             let label = if proto == "hl7" {
                 let v = labagent_hal::hl7::msh::MshView::new_checked(&bytes).ok();
-                labagent::channel::hl7::encoding_label(&Encoding::Auto, v.as_ref(), &bytes)
+                labagent::meta::hl7_encoding_label(&Encoding::Auto, v.as_ref(), &bytes)
             } else {
                 labagent::text::encoding_label(&Encoding::Auto, None, &bytes)
             };

@@ -5,12 +5,9 @@ use std::time::Duration;
 
 use labagent_hal::astm::link::{Link, LinkConfig};
 use labagent_hal::astm::receiver::ReceiverConfig;
-use labagent_hal::astm::record::summary;
 use labagent_hal::astm::sender::SenderConfig;
 use labagent_hal::buf::VecBuf;
-use labagent_hal::session::{End, MessageEnd};
 use labagent_hal::time::Duration as HalDuration;
-use serde_json::json;
 
 use super::driver::{self, LinkSession};
 use super::ChannelCtx;
@@ -25,7 +22,10 @@ pub async fn serve(conn: Conn, ctx: std::sync::Arc<ChannelCtx>) -> std::io::Resu
     };
     let link = Link::<VecBuf>::new(link_config(cfg));
     let enc = ctx.config.encoding.clone();
-    driver::run(conn, ctx.clone(), link, &|b, e| meta(b, e, &enc)).await
+    driver::run(conn, ctx.clone(), link, &|b, e| {
+        crate::meta::astm(b, e, &enc)
+    })
+    .await
 }
 
 /// The link's settings from `[channel.astm]` (timers not in the config keep LIS1-A values).
@@ -50,26 +50,6 @@ pub fn link_config(a: &labagent_config::Astm) -> LinkConfig {
 /// A hal duration (milliseconds) from a std one.
 pub fn hal_duration(d: Duration) -> HalDuration {
     HalDuration::from_millis(d.as_millis().min(u64::MAX as u128) as u64)
-}
-
-/// Meta of a stored ASTM message: the H record's sender and record counts.
-pub fn meta(text: &[u8], end: &End, enc: &labagent_config::Encoding) -> serde_json::Value {
-    let s = summary(text);
-    let end = match end {
-        End::Complete(e) | End::Incomplete(e) => *e,
-        End::Rejected(_) => MessageEnd::Terminator,
-    };
-    json!({
-        "sender": s.sender.map(|b| String::from_utf8_lossy(&b).into_owned()),
-        "records": s.records,
-        "patients": s.patients,
-        "orders": s.orders,
-        "results": s.results,
-        "queries": s.queries,
-        "end": end.as_str(),
-        "kind": if s.queries > 0 { "query" } else { "result" },
-        "encoding": crate::text::encoding_label(enc, None, text),
-    })
 }
 
 /// Order text as records: LF and CR LF line ends become CR, and the last record ends in CR

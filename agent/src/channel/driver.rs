@@ -21,9 +21,9 @@ use labagent_hal::session::{Event, OrderOutcome as Fate, OrderRef, Session};
 use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
-use super::durable::{Durable, MetaFn};
 use super::{ChannelCtx, Dir, QueryRequest};
 use crate::source::Conn;
+use crate::store::commits::{Durable, MetaFn};
 use crate::store::{MessageId, Order, OrderOutcome};
 
 /// A session the driver can run; `set_wall_clock` for those that write wall-clock time.

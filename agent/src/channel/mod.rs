@@ -17,7 +17,6 @@
 
 pub mod astm;
 pub mod driver;
-pub mod durable;
 pub mod hl7;
 pub mod raw;
 pub mod stats;
@@ -234,10 +233,6 @@ impl ChannelCtx {
         (self.hooks.query)(q, deadline)
     }
 
-    pub fn is_stopping(&self) -> bool {
-        *self.stopping.borrow()
-    }
-
     /// Runs a blocking store call without stalling the runtime's other tasks.
     ///
     /// On a multi-thread runtime (the agent's) the call runs in place: `block_in_place`
@@ -285,19 +280,6 @@ impl ChannelCtx {
             bytes,
             meta,
         }
-    }
-
-    /// Stores a complete message (durable on `Ok`), counting and logging the outcome.
-    pub async fn store_message(
-        &self,
-        bytes: Vec<u8>,
-        meta: serde_json::Value,
-    ) -> Result<Appended, StoreError> {
-        let m = self.new_message(bytes, meta);
-        let len = m.bytes.len();
-        let r = self.store_call(move |s| s.append(m)).await;
-        self.after_store(&r, len);
-        r
     }
 
     /// Bookkeeping after a store attempt: counters, log line (never data), uplink wake.
@@ -350,12 +332,12 @@ pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
         P::Astm(_) => astm::serve(conn, ctx.clone()).await,
         P::Hl7(c) => {
             let s = hl7::session(c);
-            driver::run(conn, ctx.clone(), s, &|b, e| hl7::stored_meta(b, e, &enc)).await
+            driver::run(conn, ctx.clone(), s, &|b, e| crate::meta::hl7(b, e, &enc)).await
         }
         P::Raw(c) => match raw::raw_config(c) {
             Ok(cfg) => {
                 let s = labagent_hal::raw::RawSession::<VecBuf>::new(cfg);
-                driver::run(conn, ctx.clone(), s, &|b, _| raw::meta(b, &enc)).await
+                driver::run(conn, ctx.clone(), s, &|b, _| crate::meta::raw(b, &enc)).await
             }
             Err(e) => Err(e),
         },
@@ -370,12 +352,17 @@ pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
 /// covers them. `true` only if every piece is durable.
 pub async fn commit(
     ctx: &ChannelCtx,
-    d: &mut durable::Durable,
+    d: &mut crate::store::commits::Durable,
     c: Commit<'_>,
-    meta: durable::MetaFn<'_>,
+    meta: crate::store::commits::MetaFn<'_>,
     stored: &mut Vec<crate::store::MessageId>,
 ) -> bool {
-    let (applied, ticket) = match d.apply(ctx, c, meta) {
+    let origin = crate::store::commits::Origin {
+        channel: ctx.name(),
+        protocol: ctx.config.protocol().into(),
+        clock_synced: ctx.clock_synced.get(),
+    };
+    let (applied, ticket) = match d.apply(&ctx.store, &origin, c, meta) {
         Ok(a) => a,
         Err(e) => {
             ctx.after_store(&Err(e), 0);
@@ -407,88 +394,4 @@ pub async fn commit(
             "message ended before it was complete; kept as incomplete");
     }
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use labagent_config::{Channel, Encoding, ProtocolSettings, Raw, Transport};
-
-    fn ctx(dir: &std::path::Path) -> Arc<ChannelCtx> {
-        let store = Store::open(
-            dir.join("store"),
-            crate::store::StoreOptions {
-                min_free: 0,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let config = Channel {
-            name: "t".into(),
-            transport: Transport::Listen("127.0.0.1:1".parse().unwrap()),
-            encoding: Encoding::Auto,
-            settings: ProtocolSettings::Raw(Raw {
-                start: Vec::new(),
-                end: b"\n".to_vec(),
-                reply: None,
-                max_message: 1024,
-            }),
-        };
-        let (_stop, stopping) = watch::channel(false);
-        ChannelCtx::new(config, store, Hooks::default(), stopping)
-    }
-
-    /// In place on the agent's multi-thread runtime, through the pool on a current-thread
-    /// one: the same results, and a panic in the store is a store error either way.
-    #[test]
-    fn store_calls_answer_alike_on_both_runtime_flavors() {
-        let multi = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        let current = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        for (rt, multi) in [(multi, true), (current, false)] {
-            let d = tempfile::tempdir().unwrap();
-            let c = ctx(d.path());
-            rt.block_on(async {
-                let c2 = c.clone();
-                // From a spawned task, as the drivers call it.
-                let stats = tokio::spawn(async move { c2.store_call(|s| s.stats()).await })
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert_eq!(stats.totals.pending, 0);
-                let e = c
-                    .store_call(|_| -> Result<(), StoreError> {
-                        Err(StoreError::Corrupt("x".into()))
-                    })
-                    .await
-                    .unwrap_err();
-                assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
-                let e = c
-                    .store_call(|_| -> Result<(), StoreError> { panic!("store bug") })
-                    .await
-                    .unwrap_err();
-                assert!(e.to_string().contains("store task failed"), "{e}");
-                // Still usable afterwards.
-                assert!(c.store_call(|s| s.stats()).await.is_ok());
-                // In place on the multi-thread runtime: the call runs on the task's own
-                // thread, with no hand-off to the pool and back.
-                let c3 = c.clone();
-                let (here, there) = tokio::spawn(async move {
-                    let here = std::thread::current().id();
-                    let there = c3
-                        .store_call(|_| Ok(std::thread::current().id()))
-                        .await
-                        .unwrap();
-                    (here, there)
-                })
-                .await
-                .unwrap();
-                assert_eq!(here == there, multi, "in place on multi-thread only");
-            });
-        }
-    }
 }

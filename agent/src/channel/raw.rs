@@ -6,7 +6,6 @@ use std::io;
 
 use labagent_hal::buf::VecBuf;
 use labagent_hal::raw::{RawConfig, RawSession};
-use serde_json::json;
 
 use super::driver::LinkSession;
 
@@ -21,13 +20,4 @@ pub fn raw_config(r: &labagent_config::Raw) -> io::Result<RawConfig> {
         usize::try_from(r.max_message).unwrap_or(usize::MAX),
     )
     .map_err(|e| io::Error::other(format!("invalid [channel.raw] framing: {e:?}")))
-}
-
-/// Meta of a stored raw message: line count and encoding (no content).
-pub fn meta(bytes: &[u8], enc: &labagent_config::Encoding) -> serde_json::Value {
-    let lines = bytes
-        .split(|b| *b == b'\r' || *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
-    json!({ "lines": lines, "encoding": crate::text::encoding_label(enc, None, bytes) })
 }

@@ -45,7 +45,7 @@ pub fn message_text(
     let label = match protocol {
         Protocol::Hl7 => {
             let view = labagent_hal::hl7::msh::MshView::new_checked(b).ok();
-            labagent::channel::hl7::encoding_label(encoding, view.as_ref(), b)
+            labagent::meta::hl7_encoding_label(encoding, view.as_ref(), b)
         }
         Protocol::Astm | Protocol::Raw => labagent::text::encoding_label(encoding, None, b),
     };

@@ -123,9 +123,10 @@ pub(crate) fn drive(addr: SocketAddr, conns: usize, per: usize, round: usize) ->
     }
 }
 
-/// The driver with a store on disk, on its own runtime (2 workers: the machine's cores).
+/// The driver with a store on disk, on the agent's ingest thread (a current-thread runtime
+/// of its own, as `labagent run` has it).
 struct Ours {
-    _rt: tokio::runtime::Runtime,
+    _rt: labagent::ingest::Ingest,
     addr: SocketAddr,
     store: Store,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -138,7 +139,7 @@ fn start_ours(tmpfs: bool) -> Ours {
     } else {
         tempfile::tempdir().expect("tempdir")
     };
-    let rt = labagent_tests::runtime();
+    let rt = labagent::ingest::Ingest::start().expect("ingest thread");
     let store = Store::open(
         dir.path().join("store"),
         StoreOptions {
@@ -149,7 +150,8 @@ fn start_ours(tmpfs: bool) -> Ours {
     .expect("store");
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let s = store.clone();
-    let addr = rt.block_on(async move {
+    let _enter = rt.enter();
+    let addr = {
         let listen = TcpListenLink::new(
             "127.0.0.1:0".parse().unwrap(),
             TcpOptions {
@@ -172,9 +174,10 @@ fn start_ours(tmpfs: bool) -> Ours {
             }),
         };
         let ctx = ChannelCtx::new(config, s, Hooks::default(), stopping);
-        tokio::spawn(run_channel(ctx, Link::Listen(listen)));
+        rt.spawn(run_channel(ctx, Link::Listen(listen)));
         addr
-    });
+    };
+    drop(_enter);
     Ours {
         _rt: rt,
         addr,

@@ -1,4 +1,5 @@
-//! A session's commits, made durable in the store.
+//! A link session's commits, made durable in the store (what a channel driver calls with
+//! each `labagent_hal::session::Commit`).
 //!
 //! Each [`Piece`] of a commit becomes one store write, applied at once without waiting
 //! (`*_nowait`); the commit then waits once, for the last write's ticket: one `fdatasync`
@@ -27,8 +28,39 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use labagent_hal::session::{Commit, End, MessageEnd, Piece};
 
-use super::ChannelCtx;
-use crate::store::{Appended, Fragment, NewMessage, Store, StoreError, Ticket};
+use super::{Appended, Fragment, NewMessage, Protocol, Store, StoreError, Ticket};
+
+/// Whose messages a commit writes: the channel, its protocol, and the clock's state now.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub channel: &'a str,
+    pub protocol: Protocol,
+    pub clock_synced: Option<bool>,
+}
+
+impl Origin<'_> {
+    fn message(&self, bytes: Vec<u8>) -> NewMessage {
+        NewMessage {
+            channel: self.channel.to_string(),
+            protocol: self.protocol,
+            received_at: SystemTime::now(),
+            clock_synced: self.clock_synced,
+            bytes,
+            meta: serde_json::Value::Null,
+        }
+    }
+
+    fn fragment(&self, transmission: &str, bytes: Vec<u8>) -> Fragment {
+        Fragment {
+            channel: self.channel.to_string(),
+            transmission: transmission.to_string(),
+            protocol: self.protocol,
+            received_at: SystemTime::now(),
+            clock_synced: self.clock_synced,
+            bytes,
+        }
+    }
+}
 
 /// What a commit did, for counters and logs.
 #[derive(Debug, Default)]
@@ -96,14 +128,14 @@ impl Durable {
     /// must be answered negatively.
     pub fn apply(
         &mut self,
-        ctx: &ChannelCtx,
+        store: &Store,
+        origin: &Origin<'_>,
         commit: Commit<'_>,
         meta: MetaFn<'_>,
     ) -> Result<(Applied, Option<Ticket>), StoreError> {
-        let store = &ctx.store;
         let mut skip_first_end = false;
         if let Some(f) = self.failed.take() {
-            match self.repair(store, ctx.name(), &f) {
+            match self.repair(store, origin.channel, &f) {
                 Ok(completed) => skip_first_end = completed,
                 Err(e) => {
                     self.failed = Some(f);
@@ -123,7 +155,7 @@ impl Durable {
                 self.open = None;
                 continue;
             }
-            match self.piece(ctx, &p, meta, &mut out, &mut opened) {
+            match self.piece(store, origin, &p, meta, &mut out, &mut opened) {
                 Ok(Some(t)) => ticket = Some(ticket.map_or(t, |x| x.max(t))),
                 Ok(None) => {}
                 Err(e) => {
@@ -182,14 +214,14 @@ impl Durable {
 
     fn piece(
         &mut self,
-        ctx: &ChannelCtx,
+        store: &Store,
+        origin: &Origin<'_>,
         p: &Piece<'_>,
         meta: MetaFn<'_>,
         out: &mut Applied,
         opened: &mut Vec<String>,
     ) -> Result<Option<Ticket>, StoreError> {
-        let store = &ctx.store;
-        let channel = ctx.name();
+        let channel = origin.channel;
         let text = || {
             let mut v = Vec::with_capacity(p.len());
             v.extend_from_slice(p.text);
@@ -208,7 +240,7 @@ impl Durable {
             (Some(End::Complete(end)), None) => {
                 let bytes = text();
                 let len = bytes.len();
-                let m = ctx.new_message(bytes, serde_json::Value::Null);
+                let m = origin.message(bytes);
                 let m = NewMessage {
                     meta: meta(&m.bytes, &End::Complete(*end)),
                     ..m
@@ -220,7 +252,7 @@ impl Durable {
             (Some(End::Rejected(why)), None) => {
                 let bytes = text();
                 let len = bytes.len();
-                let m = ctx.new_message(bytes, serde_json::Value::Null);
+                let m = origin.message(bytes);
                 let m = NewMessage {
                     meta: meta(&m.bytes, &End::Rejected(why)),
                     ..m
@@ -250,7 +282,7 @@ impl Durable {
                 let mut last = None;
                 let mut len = self.open.as_ref().map_or(0, |(_, l)| *l);
                 if !p.is_empty() {
-                    let (_, t) = store.append_fragment_nowait(fragment(ctx, &tr, text()))?;
+                    let (_, t) = store.append_fragment_nowait(origin.fragment(&tr, text()))?;
                     len += p.len() as u64;
                     last = Some(t);
                 }
@@ -272,22 +304,10 @@ impl Durable {
                     self.open = Some((tr, len));
                     return Ok(None);
                 }
-                let (_, t) = store.append_fragment_nowait(fragment(ctx, &tr, text()))?;
+                let (_, t) = store.append_fragment_nowait(origin.fragment(&tr, text()))?;
                 self.open = Some((tr, len + p.len() as u64));
                 Ok(Some(t))
             }
         }
-    }
-}
-
-fn fragment(ctx: &ChannelCtx, transmission: &str, bytes: Vec<u8>) -> Fragment {
-    let m = ctx.new_message(Vec::new(), serde_json::Value::Null);
-    Fragment {
-        channel: m.channel,
-        transmission: transmission.to_string(),
-        protocol: m.protocol,
-        received_at: m.received_at,
-        clock_synced: m.clock_synced,
-        bytes,
     }
 }
