@@ -172,9 +172,16 @@ fn run(path: &Path) -> u8 {
         return exit::CONFIG;
     };
     logging::init(loaded.config.agent.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // The channels have a thread of their own (`labagent::ingest`); what is left here —
+    // uplink control, MQTT, the status socket, metrics, signals — is light work for one
+    // thread. Blocking store calls (status, queue commands, MQTT's store writes, prune) go
+    // to one pool thread that lingers a minute, so a busy agent creates no thread under
+    // load and keeps a fixed count: this one, ingest, uplink, the store's checkpointer,
+    // sled's seven IO threads and the pool thread (docs/perf/ingest.md).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
+        .thread_keep_alive(std::time::Duration::from_secs(60))
         .build()
     {
         Ok(rt) => rt,

@@ -56,13 +56,8 @@ impl Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = labagent_tests::config::free_port();
         let channel = labagent_tests::config::listen_channel("bench", "hl7", port);
-        let cfg = labagent_tests::config::write(
-            dir.path(),
-            "bench-ingest",
-            upload_url,
-            "",
-            &format!("[buffer]\nmin_free = \"0B\"\n\n{channel}"),
-        );
+        let cfg =
+            labagent_tests::config::write(dir.path(), "bench-ingest", upload_url, "", &channel);
         let child = Command::new(labagent_tests::labagent_bin())
             .arg("run")
             .arg("--config")
@@ -339,8 +334,10 @@ pub fn run() -> Vec<Row> {
         "the disk's own rate, this run",
     ));
 
+    // `BENCH_INGEST_PER_CONN`: a longer load (to profile the agent with perf).
+    let per_conn = crate::sys::env_u64("BENCH_INGEST_PER_CONN", PER_CONN as u64) as usize;
     let offline = Agent::start(&labagent_tests::config::dead_url());
-    let off = load(&offline, 8, PER_CONN, 1);
+    let off = load(&offline, 8, per_conn, 1);
     rows_for("uplink offline", &off, &mut rows);
     let one = drive(offline.addr(), 1, ONE_CONN, 90);
     rows.push(Row::new(
@@ -357,7 +354,7 @@ pub fn run() -> Vec<Row> {
 
     let upstream = labagent_tests::upstream::Upstream::start();
     let online = Agent::start(&upstream.url("/ingest"));
-    let on = load(&online, 8, PER_CONN, 2);
+    let on = load(&online, 8, per_conn, 2);
     rows_for("uploading raw to a local upstream", &on, &mut rows);
     drop(online);
 
