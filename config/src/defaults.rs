@@ -39,6 +39,12 @@ pub const TOPIC_PREFIX: &str = "labagent";
 pub const ORDERS: bool = false;
 pub const QOS: u8 = 1;
 
+// [remote]
+pub const REMOTE_ENABLED: bool = false;
+pub const REMOTE_ALLOW: &[&str] = &["status", "ping", "logs"];
+pub const REMOTE_STATUS_EVERY: Duration = Duration::from_secs(60);
+pub const REMOTE_ROLLBACK_AFTER: Duration = Duration::from_secs(60);
+
 // [[channel]]
 pub const BAUD: u32 = 9600;
 pub const DATA_BITS: DataBits = DataBits::Eight;

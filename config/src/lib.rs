@@ -27,6 +27,7 @@ mod locate;
 mod model;
 mod parse;
 mod print;
+pub mod remote;
 mod schema;
 pub mod secret;
 pub mod ucum;
@@ -39,6 +40,7 @@ use std::path::Path;
 pub use error::{ConfigError, Diagnostic, Warning};
 pub use fhir::{ChannelFhir, CodeMap, CodeMapEntry};
 pub use model::*;
+pub use remote::{Remote, SigningKey};
 pub use secret::{Secret, SecretSource};
 
 /// The default config path.

@@ -128,9 +128,17 @@ pub struct Config {
     pub uplink: Uplink,
     /// In file order; names and ports are unique.
     pub channels: Vec<Channel>,
+    /// `None`: the file has no `[remote]` table (remote management off). A missing table
+    /// and a table with every default are different for the pushed-config rule.
+    pub remote: Option<crate::remote::Remote>,
 }
 
 impl Config {
+    /// `[remote]` with defaults filled in (off when the table is missing).
+    pub fn remote_or_default(&self) -> crate::remote::Remote {
+        self.remote.clone().unwrap_or_default()
+    }
+
     /// The channel with this name.
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)

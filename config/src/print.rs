@@ -122,6 +122,26 @@ impl Config {
             writeln!(o, "qos = {}", m.qos)?;
         }
 
+        match &self.remote {
+            Some(r) => {
+                writeln!(o, "\n[remote]")?;
+                writeln!(o, "enabled = {}", r.enabled)?;
+                let allow: Vec<String> = r.allow.iter().map(|a| q(a)).collect();
+                writeln!(o, "allow = [{}]", allow.join(", "))?;
+                writeln!(o, "status_every = {}", q(&dur(r.status_every)))?;
+                match &r.commands_url {
+                    Some(u) => writeln!(o, "commands_url = {}", q(u))?,
+                    None => writeln!(o, "# commands_url: none")?,
+                }
+                writeln!(o, "rollback_after = {}", q(&dur(r.rollback_after)))?;
+                match &r.signing_key {
+                    Some(k) => writeln!(o, "signing_key = {}  # Ed25519", qp(&k.path))?,
+                    None => writeln!(o, "# signing_key: none (commands need no signature)")?,
+                }
+            }
+            None => writeln!(o, "\n# [remote]: none (fleet management off)")?,
+        }
+
         for c in &self.channels {
             write_channel(o, c, self.uplink.fhir.get(&c.name))?;
         }

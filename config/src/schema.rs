@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub agent: S<RawAgent>,
     pub buffer: S<RawBuffer>,
     pub uplink: S<RawUplink>,
+    pub remote: S<RawRemote>,
     #[serde(default)]
     pub channel: Vec<Spanned<RawChannel>>,
 }
@@ -84,6 +85,17 @@ pub struct RawMqtt {
     pub topic_prefix: S<String>,
     pub orders: S<bool>,
     pub qos: S<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRemote {
+    pub enabled: S<bool>,
+    pub allow: S<Vec<Spanned<String>>>,
+    pub status_every: S<DurationText>,
+    pub commands_url: S<String>,
+    pub rollback_after: S<DurationText>,
+    pub signing_key: S<String>,
 }
 
 #[derive(Debug, Deserialize)]

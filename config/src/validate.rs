@@ -27,6 +27,12 @@ pub fn validate(ctx: &mut Ctx<'_>, raw: &RawConfig, opts: &LoadOptions) -> Optio
         .as_ref()
         .is_some_and(|u| u.format == crate::model::Format::Fhir);
     let fhir = fhir_channels(ctx, raw, is_fhir);
+    let remote = crate::remote::remote(
+        ctx,
+        raw.remote.as_ref(),
+        uplink.as_ref().map(|u| u.kind),
+        uplink.as_ref().is_some_and(|u| u.allow_plain_http),
+    );
     let mut uplink = uplink?;
     uplink.fhir = fhir;
     if !ctx.errors.is_empty() {
@@ -37,6 +43,7 @@ pub fn validate(ctx: &mut Ctx<'_>, raw: &RawConfig, opts: &LoadOptions) -> Optio
         buffer,
         uplink,
         channels,
+        remote,
     })
 }
 

@@ -501,6 +501,7 @@ impl Agent {
             buffer: self.config.buffer.clone(),
             uplink: new.uplink.clone(),
             channels: new.channels.clone(),
+            remote: new.remote.clone(),
         };
         let old = std::mem::replace(&mut self.config, keep);
         if uplink_changed {

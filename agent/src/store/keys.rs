@@ -15,6 +15,8 @@
 //! | `O` order id | order JSON | outbox |
 //! | `R` chan 0 seq | order id | pending orders FIFO per channel |
 //! | `K` | token JSON | uplink access token |
+//! | `X` id 0 chunk(u32) | command record JSON, chunked | remote commands (`remote.rs`) |
+//! | `Y` feed | cursor | the command feed's cursor (`remote.rs`) |
 
 use serde::{Deserialize, Serialize};
 

@@ -93,6 +93,7 @@ mod outbox;
 mod quota;
 #[cfg(feature = "bench-redb")]
 mod redb;
+pub mod remote;
 #[cfg(test)]
 mod tests;
 mod wal;
@@ -110,6 +111,7 @@ pub use crate::calendar::rfc3339_ms;
 pub use keys::Counters;
 pub use outbox::{NewOrder, Order, OrderOutcome, OrderState, Secret, Token};
 pub use quota::FullReason;
+pub use remote::{CommandRecord, CommandState};
 
 use engine::{Engine, Op, Opener};
 use group_commit::GroupCommit;
