@@ -55,9 +55,59 @@ pub fn rfc3339(t: SystemTime) -> String {
     rfc3339_ms(ms)
 }
 
+/// Parses an RFC 3339 UTC timestamp (`2026-11-28T14:05:00Z`, optional fraction, `Z` or
+/// `+00:00`) into Unix seconds. Other offsets are refused: commands carry UTC.
+pub fn parse_rfc3339_utc(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(f) = rest.strip_prefix('.') {
+        let n = f.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &f[n..];
+    }
+    if !matches!(rest, "Z" | "z" | "+00:00") {
+        return None;
+    }
+    let days = days_from_civil(y, mo as u32, d as u32);
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_rfc3339_utc_only() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_rfc3339_utc("2026-11-28T14:05:00.123Z"),
+            Some(1_795_874_700)
+        );
+        assert_eq!(parse_rfc3339_utc("2026-11-28T14:05:00+00:00"), Some(1_795_874_700));
+        assert_eq!(parse_rfc3339_utc("2026-11-28T14:05:00+01:00"), None);
+        assert_eq!(parse_rfc3339_utc("2026-11-28 14:05:00"), None);
+        assert_eq!(parse_rfc3339_utc("soon"), None);
+    }
 
     #[test]
     fn days_and_dates_round_trip() {

@@ -174,6 +174,15 @@ pub fn colour(sink: Sink, no_color: Option<&std::ffi::OsStr>) -> bool {
     sink == Sink::Terminal && no_color.map_or(true, |v| v.is_empty())
 }
 
+/// The `logs` command's ring: at most `info`, whatever the configured level.
+fn ring<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use labagent::remote::logring;
+    logring::RingLayer.with_filter(logring::filter())
+}
+
 pub fn init(level: LogLevel) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (targets, bad) = filter(level, rust_log.as_deref());
@@ -181,6 +190,7 @@ pub fn init(level: LogLevel) {
     let fmt = tracing_subscriber::fmt::layer().with_target(false);
     let r = match sink {
         Sink::Journal => tracing_subscriber::registry()
+            .with(ring())
             .with(
                 fmt.without_time()
                     .with_ansi(false)
@@ -189,6 +199,7 @@ pub fn init(level: LogLevel) {
             )
             .try_init(),
         Sink::Terminal | Sink::Plain => tracing_subscriber::registry()
+            .with(ring())
             .with(
                 fmt.with_ansi(colour(sink, std::env::var_os("NO_COLOR").as_deref()))
                     .with_writer(std::io::stderr)
