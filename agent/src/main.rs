@@ -104,6 +104,18 @@ fn check_config(path: &Path, args: &cli::CheckConfigArgs) -> u8 {
         "# {}: configuration is valid; effective settings:",
         path.display()
     );
+    let files = labagent::remote::files::Files::new(&loaded.config.agent.state_dir);
+    if files.pushed().is_file() {
+        print(
+            Level::WARN,
+            &format!(
+                "note: a pushed config is in force instead of this file: {} (pushed by command {}); \
+                 `labagent remote reset` returns to this file",
+                files.pushed().display(),
+                files.pushed_by().unwrap_or_else(|| "?".into())
+            ),
+        );
+    }
     print!("{}", loaded.config.effective_toml());
     exit::OK
 }
@@ -171,7 +183,32 @@ fn run(path: &Path) -> u8 {
     let Some(loaded) = load_config(path, &labagent_config::LoadOptions::default()) else {
         return exit::CONFIG;
     };
+    // A pushed config (fleet management) takes precedence while it exists; a trial that
+    // a stop interrupted is rolled back first.
+    let (in_force, mut notes) =
+        labagent::service::remote::startup_files(path, &loaded.config.agent.state_dir);
+    let loaded = if in_force.as_path() == path {
+        loaded
+    } else {
+        match labagent_config::load(&in_force) {
+            Ok(l) => l,
+            Err(e) => {
+                notes.push(format!(
+                    "the pushed config {} cannot be used, the local file is in force instead: {e}",
+                    in_force.display()
+                ));
+                loaded
+            }
+        }
+    };
     logging::init(loaded.config.agent.log);
+    for n in &notes {
+        tracing::warn!("{n}");
+    }
+    if in_force.as_path() != path {
+        tracing::info!(file = %in_force.display(), local = %path.display(),
+            "a pushed config is in force (`labagent remote reset` returns to the local file)");
+    }
     // The channels have a thread of their own (`labagent::ingest`); what is left here —
     // uplink control, MQTT, the status socket, metrics, signals — is light work for one
     // thread. Blocking store calls (status, queue commands, MQTT's store writes, prune) go
@@ -191,7 +228,7 @@ fn run(path: &Path) -> u8 {
         }
     };
     rt.block_on(async {
-        match labagent::service::Agent::start(loaded.config).await {
+        match labagent::service::Agent::start_from(loaded.config, path.to_path_buf()).await {
             Ok(agent) => {
                 agent
                     .serve(path.to_path_buf(), labagent::service::Notifier::from_env())

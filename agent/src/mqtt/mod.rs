@@ -316,7 +316,7 @@ pub fn spawn(
     let (rtx, rrx) = mpsc::unbounded_channel();
     let opts = options::mqtt_options(&settings)?;
     Ok(spawn_with(
-        opts, settings, login, queue, orders, wake, rtx, rrx,
+        opts, settings, login, queue, orders, wake, rtx, rrx, None,
     ))
 }
 
@@ -330,6 +330,7 @@ fn spawn_with(
     wake: Arc<Notify>,
     rtx: mpsc::UnboundedSender<OrderReport>,
     rrx: mpsc::UnboundedReceiver<OrderReport>,
+    remote: Option<Arc<dyn crate::remote::port::CommandPort>>,
 ) -> MqttHandle {
     let window = settings.window;
     let cap = opts.request_channel_capacity();
@@ -348,7 +349,8 @@ fn spawn_with(
     let span = tracing::info_span!("uplink", kind = "mqtt");
     let net = tokio::spawn(tracing::Instrument::instrument(net.run(), span.clone()));
     tracing::info!(url = %settings.url, client_id = %settings.client_id, orders = settings.orders, "MQTT uplink starting");
-    let session = session::Session::new(
+    let remote = remote.map(|p| session::remote::RemoteMqtt::new(p, &settings));
+    let mut session = session::Session::new(
         Arc::new(settings),
         client,
         queue,
@@ -360,6 +362,7 @@ fn spawn_with(
         stop_rx,
         status_tx,
     );
+    session.remote = remote;
     let session = tokio::spawn(tracing::Instrument::instrument(session.run(), span));
     MqttHandle {
         status: status_rx,
@@ -382,6 +385,7 @@ pub struct Pending {
     wake: Arc<Notify>,
     rtx: mpsc::UnboundedSender<OrderReport>,
     rrx: mpsc::UnboundedReceiver<OrderReport>,
+    remote: Option<Arc<dyn crate::remote::port::CommandPort>>,
 }
 
 /// Validates the MQTT settings of `config` and returns the channel hooks plus the uplink
@@ -410,11 +414,24 @@ pub fn prepare(
             wake,
             rtx,
             rrx,
+            remote: None,
         },
     ))
 }
 
 impl Pending {
+    /// Fleet management on this connection (`session::remote`): presence with a Last
+    /// Will, commands in, results out.
+    pub fn set_remote(&mut self, port: Arc<dyn crate::remote::port::CommandPort>) {
+        self.opts.set_last_will(rumqttc::LastWill::new(
+            session::remote::status_topic(&self.settings),
+            session::remote::OFFLINE,
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+        self.remote = Some(port);
+    }
+
     /// Starts the uplink (inside tokio), routing orders to `channels`.
     pub fn start(self, channels: &[Arc<ChannelCtx>]) -> MqttHandle {
         let orders: Option<Arc<dyn OrderSink>> = self.settings.orders.then(|| {
@@ -435,6 +452,7 @@ impl Pending {
             self.wake,
             self.rtx,
             self.rrx,
+            self.remote,
         )
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 mod orders;
+pub mod remote;
 
 use super::net::NetEvent;
 use super::status::MqttStatus;
@@ -38,6 +39,8 @@ const RESCAN: Duration = Duration::from_secs(30);
 enum Tag {
     Msg { id: String },
     Report(OrderReport),
+    /// Fleet management (presence, command results): `remote.rs`.
+    Remote(remote::RemoteTag),
 }
 
 /// A message ready to publish (serialized off the runtime).
@@ -55,6 +58,7 @@ enum Step {
     More,
     Report(OrderReport),
     Renew,
+    Remote(remote::RemoteStep),
 }
 
 struct FetchOut {
@@ -106,6 +110,8 @@ pub(crate) struct Session {
     /// Shutting down: publish nothing new.
     stopping: bool,
     reconnect_at: Option<tokio::time::Instant>,
+    /// Fleet management on this connection, if enabled.
+    pub remote: Option<remote::RemoteMqtt>,
 }
 
 impl Session {
@@ -146,6 +152,7 @@ impl Session {
             orders_broken: false,
             stopping: false,
             reconnect_at: None,
+            remote: None,
         }
     }
 
@@ -193,6 +200,7 @@ impl Session {
                 _ = tokio::time::sleep_until(reconnect_at.unwrap_or_else(tokio::time::Instant::now)),
                     if reconnect_at.is_some() => Step::Renew,
                 _ = rescan.tick() => Step::More,
+                r = remote::next(&mut self.remote) => Step::Remote(r),
                 _ = self.stop.wait_for(|s| *s) => break,
             };
             match step {
@@ -210,6 +218,7 @@ impl Session {
                     self.report_q.push_back(r);
                     self.flush_reports();
                 }
+                Step::Remote(r) => self.on_remote(r).await,
                 Step::Renew => {
                     self.reconnect_at = None;
                     tracing::info!("access token due for renewal: reconnecting with a new one");
@@ -438,6 +447,7 @@ impl Session {
                 }
                 self.reconnect_at = token_expires_at.and_then(renewal_deadline);
                 self.flush_reports();
+                self.remote_up().await;
                 self.publish_status(|st| {
                     st.connected = true;
                     st.state = UplinkState::Ok;
@@ -469,6 +479,7 @@ impl Session {
                             self.outstanding.remove(&id);
                         }
                         Tag::Report(r) => reports.push(r),
+                        Tag::Remote(t) => self.remote_lost(t),
                     }
                 }
                 for r in reports.into_iter().rev() {
@@ -554,6 +565,7 @@ impl Session {
                         tracing::debug!(order = %r.id, "order status published");
                         self.publish_status(|st| st.reports_published += 1);
                     }
+                    Some(Tag::Remote(t)) => self.remote_acked(t),
                     None => tracing::debug!(pkid = ack.pkid, "PUBACK for an unknown packet id"),
                 }
             }
@@ -570,7 +582,13 @@ impl Session {
                     });
                 }
             }
-            NetEvent::Event(Event::Incoming(Incoming::Publish(p))) => self.on_order(p).await,
+            NetEvent::Event(Event::Incoming(Incoming::Publish(p))) => {
+                if self.is_command(&p) {
+                    self.on_command(p).await
+                } else {
+                    self.on_order(p).await
+                }
+            }
             NetEvent::Event(_) => {}
         }
     }
@@ -584,6 +602,8 @@ impl Session {
         let deadline = tokio::time::Instant::now() + STOP_DRAIN;
         self.more = false;
         self.stopping = true;
+        // A clean stop says `offline` itself (the Will fires only on a lost connection).
+        self.remote_offline();
         while self.up && !(self.fifo.is_empty() && self.inflight.is_empty() && self.held.is_none())
         {
             tokio::select! {
@@ -768,7 +788,7 @@ mod tests {
             .iter()
             .map(|t| match t {
                 Tag::Msg { id } => id.clone(),
-                Tag::Report(_) => String::new(),
+                _ => String::new(),
             })
             .collect();
         assert_eq!(again, vec!["m3", "m4", "m5"], "resent in order");

@@ -8,7 +8,8 @@
 //! - [`sign`]: the canonical form and Ed25519 signatures (`ring`);
 //! - [`logring`]: the in-memory log the `logs` command reads (at most `info`);
 //! - [`files`]: pushed configs and the trial marker in `state_dir/remote/`;
-//! - [`feed`]: the HTTPS command feed and the result sender (threads of their own).
+//! - [`feed`]: the HTTPS command feed and the result sender (threads of their own);
+//! - [`port`]: what those transports need from the command side.
 //!
 //! Running commands, trials and start-up restore belong to the service
 //! (`service::remote`); MQTT presence, commands and results to the MQTT session
@@ -18,4 +19,5 @@ pub mod command;
 pub mod feed;
 pub mod files;
 pub mod logring;
+pub mod port;
 pub mod sign;

@@ -419,7 +419,37 @@ pub fn render(s: &AgentStatus, p: &ProcessStats) -> String {
         label(env!("LABAGENT_TARGET"))
     );
     p.render(&mut o, s.started_unix);
+    if let Some(r) = &s.remote {
+        render_remote(&mut o, r);
+    }
     o
+}
+
+/// Fleet management: commands by command and outcome; which config is in force.
+fn render_remote(o: &mut String, r: &super::remote::RemoteView) {
+    let _ = writeln!(
+        o,
+        "# HELP labagent_remote_commands_total Remote commands by command and outcome (ok, error, refused, repeated, rolled-back)."
+    );
+    let _ = writeln!(o, "# TYPE labagent_remote_commands_total counter");
+    for (c, out, n) in &r.counts {
+        let _ = writeln!(
+            o,
+            "labagent_remote_commands_total{{command=\"{c}\",outcome=\"{out}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        o,
+        "# HELP labagent_remote_config_pushed 1 while a pushed config (state_dir/remote/config.toml) is in force."
+    );
+    let _ = writeln!(o, "# TYPE labagent_remote_config_pushed gauge");
+    let _ = writeln!(o, "labagent_remote_config_pushed {}", u8::from(r.pushed));
+    let _ = writeln!(
+        o,
+        "# HELP labagent_remote_config_trial 1 while a pushed config is on trial."
+    );
+    let _ = writeln!(o, "# TYPE labagent_remote_config_trial gauge");
+    let _ = writeln!(o, "labagent_remote_config_trial {}", u8::from(r.trial.is_some()));
 }
 
 #[cfg(test)]
@@ -467,6 +497,7 @@ mod tests {
                 syncs: 0,
                 error: None,
             },
+            remote: None,
         }
     }
 

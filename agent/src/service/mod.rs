@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod notify;
 pub mod process;
 pub mod queue;
+pub mod remote;
 pub mod settings;
 pub mod status;
 
@@ -115,6 +116,9 @@ pub struct Agent {
     notifier: Arc<Notifier>,
     /// The channels' own thread and runtime (`crate::ingest`).
     ingest: crate::ingest::Ingest,
+    /// Fleet management (`remote`): taken by the service loop while it runs.
+    remote: Option<remote::Remote>,
+    hub: Arc<remote::RemoteHub>,
 }
 
 /// Logs a clock state found at start (a change later is logged by the watcher).
@@ -165,6 +169,12 @@ impl Agent {
     /// Opens the store, starts the uplink, every channel, the status socket and metrics.
     /// Must run inside tokio. Does not notify systemd (see [`Agent::serve`]).
     pub async fn start(config: Config) -> Result<Agent, RunError> {
+        Self::start_from(config, PathBuf::new()).await
+    }
+
+    /// [`Agent::start`] for a config read from `local` (`--config`): a pushed config may be
+    /// in force instead (`remote`), and `reload` and SIGHUP read the file in force.
+    pub async fn start_from(config: Config, local: PathBuf) -> Result<Agent, RunError> {
         let c = config.clone();
         let store = tokio::task::spawn_blocking(move || open_store(&c))
             .await
@@ -178,6 +188,12 @@ impl Agent {
             );
         }
         let registry = Registry::new(config.agent.id.clone(), store.clone());
+        let (hub, jobs) = remote::RemoteHub::new(store.clone(), &config, local);
+        let h = hub.clone();
+        tokio::task::spawn_blocking(move || h.startup())
+            .await
+            .map_err(|e| RunError::Task(format!("the remote start-up task failed: {e}")))?;
+        registry.set_remote(Some(hub.clone()));
         let synced = crate::clock::synchronized();
         registry.set_clock_synced(synced);
         log_clock(synced);
@@ -238,7 +254,12 @@ impl Agent {
             tasks,
             notifier: Arc::new(Notifier::disabled()),
             ingest: crate::ingest::Ingest::start().map_err(RunError::Runtime)?,
+            remote: Some(remote::Remote::new(hub.clone(), jobs)),
+            hub: hub.clone(),
         };
+        agent
+            .tasks
+            .spawn(remote::presence(agent.registry.clone(), hub, stopping.clone()));
         agent.start_uplink().await?;
         for ch in config.channels.clone() {
             agent.start_channel(ch);
@@ -327,7 +348,7 @@ impl Agent {
                 (UplinkRun::Http(handle), entry)
             }
             UplinkKind::Mqtt => {
-                let (h, pending) = crate::mqtt::prepare(
+                let (h, mut pending) = crate::mqtt::prepare(
                     config,
                     settings::auth_settings(&config.uplink.auth),
                     Arc::new(StoreQueue::new(self.store.clone())),
@@ -335,6 +356,9 @@ impl Agent {
                     self.store.clone(),
                 )?;
                 hooks = h;
+                if self.hub.settings().enabled {
+                    pending.set_remote(self.hub.clone());
+                }
                 // Status appears once it starts (after the channels exist).
                 let (_, rx) = watch::channel(crate::uplink::UplinkStatus::new(
                     crate::uplink::AuthMode::None,
@@ -495,7 +519,10 @@ impl Agent {
         // MQTT routes orders to channel contexts: new or restarted channels need a new one.
         let routes_changed = matches!(self.uplink, Some(UplinkRun::Mqtt(_)))
             && (added > 0 || restarted > 0 || removed > 0);
-        let uplink_changed = new.uplink != self.config.uplink || routes_changed;
+        // `[remote]` decides what the uplink subscribes to and what it polls.
+        let uplink_changed =
+            new.uplink != self.config.uplink || new.remote != self.config.remote || routes_changed;
+        self.hub.set_settings(new.remote_or_default());
         let keep = Config {
             agent: self.config.agent.clone(),
             buffer: self.config.buffer.clone(),
@@ -621,13 +648,25 @@ impl Agent {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_status = summary;
+        let mut remote = self.remote.take();
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                Some(ev) = async { match remote.as_mut() { Some(r) => Some(r.next().await), None => None } } => {
+                    if let Some(r) = remote.as_mut() {
+                        self.on_remote(r, ev).await;
+                    }
+                }
                 _ = hup.recv() => {
                     self.notifier.reloading();
-                    self.reload_from(&config_path).await;
+                    // The file in force: a pushed one while it exists.
+                    let path = if config_path.as_os_str().is_empty() {
+                        config_path.clone()
+                    } else {
+                        self.hub.files().in_force(&config_path)
+                    };
+                    self.reload_from(&path).await;
                     let s = self.summary().await;
                     self.notifier.ready(&s);
                     last_status = s;

@@ -67,6 +67,7 @@ struct Inner {
     channels: Vec<ChannelEntry>,
     uplink: Option<UplinkEntry>,
     clock_synced: Option<bool>,
+    remote: Option<Arc<super::remote::RemoteHub>>,
 }
 
 impl Registry {
@@ -93,6 +94,11 @@ impl Registry {
             c.ctx.clock_synced.set(w.clock_synced);
         }
         w.channels = channels;
+    }
+
+    /// Fleet management, shown in status and metrics.
+    pub fn set_remote(&self, hub: Option<Arc<super::remote::RemoteHub>>) {
+        self.write().remote = hub;
     }
 
     pub fn set_uplink(&self, uplink: Option<UplinkEntry>) {
@@ -197,6 +203,7 @@ impl Registry {
             }
         });
         let totals = stats.as_ref().map(|s| s.totals.clone());
+        let remote = inner.remote.as_ref().map(|h| h.view());
         AgentStatus {
             agent: self.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -227,6 +234,7 @@ impl Registry {
                 syncs: stats.as_ref().map_or(0, |s| s.syncs),
                 error: store_error,
             },
+            remote,
         }
     }
 }
@@ -284,6 +292,9 @@ pub struct AgentStatus {
     pub channels: Vec<ChannelStatus>,
     pub uplink: Option<UplinkView>,
     pub store: StoreView,
+    /// Fleet management: the config file in force, a trial, the last command.
+    #[serde(default)]
+    pub remote: Option<super::remote::RemoteView>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -501,6 +512,36 @@ impl AgentStatus {
         }
         if let Some(e) = &st.error {
             let _ = writeln!(s, "  store error: {e}");
+        }
+        if let Some(r) = &self.remote {
+            let _ = writeln!(
+                s,
+                "\nconfig in force: {}{}",
+                r.config_file,
+                if r.pushed {
+                    " (pushed remotely; `labagent remote reset` returns to the local file)"
+                } else {
+                    ""
+                }
+            );
+            if let Some(t) = &r.trial {
+                let _ = writeln!(s, "  on trial: the config pushed by command {t}");
+            }
+            let _ = writeln!(
+                s,
+                "remote commands: {}",
+                if r.enabled { "enabled" } else { "off" }
+            );
+            if let Some(l) = &r.last {
+                let _ = writeln!(
+                    s,
+                    "  last: {} {} — {}, {} ago",
+                    l.command.as_deref().unwrap_or("?"),
+                    l.id.as_deref().unwrap_or("(no id)"),
+                    l.outcome,
+                    human_duration(now_unix.saturating_sub(l.at_unix))
+                );
+            }
         }
         s
     }

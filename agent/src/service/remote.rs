@@ -1,0 +1,912 @@
+//! Remote commands in the running agent: intake (checks, record, audit), running them,
+//! a pushed config on trial (confirm or roll back), start-up restore.
+//!
+//! # Flow
+//!
+//! A transport hands a command to [`RemoteHub::intake`] (blocking): it is checked
+//! (`remote::command`), and either refused (result stored, audit line) or recorded as
+//! running in the store *before* the transport acknowledges it, then queued for the
+//! agent's service loop, which runs it ([`Agent::on_remote`]). An id recorded before is
+//! never run again: a finished one is answered from its stored result (sent again), a
+//! running one is left to finish. Each command ends in exactly one result, stored durably
+//! until delivered ([`RemoteHub::finish`]); transports send what
+//! [`CommandPort::pending_results`] lists.
+//!
+//! # A pushed config on trial
+//!
+//! `config` validates `args.text` like `check-config`; keys that need a restart and
+//! `[remote]` must equal the running ones. Then (files in `remote::files`): marker →
+//! pushed file → reload, and the trial runs until [`Trial::deadline`]
+//! (`[remote] rollback_after`). It succeeds when every listen socket is bound, every
+//! serial port open (or waiting for its device, if it already was before the push), and
+//! the uplink connected (MQTT) or a command poll that started after the apply succeeded
+//! (HTTPS). Success: marker removed, then the result stored. Failure: the result stored
+//! (`rolled-back`, why), the previous file restored, reloaded, marker removed.
+//!
+//! # Crash safety
+//!
+//! At start ([`startup_files`], before the config is read) a marker means the trial did
+//! not finish: the previous file is restored (idempotent, see `remote::files`) and the
+//! marker kept; once the store is open ([`RemoteHub::startup`]) the result is stored as
+//! rolled back and the marker removed. A `config` record still running without a marker
+//! was confirmed (marker removed) unless the pushed file does not name it (it never got
+//! that far). Other commands still running were interrupted: they are reported, not run
+//! again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use labagent_config::{Config, Transport};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::Agent;
+use crate::remote::command::{self, Command, Policy};
+use crate::remote::files::{Files, Marker};
+use crate::remote::port::CommandPort;
+use crate::source::PortState;
+use crate::store::{CommandRecord, CommandState, Store};
+
+/// How often a trial's conditions are looked at.
+const TRIAL_CHECK: Duration = Duration::from_millis(250);
+
+/// A command accepted and recorded, waiting for the service loop.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub cmd: Command,
+    pub via: String,
+}
+
+/// The last command, for `labagent status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastCommand {
+    pub id: Option<String>,
+    pub command: Option<String>,
+    pub outcome: String,
+    pub at_unix: u64,
+}
+
+/// Fleet management as `labagent status --json` and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RemoteView {
+    pub enabled: bool,
+    /// The config file in force.
+    pub config_file: String,
+    /// A pushed config is in force (not the local file).
+    pub pushed: bool,
+    /// The command whose pushed config is on trial.
+    pub trial: Option<String>,
+    pub last: Option<LastCommand>,
+    /// (command, outcome) → count since start.
+    pub counts: Vec<(String, String, u64)>,
+}
+
+/// The command side, shared by the transports and the service loop.
+pub struct RemoteHub {
+    store: Store,
+    agent_id: String,
+    local: PathBuf,
+    files: Files,
+    remote: RwLock<labagent_config::Remote>,
+    jobs: mpsc::UnboundedSender<Job>,
+    ready: Arc<Notify>,
+    generation: (Mutex<u64>, Condvar),
+    presence: watch::Sender<Option<Vec<u8>>>,
+    last: Mutex<Option<LastCommand>>,
+    counts: Mutex<BTreeMap<(String, String), u64>>,
+    trial: Mutex<Option<String>>,
+    /// Wall-clock start of the latest successful command poll (HTTPS).
+    poll_ok: Mutex<Option<SystemTime>>,
+}
+
+impl std::fmt::Debug for RemoteHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteHub")
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The result document: `{"id","ok","result"|"error","at"}`.
+pub fn result_doc(id: &str, outcome: &Result<Value, String>) -> Value {
+    let at = crate::calendar::rfc3339(SystemTime::now());
+    match outcome {
+        Ok(v) => json!({"id": id, "ok": true, "result": v, "at": at}),
+        Err(e) => json!({"id": id, "ok": false, "error": e, "at": at}),
+    }
+}
+
+impl RemoteHub {
+    /// The hub and the receiving end of its job queue.
+    pub fn new(
+        store: Store,
+        config: &Config,
+        local: PathBuf,
+    ) -> (Arc<RemoteHub>, mpsc::UnboundedReceiver<Job>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (presence, _) = watch::channel(None);
+        let hub = RemoteHub {
+            store,
+            agent_id: config.agent.id.clone(),
+            local,
+            files: Files::new(&config.agent.state_dir),
+            remote: RwLock::new(config.remote_or_default()),
+            jobs: tx,
+            ready: Arc::new(Notify::new()),
+            generation: (Mutex::new(0), Condvar::new()),
+            presence,
+            last: Mutex::new(None),
+            counts: Mutex::new(BTreeMap::new()),
+            trial: Mutex::new(None),
+            poll_ok: Mutex::new(None),
+        };
+        (Arc::new(hub), rx)
+    }
+
+    pub fn files(&self) -> &Files {
+        &self.files
+    }
+
+    /// `[remote]` as running now.
+    pub fn settings(&self) -> labagent_config::Remote {
+        self.remote.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A local reload may change `[remote]`.
+    pub fn set_settings(&self, r: labagent_config::Remote) {
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = r;
+    }
+
+    /// The config file in force.
+    pub fn config_file(&self) -> PathBuf {
+        self.files.in_force(&self.local)
+    }
+
+    fn policy(&self) -> Policy {
+        let r = self.settings();
+        Policy {
+            agent_id: self.agent_id.clone(),
+            allow: r.allow.clone(),
+            signing_key: r.signing_key.map(|k| k.public),
+        }
+    }
+
+    /// One audit line (never the arguments or a signature) and the counters.
+    fn audit(&self, id: Option<&str>, cmd: Option<&str>, via: &str, outcome: &str, why: &str) {
+        tracing::info!(
+            id = id.unwrap_or("-"),
+            command = cmd.unwrap_or("-"),
+            via,
+            outcome,
+            detail = why,
+            "remote command"
+        );
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((cmd.unwrap_or("unknown").to_string(), outcome.to_string()))
+            .or_default() += 1;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastCommand {
+            id: id.map(str::to_string),
+            command: cmd.map(str::to_string),
+            outcome: outcome.to_string(),
+            at_unix: unix_now(),
+        });
+    }
+
+    fn signal_results(&self) {
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+        let (m, c) = &self.generation;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        c.notify_all();
+    }
+
+    /// Stores the result of command `id` (durable), audits it, wakes the transports.
+    pub fn finish(
+        &self,
+        id: &str,
+        cmd: &str,
+        via: &str,
+        not_after: i64,
+        outcome: Result<Value, String>,
+        label: &str,
+    ) {
+        let doc = result_doc(id, &outcome);
+        let rec = CommandRecord {
+            id: id.to_string(),
+            command: cmd.to_string(),
+            state: CommandState::Done,
+            not_after_unix: u64::try_from(not_after).unwrap_or(0),
+            result: Some(doc),
+            delivered: false,
+            refused: false,
+            via: via.to_string(),
+        };
+        if let Err(e) = self.store.command_put(&rec) {
+            tracing::error!(id, error = %e, "cannot store a remote command's result");
+        }
+        let why = match &outcome {
+            Ok(_) => String::new(),
+            Err(e) => e.clone(),
+        };
+        self.audit(Some(id), Some(cmd), via, label, &why);
+        self.signal_results();
+    }
+
+    /// Publishes the retained presence document.
+    pub fn set_presence(&self, doc: Option<Vec<u8>>) {
+        self.presence.send_replace(doc);
+    }
+
+    /// The latest successful command poll started at or after `t`.
+    pub fn polled_since(&self, t: SystemTime) -> bool {
+        self.poll_ok
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|p| p >= t)
+    }
+
+    pub fn set_trial(&self, id: Option<String>) {
+        *self.trial.lock().unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    /// For status and metrics.
+    pub fn view(&self) -> RemoteView {
+        let file = self.config_file();
+        RemoteView {
+            enabled: self.settings().enabled,
+            pushed: file != self.local,
+            config_file: file.display().to_string(),
+            trial: self.trial.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last: self.last.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            counts: self
+                .counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|((c, o), n)| (c.clone(), o.clone(), *n))
+                .collect(),
+        }
+    }
+
+    /// Finishes what a stop or crash left open (see the module doc). Blocking.
+    pub fn startup(&self) {
+        let marker = match self.files.read_marker() {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the trial marker; treating it as a trial to roll back");
+                None
+            }
+        };
+        let records = match self.store.commands() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read remote command records");
+                Vec::new()
+            }
+        };
+        for r in records.iter().filter(|r| r.state == CommandState::Running) {
+            let on_trial = marker.as_ref().is_some_and(|m| m.id == r.id);
+            let not_after = i64::try_from(r.not_after_unix).unwrap_or(0);
+            let (outcome, label) = if r.command == "config" && on_trial {
+                (
+                    Err("rolled-back: the agent stopped or restarted during the trial; the previous config was restored".to_string()),
+                    "rolled-back",
+                )
+            } else if r.command == "config"
+                && self.files.pushed_by().as_deref() == Some(r.id.as_str())
+            {
+                (
+                    Ok(json!({"outcome": "applied", "file": self.files.pushed().display().to_string()})),
+                    "ok",
+                )
+            } else {
+                (
+                    Err("interrupted: the agent stopped before it finished; not run again".to_string()),
+                    "error",
+                )
+            };
+            self.finish(&r.id, &r.command, &r.via, not_after, outcome, label);
+        }
+        if let Some(m) = marker {
+            if let Err(e) = self.files.end_trial() {
+                tracing::error!(error = %e, "cannot remove the trial marker");
+            }
+            tracing::warn!(command = %m.id, "a pushed config's trial did not finish before the last stop: the previous config is in force");
+        }
+        match self.store.commands_prune(unix_now()) {
+            Ok(n) if n > 0 => tracing::debug!(pruned = n, "old remote command records removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune remote command records"),
+            _ => {}
+        }
+        if !self.store.commands_undelivered().map_or(true, |v| v.is_empty()) {
+            self.signal_results();
+        }
+    }
+}
+
+impl CommandPort for RemoteHub {
+    fn intake(&self, payload: &[u8], via: &str) -> Result<(), String> {
+        let policy = self.policy();
+        let synced = crate::clock::synchronized();
+        match command::check(payload, &policy, SystemTime::now(), synced) {
+            Err(r) => {
+                self.audit(r.id.as_deref(), r.command.as_deref(), via, "refused", &r.why);
+                let Some(id) = r.id else { return Ok(()) };
+                let existing = self.store.command_get(&id).map_err(|e| e.to_string())?;
+                if existing.is_some_and(|e| !e.refused) {
+                    // A refused copy of a known command changes nothing.
+                    return Ok(());
+                }
+                let max = unix_now() + command::MAX_AHEAD.as_secs();
+                let keep = r
+                    .not_after
+                    .map_or(max, |n| u64::try_from(n).unwrap_or(0).clamp(unix_now(), max));
+                let rec = CommandRecord {
+                    id: id.clone(),
+                    command: r.command.unwrap_or_default(),
+                    state: CommandState::Done,
+                    not_after_unix: keep,
+                    result: Some(result_doc(&id, &Err(format!("refused: {}", r.why)))),
+                    delivered: false,
+                    refused: true,
+                    via: via.to_string(),
+                };
+                self.store.command_put(&rec).map_err(|e| e.to_string())?;
+                self.signal_results();
+                Ok(())
+            }
+            Ok(cmd) => {
+                let existing = self.store.command_get(&cmd.id).map_err(|e| e.to_string())?;
+                if let Some(mut rec) = existing.filter(|e| !e.refused) {
+                    self.audit(
+                        Some(&cmd.id),
+                        Some(&cmd.command),
+                        via,
+                        "repeated",
+                        "id seen before: answered from the stored result, not run again",
+                    );
+                    if rec.state == CommandState::Done {
+                        rec.delivered = false;
+                        self.store.command_put(&rec).map_err(|e| e.to_string())?;
+                        self.signal_results();
+                    }
+                    return Ok(());
+                }
+                let rec = CommandRecord {
+                    id: cmd.id.clone(),
+                    command: cmd.command.clone(),
+                    state: CommandState::Running,
+                    not_after_unix: u64::try_from(cmd.not_after).unwrap_or(0),
+                    result: None,
+                    delivered: false,
+                    refused: false,
+                    via: via.to_string(),
+                };
+                self.store.command_put(&rec).map_err(|e| e.to_string())?;
+                let _ = self.jobs.send(Job {
+                    cmd,
+                    via: via.to_string(),
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn pending_results(&self) -> Vec<(String, Vec<u8>)> {
+        match self.store.commands_undelivered() {
+            Ok(v) => v
+                .into_iter()
+                .filter_map(|r| {
+                    let doc = r.result?;
+                    Some((r.id, serde_json::to_vec(&doc).unwrap_or_default()))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read remote command results");
+                Vec::new()
+            }
+        }
+    }
+
+    fn delivered(&self, id: &str) {
+        if let Err(e) = self.store.command_delivered(id) {
+            tracing::warn!(id, error = %e, "cannot mark a command result delivered (it may be sent again)");
+        }
+    }
+
+    fn results_ready(&self) -> Arc<Notify> {
+        self.ready.clone()
+    }
+
+    fn wait_results(&self, seen: u64, timeout: Duration) -> u64 {
+        let (m, c) = &self.generation;
+        let g = m.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = c
+            .wait_timeout_while(g, timeout, |g| *g == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+
+    fn presence(&self) -> watch::Receiver<Option<Vec<u8>>> {
+        self.presence.subscribe()
+    }
+
+    fn poll_ok(&self, started: SystemTime) {
+        let mut p = self.poll_ok.lock().unwrap_or_else(|e| e.into_inner());
+        if p.map_or(true, |old| started > old) {
+            *p = Some(started);
+        }
+    }
+}
+
+/// Before the config is read at start: finishes an interrupted trial on disk (restores
+/// the previous file; the marker stays until the store holds the result). Returns the
+/// file in force and notes to log once logging runs.
+pub fn startup_files(local: &Path, state_dir: &Path) -> (PathBuf, Vec<String>) {
+    let files = Files::new(state_dir);
+    let mut notes = Vec::new();
+    match files.read_marker() {
+        Ok(Some(m)) => match files.restore(&m) {
+            Ok(()) => notes.push(format!(
+                "the pushed config of command {} was on trial when the agent stopped: the previous config is restored",
+                m.id
+            )),
+            Err(e) => notes.push(format!(
+                "cannot restore the config before command {}'s push: {e}",
+                m.id
+            )),
+        },
+        Ok(None) => {}
+        Err(e) => notes.push(format!("cannot read the trial marker: {e}")),
+    }
+    (files.in_force(local), notes)
+}
+
+/// Keeps the retained presence document current: `{"state":"online", ...status}`, at
+/// most every `[remote] status_every`, only when something other than the uptime changed.
+pub async fn presence(
+    registry: Arc<super::status::Registry>,
+    hub: Arc<RemoteHub>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last: Option<Value> = None;
+    loop {
+        let reg = registry.clone();
+        if let Ok(snap) = tokio::task::spawn_blocking(move || reg.snapshot()).await {
+            if let Ok(Value::Object(mut m)) = serde_json::to_value(&snap) {
+                m.remove("uptime_s");
+                let cmp = Value::Object(m.clone());
+                if last.as_ref() != Some(&cmp) {
+                    m.insert("uptime_s".into(), json!(snap.uptime_s));
+                    let mut doc = serde_json::Map::new();
+                    doc.insert("state".into(), json!("online"));
+                    doc.extend(m);
+                    hub.set_presence(serde_json::to_vec(&Value::Object(doc)).ok());
+                    last = Some(cmp);
+                }
+            }
+        }
+        let every = hub.settings().status_every;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// A push on trial.
+#[derive(Debug)]
+pub struct Trial {
+    pub job: Job,
+    pub marker: Marker,
+    pub deadline: Instant,
+    pub applied_at: SystemTime,
+    /// Channels whose serial port was waiting for its device before the push (name, path).
+    pub waiting_before: BTreeSet<(String, PathBuf)>,
+}
+
+/// The agent's side of remote management: the job queue and the trial in progress.
+pub struct Remote {
+    pub hub: Arc<RemoteHub>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    pub trial: Option<Trial>,
+}
+
+/// What the service loop is woken for.
+pub enum RemoteEvent {
+    Job(Job),
+    TrialCheck,
+}
+
+impl Remote {
+    pub fn new(hub: Arc<RemoteHub>, jobs: mpsc::UnboundedReceiver<Job>) -> Remote {
+        Remote {
+            hub,
+            jobs,
+            trial: None,
+        }
+    }
+
+    /// The next thing to do (cancel-safe).
+    pub async fn next(&mut self) -> RemoteEvent {
+        let trial = self.trial.is_some();
+        tokio::select! {
+            Some(j) = self.jobs.recv() => RemoteEvent::Job(j),
+            _ = tokio::time::sleep(TRIAL_CHECK), if trial => RemoteEvent::TrialCheck,
+        }
+    }
+}
+
+/// Keys that need a restart, and `[remote]`: a pushed config must keep them.
+fn restart_keys_differ(run: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if new.agent.id != run.agent.id {
+        v.push("agent.id");
+    }
+    if new.agent.state_dir != run.agent.state_dir {
+        v.push("agent.state_dir");
+    }
+    if new.agent.status_socket != run.agent.status_socket {
+        v.push("agent.status_socket");
+    }
+    if new.agent.metrics != run.agent.metrics {
+        v.push("agent.metrics");
+    }
+    if new.buffer != run.buffer {
+        v.push("[buffer]");
+    }
+    if new.remote != run.remote {
+        v.push("[remote]");
+    }
+    v
+}
+
+fn queue_request(args: &Value) -> Result<super::queue::QueueRequest, String> {
+    use super::queue::QueueRequest;
+    let op = args
+        .get("op")
+        .and_then(Value::as_str)
+        .ok_or("args.op is required: list, show, retry or purge-delivered")?;
+    let id = || {
+        args.get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(format!("args.id is required for op \"{op}\""))
+    };
+    Ok(match op {
+        "list" => QueueRequest::List {
+            channel: args
+                .get("channel")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            state: match args.get("state") {
+                None | Some(Value::Null) => None,
+                Some(s) => Some(
+                    serde_json::from_value(s.clone())
+                        .map_err(|_| "args.state: pending, delivered, rejected or incomplete")?,
+                ),
+            },
+            limit: args
+                .get("limit")
+                .and_then(Value::as_u64)
+                .unwrap_or(100)
+                .min(1000) as usize,
+        },
+        "show" => QueueRequest::Show { id: id()? },
+        "retry" => QueueRequest::Retry { id: id()? },
+        "purge-delivered" => QueueRequest::PurgeDelivered,
+        other => {
+            return Err(format!(
+                "unknown queue op \"{}\": list, show, retry or purge-delivered",
+                other.chars().take(32).collect::<String>()
+            ))
+        }
+    })
+}
+
+impl Agent {
+    /// Runs one remote event from the service loop.
+    pub(super) async fn on_remote(&mut self, r: &mut Remote, ev: RemoteEvent) {
+        match ev {
+            RemoteEvent::Job(job) => self.run_job(r, job).await,
+            RemoteEvent::TrialCheck => self.check_trial(r).await,
+        }
+    }
+
+    async fn run_job(&mut self, r: &mut Remote, job: Job) {
+        let hub = r.hub.clone();
+        let c = &job.cmd;
+        let outcome: Result<Value, String> = match c.command.as_str() {
+            "ping" => Ok(json!({"pong": true, "agent": self.config.agent.id,
+                               "version": env!("CARGO_PKG_VERSION")})),
+            "status" => {
+                let reg = self.registry.clone();
+                tokio::task::spawn_blocking(move || reg.snapshot())
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string()))
+            }
+            "logs" => {
+                let n = c
+                    .args
+                    .get("lines")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(100)
+                    .min(crate::remote::logring::CAPACITY as u64) as usize;
+                Ok(json!({"lines": crate::remote::logring::global().last(n)}))
+            }
+            "queue" => match queue_request(&c.args) {
+                Ok(req) => {
+                    let store = self.store.clone();
+                    match tokio::task::spawn_blocking(move || super::queue::execute(&store, &req))
+                        .await
+                    {
+                        Ok(Ok(text)) => Ok(json!({"text": text})),
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            "reload" => {
+                if r.trial.is_some() {
+                    Err("a pushed config is on trial; reload after it is confirmed or rolled back".into())
+                } else {
+                    self.reload_checked(&hub.config_file()).await
+                }
+            }
+            "config" => match self.push_config(r, &job).await {
+                // On trial: the result comes when it is confirmed or rolled back.
+                Ok(()) => return,
+                Err(e) => Err(e),
+            },
+            other => Err(format!("unknown command \"{other}\"")),
+        };
+        let label = if outcome.is_ok() { "ok" } else { "error" };
+        hub.finish(&c.id, &c.command, &job.via, c.not_after, outcome, label);
+    }
+
+    /// Re-reads `path` as SIGHUP does, reporting what happened.
+    async fn reload_checked(&mut self, path: &Path) -> Result<Value, String> {
+        let p = path.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || labagent_config::load(&p))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("configuration not reloaded, the running one stays: {e}"))?;
+        let needs_restart = self.reload(loaded.config).await;
+        Ok(json!({"reloaded": true, "file": path.display().to_string(),
+                  "needs_restart": needs_restart}))
+    }
+
+    /// Validates a pushed config and puts it in force on trial.
+    async fn push_config(&mut self, r: &mut Remote, job: &Job) -> Result<(), String> {
+        if let Some(t) = &r.trial {
+            return Err(format!(
+                "refused: the config of command {} is on trial; push again once it is confirmed or rolled back",
+                t.job.cmd.id
+            ));
+        }
+        let text = job
+            .cmd
+            .args
+            .get("text")
+            .and_then(Value::as_str)
+            .ok_or("args.text (the whole config.toml) is required")?
+            .to_string();
+        let files = r.hub.files().clone();
+        let pushed = files.pushed();
+        let t2 = text.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            labagent_config::load_str(&t2, &pushed, &labagent_config::LoadOptions::default())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("refused: {e}"))?;
+        let differ = restart_keys_differ(&self.config, &loaded.config);
+        if !differ.is_empty() {
+            return Err(format!(
+                "refused: {} must equal the running value{} (a restart or a local edit changes {})",
+                differ.join(", "),
+                if differ.len() > 1 { "s" } else { "" },
+                if differ.len() > 1 { "them" } else { "it" },
+            ));
+        }
+        let waiting_before: BTreeSet<(String, PathBuf)> = self
+            .channels
+            .values()
+            .filter(|c| c.port.borrow().state == PortState::WaitingForDevice)
+            .filter_map(|c| match &c.config.transport {
+                Transport::Serial { path, .. } => Some((c.config.name.clone(), path.clone())),
+                _ => None,
+            })
+            .collect();
+        let id = job.cmd.id.clone();
+        let f2 = files.clone();
+        tokio::task::spawn_blocking(move || f2.begin_trial(&id, &text))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot write the pushed config: {e}"))?;
+        let marker = Marker {
+            id: job.cmd.id.clone(),
+            previous: false,
+        };
+        let marker = files.read_marker().ok().flatten().unwrap_or(marker);
+        let rollback_after = r.hub.settings().rollback_after;
+        let applied_at = SystemTime::now();
+        tracing::info!(command = %job.cmd.id, file = %files.pushed().display(),
+            rollback_after_s = rollback_after.as_secs(), "pushed config in force, on trial");
+        for w in &loaded.warnings {
+            tracing::warn!("pushed config: {w}");
+        }
+        self.reload(loaded.config).await;
+        r.hub.set_trial(Some(job.cmd.id.clone()));
+        r.trial = Some(Trial {
+            job: job.clone(),
+            marker,
+            deadline: Instant::now() + rollback_after,
+            applied_at,
+            waiting_before,
+        });
+        Ok(())
+    }
+
+    /// What still keeps a trial from success (empty: success).
+    fn trial_missing(&self, t: &Trial, hub: &RemoteHub) -> Vec<String> {
+        let mut missing = Vec::new();
+        for c in self.channels.values() {
+            let port = c.port.borrow().clone();
+            let ok = match &c.config.transport {
+                Transport::Listen(_) => port.state == PortState::Listening,
+                Transport::Serial { path, .. } => {
+                    port.state == PortState::Open
+                        || (port.state == PortState::WaitingForDevice
+                            && t.waiting_before
+                                .contains(&(c.config.name.clone(), path.clone())))
+                }
+                // A TCP client's peer may be down for reasons of its own.
+                Transport::Connect(_) => true,
+            };
+            if !ok {
+                missing.push(format!(
+                    "channel {}: port {}{}",
+                    c.config.name,
+                    match port.state {
+                        PortState::WaitingForDevice => "waiting for its device",
+                        PortState::Reconnecting => "not open",
+                        PortState::Starting => "not tried yet",
+                        _ => "not ready",
+                    },
+                    port.last_error
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        match &self.uplink {
+            Some(super::UplinkRun::Mqtt(h)) => {
+                let st = h.status().borrow().clone();
+                if !st.connected {
+                    missing.push(format!(
+                        "uplink not connected to the broker{}",
+                        st.common
+                            .last_error
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            Some(super::UplinkRun::Http(h)) => {
+                let st = h.subscribe().borrow().clone();
+                let uploaded = st.last_delivery.is_some_and(|d| d >= t.applied_at);
+                if !uploaded && !hub.polled_since(t.applied_at) {
+                    missing.push(format!(
+                        "no command poll or upload succeeded since the push{}",
+                        st.last_error
+                            .map(|e| format!(" (last error: {e})"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
+            _ => missing.push("uplink not running".into()),
+        }
+        missing
+    }
+
+    async fn check_trial(&mut self, r: &mut Remote) {
+        let Some(t) = r.trial.as_ref() else { return };
+        let missing = self.trial_missing(t, &r.hub);
+        let hub = r.hub.clone();
+        if missing.is_empty() {
+            let Some(t) = r.trial.take() else { return };
+            let files = hub.files().clone();
+            let gone = tokio::task::spawn_blocking(move || files.end_trial()).await;
+            if !matches!(gone, Ok(Ok(()))) {
+                tracing::error!("cannot remove the trial marker: the push would be rolled back at the next start");
+            }
+            hub.set_trial(None);
+            let c = &t.job.cmd;
+            hub.finish(
+                &c.id,
+                &c.command,
+                &t.job.via,
+                c.not_after,
+                Ok(json!({"outcome": "applied", "file": hub.files().pushed().display().to_string()})),
+                "ok",
+            );
+            return;
+        }
+        if Instant::now() < t.deadline {
+            return;
+        }
+        let Some(t) = r.trial.take() else { return };
+        let why = missing.join("; ");
+        let c = &t.job.cmd;
+        tracing::warn!(command = %c.id, %why, "pushed config did not come up within rollback_after: rolling back");
+        // Result first, then the files (a crash in between leaves the marker: start-up
+        // restores them).
+        hub.finish(
+            &c.id,
+            &c.command,
+            &t.job.via,
+            c.not_after,
+            Err(format!(
+                "rolled-back: not up within {} s: {why}",
+                hub.settings().rollback_after.as_secs()
+            )),
+            "rolled-back",
+        );
+        let files = hub.files().clone();
+        let m = t.marker.clone();
+        match tokio::task::spawn_blocking(move || files.restore(&m)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot restore the previous config file"),
+            Err(e) => tracing::error!(error = %e, "restore task failed"),
+        }
+        let path = hub.config_file();
+        match self.reload_checked(&path).await {
+            Ok(_) => tracing::info!(file = %path.display(), "previous config back in force"),
+            Err(e) => tracing::error!(error = %e, "the previous config could not be reloaded"),
+        }
+        let files = hub.files().clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || files.end_trial()).await {
+            tracing::error!(error = %e, "cannot remove the trial marker");
+        }
+        hub.set_trial(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_args_map_to_the_cli_requests() {
+        use super::super::queue::QueueRequest;
+        assert_eq!(
+            queue_request(&json!({"op": "retry", "id": "a-1"})).unwrap(),
+            QueueRequest::Retry { id: "a-1".into() }
+        );
+        assert!(queue_request(&json!({"op": "show"}))
+            .unwrap_err()
+            .contains("args.id"));
+        assert!(queue_request(&json!({"op": "drop"}))
+            .unwrap_err()
+            .contains("unknown queue op"));
+        assert_eq!(
+            queue_request(&json!({"op": "purge-delivered"})).unwrap(),
+            QueueRequest::PurgeDelivered
+        );
+    }
+}
