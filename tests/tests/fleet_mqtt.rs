@@ -233,3 +233,139 @@ fn a_clean_stop_says_offline_and_commands_must_be_signed_with_a_key() {
     });
     assert!(presence(&msgs).len() >= 2);
 }
+
+fn raw_listen(name: &str, port: u16) -> String {
+    format!(
+        "[[channel]]\nname = \"{name}\"\nprotocol = \"raw\"\nlisten = \"127.0.0.1:{port}\"\n\
+         [channel.raw]\nstart = [0x02]\nend = [0x03]\n"
+    )
+}
+
+/// Sends one raw message to a listen port (retrying the connect while it comes up is not
+/// needed: the trial confirmed the port is bound).
+fn send_raw(port: u16, text: &str) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(format!("\x02{text}\x03").as_bytes()).unwrap();
+}
+
+fn uploaded(msgs: &[Received], channel: &str, text: &str) -> bool {
+    msgs.iter().any(|m| {
+        m.topic == format!("labagent/e2e/{channel}/messages") && m.json()["text"] == text
+    })
+}
+
+const REMOTE: &str =
+    "enabled = true\nallow = [\"status\", \"ping\", \"config\", \"reload\"]\nrollback_after = \"4s\"";
+
+#[test]
+fn a_pushed_config_that_works_a_typo_and_a_broker_out_of_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::plain(&dir.path().join("broker"), "");
+    let sub = TestClient::connect(broker.port(), "ops", None, "labagent/e2e/#");
+    let (p1, p2) = (free_port(), free_port());
+    let cfg = write_config(dir.path(), broker.port(), REMOTE, &raw_listen("a", p1));
+    let agent = AgentProcess::start(&cfg);
+    sub.wait_for(T, "online", |m| {
+        presence(m).iter().any(|p| p["state"] == "online")
+    });
+    send_raw(p1, "one");
+    sub.wait_for(T, "upload on a", |m| uploaded(m, "a", "one"));
+    let pushed = dir.path().join("state/remote/config.toml");
+
+    // A typo: refused with line and column, nothing changes.
+    let typo = mqtt_config_text(dir.path(), broker.port(), REMOTE, &raw_listen("a", p1))
+        .replace("protocol = \"raw\"", "protocl = \"raw\"");
+    let r = call(&sub, &command("c-typo", "e2e", "config", json!({"text": typo})));
+    assert_eq!(r["ok"], false, "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains(":19:1:") && e.contains("protocl"), "line 19, column 1: {e}");
+    assert!(!pushed.exists());
+
+    // A restart key changed: refused, naming the key.
+    let moved = mqtt_config_text(dir.path(), broker.port(), REMOTE, &raw_listen("a", p1))
+        .replace("[remote]\n", "[remote]\nstatus_every = \"5s\"\n");
+    let r = call(&sub, &command("c-remote", "e2e", "config", json!({"text": moved})));
+    assert!(r["error"].as_str().unwrap().contains("[remote]"), "{r}");
+
+    // A push that adds a channel: confirmed once both ports are bound and the uplink is up.
+    let two = format!("{}{}", raw_listen("a", p1), raw_listen("b", p2));
+    let text = mqtt_config_text(dir.path(), broker.port(), REMOTE, &two);
+    let r = call(&sub, &command("c-add", "e2e", "config", json!({"text": text})));
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["result"]["outcome"], "applied", "{r}");
+    assert!(std::fs::read_to_string(&pushed)
+        .unwrap()
+        .starts_with("# labagent: pushed by remote command c-add"));
+    send_raw(p2, "two");
+    send_raw(p1, "three");
+    sub.wait_for(T, "uploads on a and b", |m| {
+        uploaded(m, "b", "two") && uploaded(m, "a", "three")
+    });
+    let st = labagent_tests::run(labagent_tests::labagent().arg("status").arg("--config").arg(&cfg));
+    assert!(st.stdout.contains("pushed remotely"), "{st:?}");
+
+    // A broker that cannot be reached: rolled back within rollback_after, the previous
+    // (pushed) config in force again, uploads go on.
+    let dead = mqtt_config_text(dir.path(), free_port(), REMOTE, &two);
+    let mark = agent.mark();
+    let r = call(&sub, &command("c-dead", "e2e", "config", json!({"text": dead})));
+    assert_eq!(r["ok"], false, "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.starts_with("rolled-back") && e.contains("uplink not connected"), "{e}");
+    agent.wait_line(mark, &["previous config back in force"], T);
+    assert!(std::fs::read_to_string(&pushed)
+        .unwrap()
+        .starts_with("# labagent: pushed by remote command c-add"));
+    assert!(!dir.path().join("state/remote/trial").exists());
+    send_raw(p2, "four");
+    sub.wait_for(T, "uploads after the rollback", |m| uploaded(m, "b", "four"));
+
+    // A typo in a device path: the port waits for a device that never comes (it was not
+    // waiting before the push): rolled back.
+    let serial = format!(
+        "{two}[[channel]]\nname = \"c\"\nprotocol = \"astm\"\nserial = \"/dev/ttyLABAGENT-typo\"\n"
+    );
+    let text = mqtt_config_text(dir.path(), broker.port(), REMOTE, &serial);
+    let r = call(&sub, &command("c-dev", "e2e", "config", json!({"text": text})));
+    let e = r["error"].as_str().unwrap();
+    assert!(e.starts_with("rolled-back") && e.contains("channel c: port waiting for its device"), "{e}");
+}
+
+#[test]
+fn sigkill_during_a_trial_restores_the_previous_config_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::plain(&dir.path().join("broker"), "");
+    let sub = TestClient::connect(broker.port(), "ops", None, "labagent/e2e/#");
+    let p1 = free_port();
+    let remote = REMOTE.replace("\"4s\"", "\"10m\"");
+    let cfg = write_config(dir.path(), broker.port(), &remote, &raw_listen("a", p1));
+    let mut agent = AgentProcess::start(&cfg);
+    sub.wait_for(T, "online", |m| {
+        presence(m).iter().any(|p| p["state"] == "online")
+    });
+    let dead = mqtt_config_text(dir.path(), free_port(), &remote, &raw_listen("a", p1));
+    let mark = agent.mark();
+    sub.publish(
+        "labagent/e2e/commands",
+        command("c-kill", "e2e", "config", json!({"text": dead}))
+            .to_string()
+            .as_bytes(),
+    );
+    agent.wait_line(mark, &["pushed config in force, on trial"], T);
+    assert!(dir.path().join("state/remote/trial").exists());
+    agent.kill();
+
+    let agent = AgentProcess::start(&cfg);
+    agent.wait_line(0, &["previous config is restored"], T);
+    let msgs = sub.wait_for(T, "the rolled-back result", |m| result_for(m, "c-kill").is_some());
+    let r = result_for(&msgs, "c-kill").unwrap();
+    assert!(
+        r["error"].as_str().unwrap().contains("restarted during the trial"),
+        "{r}"
+    );
+    assert!(!dir.path().join("state/remote/config.toml").exists());
+    assert!(!dir.path().join("state/remote/trial").exists());
+    send_raw(p1, "after");
+    sub.wait_for(T, "uploads after the restart", |m| uploaded(m, "a", "after"));
+}
