@@ -119,6 +119,8 @@ pub struct Agent {
     /// Fleet management (`remote`): taken by the service loop while it runs.
     remote: Option<remote::Remote>,
     hub: Arc<remote::RemoteHub>,
+    /// The HTTPS command feed and result sender (`uplink.kind = "http"`).
+    feed: Option<crate::remote::feed::FeedHandle>,
 }
 
 /// Logs a clock state found at start (a change later is logged by the watcher).
@@ -256,6 +258,7 @@ impl Agent {
             ingest: crate::ingest::Ingest::start().map_err(RunError::Runtime)?,
             remote: Some(remote::Remote::new(hub.clone(), jobs)),
             hub: hub.clone(),
+            feed: None,
         };
         agent
             .tasks
@@ -324,6 +327,10 @@ impl Agent {
     }
 
     async fn start_uplink(&mut self) -> Result<(), RunError> {
+        if let Some(f) = self.feed.take() {
+            f.shutdown();
+        }
+        self.feed = remote::start_feed(&self.config, &self.hub, &self.store);
         let config = &self.config;
         let mut hooks = Hooks::default();
         let (run, entry) = match config.uplink.kind {
@@ -617,6 +624,9 @@ impl Agent {
         }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
+        if let Some(f) = self.feed.take() {
+            f.shutdown();
+        }
         if let Some(u) = self.uplink.take() {
             u.shutdown().await;
         }

@@ -94,6 +94,7 @@ pub struct RemoteHub {
     jobs: mpsc::UnboundedSender<Job>,
     ready: Arc<Notify>,
     generation: (Mutex<u64>, Condvar),
+    pokes: (Mutex<u64>, Condvar),
     presence: watch::Sender<Option<Vec<u8>>>,
     last: Mutex<Option<LastCommand>>,
     counts: Mutex<BTreeMap<(String, String), u64>>,
@@ -143,6 +144,7 @@ impl RemoteHub {
             jobs: tx,
             ready: Arc::new(Notify::new()),
             generation: (Mutex::new(0), Condvar::new()),
+            pokes: (Mutex::new(0), Condvar::new()),
             presence,
             last: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
@@ -242,6 +244,13 @@ impl RemoteHub {
         };
         self.audit(Some(id), Some(cmd), via, label, &why);
         self.signal_results();
+    }
+
+    /// Wakes a command feed waiting between polls (a trial wants a fresh poll).
+    pub fn poke(&self) {
+        let (m, c) = &self.pokes;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        c.notify_all();
     }
 
     /// Publishes the retained presence document.
@@ -439,6 +448,15 @@ impl CommandPort for RemoteHub {
         *g
     }
 
+    fn wait_poke(&self, seen: u64, timeout: Duration) -> u64 {
+        let (m, c) = &self.pokes;
+        let g = m.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = c
+            .wait_timeout_while(g, timeout, |g| *g == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *g
+    }
+
     fn presence(&self) -> watch::Receiver<Option<Vec<u8>>> {
         self.presence.subscribe()
     }
@@ -502,6 +520,59 @@ pub async fn presence(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// The HTTPS command feed and result sender of `config`, when it has an HTTP uplink,
+/// remote management on and a `commands_url`.
+pub fn start_feed(
+    config: &Config,
+    hub: &Arc<RemoteHub>,
+    store: &Store,
+) -> Option<crate::remote::feed::FeedHandle> {
+    use crate::remote::feed::{self, FeedSettings};
+    let r = config.remote.as_ref().filter(|r| r.enabled)?;
+    let url = r.commands_url.clone()?;
+    let (us, auth) = super::settings::http_uplink(config)?;
+    let start = || -> Result<feed::FeedHandle, String> {
+        let http = crate::uplink::http::HttpClient::new(&us).map_err(|e| e.to_string())?;
+        let authn = Arc::new(crate::uplink::auth::Authenticator::new(
+            auth,
+            http.clone(),
+            Arc::new(super::adapters::StoreTokenCache::new(store.clone())),
+            crate::uplink::SystemClock::new(),
+        ));
+        let fs = FeedSettings {
+            url,
+            cursor: "commands".into(),
+            items: "commands".into(),
+            wait: feed::WAIT,
+            idle: feed::IDLE,
+            timeout: us.timeout,
+            ca_file: us.ca_file.clone(),
+            client_cert: us.client_cert.clone(),
+            client_key: us.client_key.clone(),
+            allow_plain_http: us.allow_plain_http,
+        };
+        feed::spawn(
+            fs,
+            us.url.clone(),
+            config.agent.id.clone(),
+            http,
+            authn,
+            store.clone(),
+            hub.clone(),
+        )
+    };
+    match start() {
+        Ok(h) => {
+            tracing::info!(url = %r.commands_url.as_deref().unwrap_or(""), "remote command feed started");
+            Some(h)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the remote command feed");
+            None
         }
     }
 }
@@ -752,6 +823,7 @@ impl Agent {
         }
         self.reload(loaded.config).await;
         r.hub.set_trial(Some(job.cmd.id.clone()));
+        r.hub.poke();
         r.trial = Some(Trial {
             job: job.clone(),
             marker,
