@@ -392,7 +392,16 @@ impl Agent {
 
     /// Starts an uplink that needed the channels first (MQTT routes orders to them).
     fn start_pending_uplink(&mut self) {
-        if let Some(UplinkRun::MqttPending(p)) = self.uplink.take() {
+        // Anything but a pending MQTT uplink goes back where it was (an HTTP uplink's
+        // handle used to be dropped here: nothing could stop or replace its thread).
+        let p = match self.uplink.take() {
+            Some(UplinkRun::MqttPending(p)) => Some(p),
+            other => {
+                self.uplink = other;
+                None
+            }
+        };
+        if let Some(p) = p {
             let handle = p.start(&self.channels());
             self.registry.set_uplink(Some(UplinkEntry {
                 kind: "mqtt",
