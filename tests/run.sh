@@ -7,10 +7,11 @@ start=$(date +%s)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages the tests use: strace (store-before-ACK ordering test), mosquitto and
+# Debian packages the tests use: strace (store-before-ACK ordering test), openssl, mosquitto and
 # mosquitto_passwd (the MQTT tests run a real broker; mosquitto lives in /usr/sbin).
 missing=()
-for tool in strace; do
+# openssl: keys and signatures for the fleet signing interop test (fleet_sign.rs).
+for tool in strace openssl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)

@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(&args),
         Command::Map(args) => cli::map::run(&cli.config, &args),
         Command::Man(args) => cli::man::run(&args),
+        Command::Sign(args) => cli::remote::sign(&args),
+        Command::Remote(cmd) => cli::remote::run(&cli.config, &cmd),
         Command::Ports => {
             print!(
                 "{}",

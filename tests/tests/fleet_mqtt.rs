@@ -304,6 +304,8 @@ fn a_pushed_config_that_works_a_typo_and_a_broker_out_of_reach() {
     });
     let st = labagent_tests::run(labagent_tests::labagent().arg("status").arg("--config").arg(&cfg));
     assert!(st.stdout.contains("pushed remotely"), "{st:?}");
+    let check = labagent_tests::run(labagent_tests::labagent().arg("check-config").arg("--config").arg(&cfg));
+    assert!(check.stderr.contains("a pushed config is in force"), "{check:?}");
 
     // A broker that cannot be reached: rolled back within rollback_after, the previous
     // (pushed) config in force again, uploads go on.
@@ -330,6 +332,19 @@ fn a_pushed_config_that_works_a_typo_and_a_broker_out_of_reach() {
     let r = call(&sub, &command("c-dev", "e2e", "config", json!({"text": text})));
     let e = r["error"].as_str().unwrap();
     assert!(e.starts_with("rolled-back") && e.contains("channel c: port waiting for its device"), "{e}");
+
+    // `labagent remote reset`: the pushed files go, the running agent reloads the local
+    // file (channel b goes away again).
+    let mark = agent.mark();
+    let out = labagent_tests::run(labagent_tests::labagent().args(["remote", "reset", "--config"]).arg(&cfg));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("pushed by command c-add") && out.stdout.contains("reloading"), "{out:?}");
+    agent.wait_line(mark, &["channel removed", "channel=b"], T);
+    assert!(!pushed.exists());
+    let st = labagent_tests::run(labagent_tests::labagent().arg("status").arg("--config").arg(&cfg));
+    assert!(!st.stdout.contains("pushed remotely"), "{st:?}");
+    let check = labagent_tests::run(labagent_tests::labagent().arg("check-config").arg("--config").arg(&cfg));
+    assert!(!check.stderr.contains("pushed config is in force"), "{check:?}");
 }
 
 #[test]

@@ -7,6 +7,7 @@ pub mod man;
 pub mod map;
 pub mod ports;
 pub mod queue;
+pub mod remote;
 pub mod simulate;
 pub mod status;
 
@@ -69,6 +70,12 @@ pub enum Command {
     /// Print the FHIR transaction Bundle a message file would become on a channel (to
     /// check a code map before using format = "fhir"). Nothing is stored or sent.
     Map(map::MapArgs),
+    /// Sign a remote command: reads the command (JSON) on stdin, prints it with "sig"
+    /// (Ed25519 over its canonical form; see docs/FLEET.md).
+    Sign(remote::SignArgs),
+    /// Fleet management on this box: `remote reset` brings back the local config file.
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
     /// Write the manual pages (labagent.1, labagent-<command>.1) into a directory; the
     /// Debian package is built with them.
     #[command(hide = true)]

@@ -4,7 +4,9 @@
 //! - `status` → the [`AgentStatus`] as one JSON document, then the server closes;
 //! - `monitor CHANNEL` → one text line per wire event of that channel until the client
 //!   hangs up (`labagent monitor`); `ERR …` if there is no such channel;
-//! - `queue {json}` → `OK` and the output of a [`super::queue::QueueRequest`], or `ERR …`.
+//! - `queue {json}` → `OK` and the output of a [`super::queue::QueueRequest`], or `ERR …`;
+//! - `reload` → `OK`, and the agent reloads the config file in force as on SIGHUP
+//!   (`labagent remote reset`).
 //!
 //! The socket carries wire bytes (monitor): that is why it is not world-accessible.
 
@@ -116,6 +118,14 @@ async fn handle(
                 Err(e) => format!("ERR bad queue request: {e}\n"),
             };
             w.write_all(reply.as_bytes()).await?;
+        }
+        (Some("reload"), None) => {
+            // The service loop owns the reload: the same path as `systemctl reload`.
+            let me = rustix::process::getpid();
+            match rustix::process::kill_process(me, rustix::process::Signal::Hup) {
+                Ok(()) => w.write_all(b"OK reloading\n").await?,
+                Err(e) => w.write_all(format!("ERR {e}\n").as_bytes()).await?,
+            }
         }
         (Some("monitor"), Some(name)) => {
             let Some(ctx) = registry.channel(name) else {
