@@ -103,7 +103,10 @@ mod tests {
             parse_rfc3339_utc("2026-11-28T14:05:00.123Z"),
             Some(1_795_874_700)
         );
-        assert_eq!(parse_rfc3339_utc("2026-11-28T14:05:00+00:00"), Some(1_795_874_700));
+        assert_eq!(
+            parse_rfc3339_utc("2026-11-28T14:05:00+00:00"),
+            Some(1_795_874_700)
+        );
         assert_eq!(parse_rfc3339_utc("2026-11-28T14:05:00+01:00"), None);
         assert_eq!(parse_rfc3339_utc("2026-11-28 14:05:00"), None);
         assert_eq!(parse_rfc3339_utc("soon"), None);

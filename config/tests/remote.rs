@@ -81,7 +81,11 @@ fn signing_key_is_read_at_load() {
     std::fs::write(&bad, "not a key\n").unwrap();
     let e = load(&format!("[remote]\nsigning_key = \"{}\"\n", bad.display())).unwrap_err();
     let d = &e.diagnostics()[0];
-    assert_eq!((d.line, d.col, d.key.as_str()), (11, 15, "remote.signing_key"), "{e}");
+    assert_eq!(
+        (d.line, d.col, d.key.as_str()),
+        (11, 15, "remote.signing_key"),
+        "{e}"
+    );
     let e = load(&format!(
         "[remote]\nsigning_key = \"{}\"\n",
         dir.path().join("missing.pub").display()
@@ -92,9 +96,10 @@ fn signing_key_is_read_at_load() {
 
 #[test]
 fn effective_settings_round_trip() {
-    let c = load("[remote]\nenabled = true\nallow = [\"status\", \"config\"]\nstatus_every = \"5s\"\n")
-        .unwrap()
-        .config;
+    let c =
+        load("[remote]\nenabled = true\nallow = [\"status\", \"config\"]\nstatus_every = \"5s\"\n")
+            .unwrap()
+            .config;
     let again = load_str(
         &c.effective_toml(),
         Path::new("/x.toml"),

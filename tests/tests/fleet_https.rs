@@ -143,7 +143,8 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
                 g = cv.wait_timeout(g, Duration::from_millis(50)).unwrap().0;
             }
             if g.commands.len() > after {
-                let page = json!({"commands": g.commands[after..], "next": g.commands.len().to_string()});
+                let page =
+                    json!({"commands": g.commands[after..], "next": g.commands.len().to_string()});
                 (200, page.to_string())
             } else {
                 (204, String::new())
@@ -227,7 +228,11 @@ fn commands_and_a_pushed_config_over_the_https_feed() {
     let bad = secret(dir.path(), "secret.bad", "wrong");
     let (p1, p2) = (free_port(), free_port());
     let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, config_text(dir.path(), &srv, &good, &raw_listen("a", p1))).unwrap();
+    std::fs::write(
+        &cfg,
+        config_text(dir.path(), &srv, &good, &raw_listen("a", p1)),
+    )
+    .unwrap();
     let mut agent = AgentProcess::start(&cfg);
     agent.wait_line(0, &["remote command feed started"], T);
 
@@ -259,7 +264,10 @@ fn commands_and_a_pushed_config_over_the_https_feed() {
     ));
     assert_eq!(r["ok"], false, "{r}");
     let e = r["error"].as_str().unwrap();
-    assert!(e.starts_with("rolled-back") && e.contains("no command poll"), "{e}");
+    assert!(
+        e.starts_with("rolled-back") && e.contains("no command poll"),
+        "{e}"
+    );
     assert!(srv.st.0.lock().unwrap().refused > refused_before);
     send_raw(p1, "via a");
     srv.uploaded("via a");

@@ -27,7 +27,10 @@ fn listen(name: &str, port: u16) -> String {
 
 fn result_for(msgs: &[Received], id: &str) -> Option<Value> {
     let topic = format!("labagent/e2e/commands/{id}/result");
-    msgs.iter().rev().find(|m| m.topic == topic).map(Received::json)
+    msgs.iter()
+        .rev()
+        .find(|m| m.topic == topic)
+        .map(Received::json)
 }
 
 /// Publishes `cmd` and waits for its result.
@@ -67,7 +70,10 @@ fn presence_commands_repeats_and_refusals() {
     let msgs = sub.wait_for(T, "online", |m| {
         presence(m).iter().any(|p| p["state"] == "online")
     });
-    let online = presence(&msgs).into_iter().find(|p| p["state"] == "online").unwrap();
+    let online = presence(&msgs)
+        .into_iter()
+        .find(|p| p["state"] == "online")
+        .unwrap();
     assert_eq!(online["agent"], "e2e", "{online}");
     assert!(online["channels"].is_array(), "the status JSON: {online}");
     // Retained: a client that arrives later gets it at once.
@@ -100,11 +106,21 @@ fn presence_commands_repeats_and_refusals() {
         all.iter().all(|l| !l.contains("DEBUG")),
         "the ring holds info and above only (RUST_LOG is debug here): {all:?}"
     );
-    assert!(all.iter().any(|l| l.contains("remote command") && l.contains("id=p1")), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|l| l.contains("remote command") && l.contains("id=p1")),
+        "{all:?}"
+    );
 
     let r = call(&sub, &command("q1", "e2e", "queue", json!({"op": "list"})));
     assert_eq!(r["ok"], true, "{r}");
-    assert!(r["result"]["text"].as_str().unwrap().contains("no messages"), "{r}");
+    assert!(
+        r["result"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("no messages"),
+        "{r}"
+    );
     let r = call(&sub, &command("q2", "e2e", "queue", json!({"op": "show"})));
     assert_eq!(r["ok"], false, "{r}");
     assert!(r["error"].as_str().unwrap().contains("args.id"), "{r}");
@@ -116,7 +132,9 @@ fn presence_commands_repeats_and_refusals() {
     let mark = agent.mark();
     sub.publish(
         "labagent/e2e/commands",
-        command("p1", "e2e", "ping", json!({})).to_string().as_bytes(),
+        command("p1", "e2e", "ping", json!({}))
+            .to_string()
+            .as_bytes(),
     );
     agent.wait_line(
         mark,
@@ -132,16 +150,22 @@ fn presence_commands_repeats_and_refusals() {
     let ran = agent
         .log()
         .lines()
-        .filter(|l| l.contains("remote command")
-                && l.contains("id=\"p1\"")
-                && l.contains("outcome=\"ok\""))
+        .filter(|l| {
+            l.contains("remote command") && l.contains("id=\"p1\"") && l.contains("outcome=\"ok\"")
+        })
         .count();
     assert_eq!(ran, 1, "p1 ran once:\n{}", agent.log());
 
     // Refusals, each reported on its id's result topic.
     let cases = [
-        (command("n1", "e2e", "config", json!({"text": ""})), "not allowed"),
-        (command("n2", "other-box", "ping", json!({})), "for agent \"other-box\""),
+        (
+            command("n1", "e2e", "config", json!({"text": ""})),
+            "not allowed",
+        ),
+        (
+            command("n2", "other-box", "ping", json!({})),
+            "for agent \"other-box\"",
+        ),
         (
             json!({"id": "n3", "agent": "e2e", "command": "ping", "args": {}, "not_after": in_secs(-60)}),
             "expired",
@@ -150,7 +174,10 @@ fn presence_commands_repeats_and_refusals() {
             json!({"id": "n4", "agent": "e2e", "command": "ping", "args": {}, "not_after": in_secs(48 * 3600)}),
             "24 h",
         ),
-        (json!({"id": "n5", "agent": "e2e", "command": "ping"}), "not_after"),
+        (
+            json!({"id": "n5", "agent": "e2e", "command": "ping"}),
+            "not_after",
+        ),
         (command("n6", "e2e", "reboot", json!({})), "unknown command"),
     ];
     for (cmd, want) in cases {
@@ -214,10 +241,15 @@ fn a_clean_stop_says_offline_and_commands_must_be_signed_with_a_key() {
     let mut t = signed(&command("t1", "e2e", "ping", json!({})));
     t["command"] = json!("status");
     let r = call(&sub, &t);
-    assert!(r["error"].as_str().unwrap().contains("bad signature"), "{r}");
+    assert!(
+        r["error"].as_str().unwrap().contains("bad signature"),
+        "{r}"
+    );
 
-    let expired = signed(&json!({"id": "e1", "agent": "e2e", "command": "ping", "args": {},
-                                 "not_after": in_secs(-5)}));
+    let expired = signed(
+        &json!({"id": "e1", "agent": "e2e", "command": "ping", "args": {},
+                                 "not_after": in_secs(-5)}),
+    );
     let r = call(&sub, &expired);
     assert!(r["error"].as_str().unwrap().contains("expired"), "{r}");
 
@@ -250,9 +282,8 @@ fn send_raw(port: u16, text: &str) {
 }
 
 fn uploaded(msgs: &[Received], channel: &str, text: &str) -> bool {
-    msgs.iter().any(|m| {
-        m.topic == format!("labagent/e2e/{channel}/messages") && m.json()["text"] == text
-    })
+    msgs.iter()
+        .any(|m| m.topic == format!("labagent/e2e/{channel}/messages") && m.json()["text"] == text)
 }
 
 const REMOTE: &str =
@@ -276,22 +307,34 @@ fn a_pushed_config_that_works_a_typo_and_a_broker_out_of_reach() {
     // A typo: refused with line and column, nothing changes.
     let typo = mqtt_config_text(dir.path(), broker.port(), REMOTE, &raw_listen("a", p1))
         .replace("protocol = \"raw\"", "protocl = \"raw\"");
-    let r = call(&sub, &command("c-typo", "e2e", "config", json!({"text": typo})));
+    let r = call(
+        &sub,
+        &command("c-typo", "e2e", "config", json!({"text": typo})),
+    );
     assert_eq!(r["ok"], false, "{r}");
     let e = r["error"].as_str().unwrap();
-    assert!(e.contains(":19:1:") && e.contains("protocl"), "line 19, column 1: {e}");
+    assert!(
+        e.contains(":19:1:") && e.contains("protocl"),
+        "line 19, column 1: {e}"
+    );
     assert!(!pushed.exists());
 
     // A restart key changed: refused, naming the key.
     let moved = mqtt_config_text(dir.path(), broker.port(), REMOTE, &raw_listen("a", p1))
         .replace("[remote]\n", "[remote]\nstatus_every = \"5s\"\n");
-    let r = call(&sub, &command("c-remote", "e2e", "config", json!({"text": moved})));
+    let r = call(
+        &sub,
+        &command("c-remote", "e2e", "config", json!({"text": moved})),
+    );
     assert!(r["error"].as_str().unwrap().contains("[remote]"), "{r}");
 
     // A push that adds a channel: confirmed once both ports are bound and the uplink is up.
     let two = format!("{}{}", raw_listen("a", p1), raw_listen("b", p2));
     let text = mqtt_config_text(dir.path(), broker.port(), REMOTE, &two);
-    let r = call(&sub, &command("c-add", "e2e", "config", json!({"text": text})));
+    let r = call(
+        &sub,
+        &command("c-add", "e2e", "config", json!({"text": text})),
+    );
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["result"]["outcome"], "applied", "{r}");
     assert!(std::fs::read_to_string(&pushed)
@@ -302,26 +345,47 @@ fn a_pushed_config_that_works_a_typo_and_a_broker_out_of_reach() {
     sub.wait_for(T, "uploads on a and b", |m| {
         uploaded(m, "b", "two") && uploaded(m, "a", "three")
     });
-    let st = labagent_tests::run(labagent_tests::labagent().arg("status").arg("--config").arg(&cfg));
+    let st = labagent_tests::run(
+        labagent_tests::labagent()
+            .arg("status")
+            .arg("--config")
+            .arg(&cfg),
+    );
     assert!(st.stdout.contains("pushed remotely"), "{st:?}");
-    let check = labagent_tests::run(labagent_tests::labagent().arg("check-config").arg("--config").arg(&cfg));
-    assert!(check.stderr.contains("a pushed config is in force"), "{check:?}");
+    let check = labagent_tests::run(
+        labagent_tests::labagent()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&cfg),
+    );
+    assert!(
+        check.stderr.contains("a pushed config is in force"),
+        "{check:?}"
+    );
 
     // A broker that cannot be reached: rolled back within rollback_after, the previous
     // (pushed) config in force again, uploads go on.
     let dead = mqtt_config_text(dir.path(), free_port(), REMOTE, &two);
     let mark = agent.mark();
-    let r = call(&sub, &command("c-dead", "e2e", "config", json!({"text": dead})));
+    let r = call(
+        &sub,
+        &command("c-dead", "e2e", "config", json!({"text": dead})),
+    );
     assert_eq!(r["ok"], false, "{r}");
     let e = r["error"].as_str().unwrap();
-    assert!(e.starts_with("rolled-back") && e.contains("uplink not connected"), "{e}");
+    assert!(
+        e.starts_with("rolled-back") && e.contains("uplink not connected"),
+        "{e}"
+    );
     agent.wait_line(mark, &["previous config back in force"], T);
     assert!(std::fs::read_to_string(&pushed)
         .unwrap()
         .starts_with("# labagent: pushed by remote command c-add"));
     assert!(!dir.path().join("state/remote/trial").exists());
     send_raw(p2, "four");
-    sub.wait_for(T, "uploads after the rollback", |m| uploaded(m, "b", "four"));
+    sub.wait_for(T, "uploads after the rollback", |m| {
+        uploaded(m, "b", "four")
+    });
 
     // A typo in a device path: the port waits for a device that never comes (it was not
     // waiting before the push): rolled back.
@@ -329,22 +393,48 @@ fn a_pushed_config_that_works_a_typo_and_a_broker_out_of_reach() {
         "{two}[[channel]]\nname = \"c\"\nprotocol = \"astm\"\nserial = \"/dev/ttyLABAGENT-typo\"\n"
     );
     let text = mqtt_config_text(dir.path(), broker.port(), REMOTE, &serial);
-    let r = call(&sub, &command("c-dev", "e2e", "config", json!({"text": text})));
+    let r = call(
+        &sub,
+        &command("c-dev", "e2e", "config", json!({"text": text})),
+    );
     let e = r["error"].as_str().unwrap();
-    assert!(e.starts_with("rolled-back") && e.contains("channel c: port waiting for its device"), "{e}");
+    assert!(
+        e.starts_with("rolled-back") && e.contains("channel c: port waiting for its device"),
+        "{e}"
+    );
 
     // `labagent remote reset`: the pushed files go, the running agent reloads the local
     // file (channel b goes away again).
     let mark = agent.mark();
-    let out = labagent_tests::run(labagent_tests::labagent().args(["remote", "reset", "--config"]).arg(&cfg));
+    let out = labagent_tests::run(
+        labagent_tests::labagent()
+            .args(["remote", "reset", "--config"])
+            .arg(&cfg),
+    );
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("pushed by command c-add") && out.stdout.contains("reloading"), "{out:?}");
+    assert!(
+        out.stdout.contains("pushed by command c-add") && out.stdout.contains("reloading"),
+        "{out:?}"
+    );
     agent.wait_line(mark, &["channel removed", "channel=b"], T);
     assert!(!pushed.exists());
-    let st = labagent_tests::run(labagent_tests::labagent().arg("status").arg("--config").arg(&cfg));
+    let st = labagent_tests::run(
+        labagent_tests::labagent()
+            .arg("status")
+            .arg("--config")
+            .arg(&cfg),
+    );
     assert!(!st.stdout.contains("pushed remotely"), "{st:?}");
-    let check = labagent_tests::run(labagent_tests::labagent().arg("check-config").arg("--config").arg(&cfg));
-    assert!(!check.stderr.contains("pushed config is in force"), "{check:?}");
+    let check = labagent_tests::run(
+        labagent_tests::labagent()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&cfg),
+    );
+    assert!(
+        !check.stderr.contains("pushed config is in force"),
+        "{check:?}"
+    );
 }
 
 #[test]
@@ -373,14 +463,21 @@ fn sigkill_during_a_trial_restores_the_previous_config_at_the_next_start() {
 
     let agent = AgentProcess::start(&cfg);
     agent.wait_line(0, &["previous config is restored"], T);
-    let msgs = sub.wait_for(T, "the rolled-back result", |m| result_for(m, "c-kill").is_some());
+    let msgs = sub.wait_for(T, "the rolled-back result", |m| {
+        result_for(m, "c-kill").is_some()
+    });
     let r = result_for(&msgs, "c-kill").unwrap();
     assert!(
-        r["error"].as_str().unwrap().contains("restarted during the trial"),
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("restarted during the trial"),
         "{r}"
     );
     assert!(!dir.path().join("state/remote/config.toml").exists());
     assert!(!dir.path().join("state/remote/trial").exists());
     send_raw(p1, "after");
-    sub.wait_for(T, "uploads after the restart", |m| uploaded(m, "a", "after"));
+    sub.wait_for(T, "uploads after the restart", |m| {
+        uploaded(m, "a", "after")
+    });
 }

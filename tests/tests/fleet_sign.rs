@@ -25,8 +25,14 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 fn keys(dir: &Path) {
-    openssl(dir, &["genpkey", "-algorithm", "ed25519", "-out", "remote.key"]);
-    openssl(dir, &["pkey", "-in", "remote.key", "-pubout", "-out", "remote.pub"]);
+    openssl(
+        dir,
+        &["genpkey", "-algorithm", "ed25519", "-out", "remote.key"],
+    );
+    openssl(
+        dir,
+        &["pkey", "-in", "remote.key", "-pubout", "-out", "remote.pub"],
+    );
 }
 
 fn labagent_sign(key: &Path, cmd: &Value) -> (Value, String) {
@@ -47,7 +53,11 @@ fn labagent_sign(key: &Path, cmd: &Value) -> (Value, String) {
         .write_all(serde_json::to_string_pretty(cmd).unwrap().as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     (serde_json::from_str(&text).unwrap(), text)
 }
@@ -68,14 +78,30 @@ fn labagent_signs_what_openssl_verifies_and_the_other_way_round() {
     let d = dir.path();
     keys(d);
     // Non-ASCII and nested keys: the canonical form keeps UTF-8 and sorts every level.
-    let cmd = command("sig-1", "lab-1", "logs", json!({"lines": 10, "note": "Größe ✓"}));
+    let cmd = command(
+        "sig-1",
+        "lab-1",
+        "logs",
+        json!({"lines": 10, "note": "Größe ✓"}),
+    );
     let (signed, text) = labagent_sign(&d.join("remote.key"), &cmd);
     assert_eq!(text.lines().count(), 1, "one line: {text}");
     std::fs::write(d.join("msg"), canonical_without_sig(&signed)).unwrap();
     std::fs::write(d.join("sig"), unb64(signed["sig"].as_str().unwrap())).unwrap();
     openssl(
         d,
-        &["pkeyutl", "-verify", "-pubin", "-inkey", "remote.pub", "-rawin", "-in", "msg", "-sigfile", "sig"],
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "remote.pub",
+            "-rawin",
+            "-in",
+            "msg",
+            "-sigfile",
+            "sig",
+        ],
     );
 
     // openssl signs the canonical form; the agent's checks accept it with the PEM key.
@@ -83,7 +109,17 @@ fn labagent_signs_what_openssl_verifies_and_the_other_way_round() {
     std::fs::write(d.join("msg2"), canonical_without_sig(&cmd)).unwrap();
     openssl(
         d,
-        &["pkeyutl", "-sign", "-inkey", "remote.key", "-rawin", "-in", "msg2", "-out", "sig2"],
+        &[
+            "pkeyutl",
+            "-sign",
+            "-inkey",
+            "remote.key",
+            "-rawin",
+            "-in",
+            "msg2",
+            "-out",
+            "sig2",
+        ],
     );
     let mut by_openssl = cmd.clone();
     by_openssl["sig"] = json!(b64(&std::fs::read(d.join("sig2")).unwrap()));
@@ -122,12 +158,20 @@ fn check_config_reads_the_public_key_and_refuses_a_private_one() {
             ),
         )
         .unwrap();
-        labagent_tests::run(labagent_tests::labagent().arg("check-config").arg("--config").arg(&cfg))
+        labagent_tests::run(
+            labagent_tests::labagent()
+                .arg("check-config")
+                .arg("--config")
+                .arg(&cfg),
+        )
     };
     let ok = write("remote.pub");
     assert_eq!(ok.code, Some(0), "{ok:?}");
     assert!(ok.stdout.contains("signing_key = "), "{ok:?}");
     let bad = write("remote.key");
     assert_eq!(bad.code, Some(2), "{bad:?}");
-    assert!(bad.stderr.contains(":12:15: remote.signing_key") && bad.stderr.contains("private key"), "{bad:?}");
+    assert!(
+        bad.stderr.contains(":12:15: remote.signing_key") && bad.stderr.contains("private key"),
+        "{bad:?}"
+    );
 }

@@ -95,10 +95,7 @@ fn reset(config: &Path) -> u8 {
                 .unwrap_or_default(),
             config.display()
         ),
-        Ok(false) => println!(
-            "no pushed config: {} is already in force",
-            config.display()
-        ),
+        Ok(false) => println!("no pushed config: {} is already in force", config.display()),
         Err(e) => {
             eprintln!(
                 "labagent: cannot remove the pushed config in {}: {e} (run as the service's user or root)",

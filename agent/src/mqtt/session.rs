@@ -37,7 +37,9 @@ const RESCAN: Duration = Duration::from_secs(30);
 /// What a publish carries.
 #[derive(Debug, Clone)]
 enum Tag {
-    Msg { id: String },
+    Msg {
+        id: String,
+    },
     Report(OrderReport),
     /// Fleet management (presence, command results): `remote.rs`.
     Remote(remote::RemoteTag),

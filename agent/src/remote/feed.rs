@@ -424,7 +424,10 @@ mod tests {
             poll_url("https://x/c", Some("a b/7"), WAIT),
             "https://x/c?after=a%20b%2F7&wait=25s"
         );
-        assert_eq!(poll_url("https://x/c?k=1", None, WAIT), "https://x/c?k=1&wait=25s");
+        assert_eq!(
+            poll_url("https://x/c?k=1", None, WAIT),
+            "https://x/c?k=1&wait=25s"
+        );
         let (items, next) =
             parse_page(r#"{"commands":[{"id":"a"}],"next":"7"}"#, "commands").unwrap();
         assert_eq!((items.len(), next.as_deref()), (1, Some("7")));

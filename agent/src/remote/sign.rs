@@ -94,7 +94,10 @@ pub enum SigError {
 
 /// Checks `v["sig"]` against the raw Ed25519 `public` key.
 pub fn verify(public: &[u8; 32], v: &Value) -> Result<(), SigError> {
-    let sig = v.get("sig").and_then(Value::as_str).ok_or(SigError::Missing)?;
+    let sig = v
+        .get("sig")
+        .and_then(Value::as_str)
+        .ok_or(SigError::Missing)?;
     let sig = base64::engine::general_purpose::STANDARD
         .decode(sig.trim())
         .map_err(|_| SigError::NotBase64)?;

@@ -449,7 +449,11 @@ fn render_remote(o: &mut String, r: &super::remote::RemoteView) {
         "# HELP labagent_remote_config_trial 1 while a pushed config is on trial."
     );
     let _ = writeln!(o, "# TYPE labagent_remote_config_trial gauge");
-    let _ = writeln!(o, "labagent_remote_config_trial {}", u8::from(r.trial.is_some()));
+    let _ = writeln!(
+        o,
+        "labagent_remote_config_trial {}",
+        u8::from(r.trial.is_some())
+    );
 }
 
 #[cfg(test)]

@@ -260,9 +260,11 @@ impl Agent {
             hub: hub.clone(),
             feed: None,
         };
-        agent
-            .tasks
-            .spawn(remote::presence(agent.registry.clone(), hub, stopping.clone()));
+        agent.tasks.spawn(remote::presence(
+            agent.registry.clone(),
+            hub,
+            stopping.clone(),
+        ));
         agent.start_uplink().await?;
         for ch in config.channels.clone() {
             agent.start_channel(ch);

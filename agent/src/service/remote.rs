@@ -160,7 +160,10 @@ impl RemoteHub {
 
     /// `[remote]` as running now.
     pub fn settings(&self) -> labagent_config::Remote {
-        self.remote.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A local reload may change `[remote]`.
@@ -317,12 +320,17 @@ impl RemoteHub {
                 && self.files.pushed_by().as_deref() == Some(r.id.as_str())
             {
                 (
-                    Ok(json!({"outcome": "applied", "file": self.files.pushed().display().to_string()})),
+                    Ok(
+                        json!({"outcome": "applied", "file": self.files.pushed().display().to_string()}),
+                    ),
                     "ok",
                 )
             } else {
                 (
-                    Err("interrupted: the agent stopped before it finished; not run again".to_string()),
+                    Err(
+                        "interrupted: the agent stopped before it finished; not run again"
+                            .to_string(),
+                    ),
                     "error",
                 )
             };
@@ -339,7 +347,11 @@ impl RemoteHub {
             Err(e) => tracing::warn!(error = %e, "cannot prune remote command records"),
             _ => {}
         }
-        if !self.store.commands_undelivered().map_or(true, |v| v.is_empty()) {
+        if !self
+            .store
+            .commands_undelivered()
+            .map_or(true, |v| v.is_empty())
+        {
             self.signal_results();
         }
     }
@@ -351,7 +363,13 @@ impl CommandPort for RemoteHub {
         let synced = crate::clock::synchronized();
         match command::check(payload, &policy, SystemTime::now(), synced) {
             Err(r) => {
-                self.audit(r.id.as_deref(), r.command.as_deref(), via, "refused", &r.why);
+                self.audit(
+                    r.id.as_deref(),
+                    r.command.as_deref(),
+                    via,
+                    "refused",
+                    &r.why,
+                );
                 let Some(id) = r.id else { return Ok(()) };
                 let existing = self.store.command_get(&id).map_err(|e| e.to_string())?;
                 if existing.is_some_and(|e| !e.refused) {
@@ -359,9 +377,9 @@ impl CommandPort for RemoteHub {
                     return Ok(());
                 }
                 let max = unix_now() + command::MAX_AHEAD.as_secs();
-                let keep = r
-                    .not_after
-                    .map_or(max, |n| u64::try_from(n).unwrap_or(0).clamp(unix_now(), max));
+                let keep = r.not_after.map_or(max, |n| {
+                    u64::try_from(n).unwrap_or(0).clamp(unix_now(), max)
+                });
                 let rec = CommandRecord {
                     id: id.clone(),
                     command: r.command.unwrap_or_default(),
@@ -733,7 +751,10 @@ impl Agent {
             },
             "reload" => {
                 if r.trial.is_some() {
-                    Err("a pushed config is on trial; reload after it is confirmed or rolled back".into())
+                    Err(
+                        "a pushed config is on trial; reload after it is confirmed or rolled back"
+                            .into(),
+                    )
                 } else {
                     self.reload_checked(&hub.config_file()).await
                 }
