@@ -256,6 +256,31 @@ impl RemoteHub {
         c.notify_all();
     }
 
+    /// [`RemoteHub::finish`] off the runtime (the store write waits for an fsync).
+    pub async fn finish_async(
+        self: &Arc<Self>,
+        id: &str,
+        cmd: &str,
+        via: &str,
+        not_after: i64,
+        outcome: Result<Value, String>,
+        label: &'static str,
+    ) {
+        let (h, id, cmd, via) = (
+            self.clone(),
+            id.to_string(),
+            cmd.to_string(),
+            via.to_string(),
+        );
+        if let Err(e) = tokio::task::spawn_blocking(move || {
+            h.finish(&id, &cmd, &via, not_after, outcome, label)
+        })
+        .await
+        {
+            tracing::error!(error = %e, "remote result task failed");
+        }
+    }
+
     /// Publishes the retained presence document.
     pub fn set_presence(&self, doc: Option<Vec<u8>>) {
         self.presence.send_replace(doc);
@@ -520,7 +545,10 @@ pub async fn presence(
     let mut last: Option<Value> = None;
     loop {
         let reg = registry.clone();
-        if let Ok(snap) = tokio::task::spawn_blocking(move || reg.snapshot()).await {
+        let enabled = hub.settings().enabled;
+        if !enabled {
+            last = None;
+        } else if let Ok(snap) = tokio::task::spawn_blocking(move || reg.snapshot()).await {
             if let Ok(Value::Object(mut m)) = serde_json::to_value(&snap) {
                 m.remove("uptime_s");
                 let cmp = Value::Object(m.clone());
@@ -767,7 +795,8 @@ impl Agent {
             other => Err(format!("unknown command \"{other}\"")),
         };
         let label = if outcome.is_ok() { "ok" } else { "error" };
-        hub.finish(&c.id, &c.command, &job.via, c.not_after, outcome, label);
+        hub.finish_async(&c.id, &c.command, &job.via, c.not_after, outcome, label)
+            .await;
     }
 
     /// Re-reads `path` as SIGHUP does, reporting what happened.
@@ -930,14 +959,15 @@ impl Agent {
             }
             hub.set_trial(None);
             let c = &t.job.cmd;
-            hub.finish(
+            hub.finish_async(
                 &c.id,
                 &c.command,
                 &t.job.via,
                 c.not_after,
                 Ok(json!({"outcome": "applied", "file": hub.files().pushed().display().to_string()})),
                 "ok",
-            );
+            )
+            .await;
             return;
         }
         if Instant::now() < t.deadline {
@@ -949,7 +979,7 @@ impl Agent {
         tracing::warn!(command = %c.id, %why, "pushed config did not come up within rollback_after: rolling back");
         // Result first, then the files (a crash in between leaves the marker: start-up
         // restores them).
-        hub.finish(
+        hub.finish_async(
             &c.id,
             &c.command,
             &t.job.via,
@@ -959,7 +989,8 @@ impl Agent {
                 hub.settings().rollback_after.as_secs()
             )),
             "rolled-back",
-        );
+        )
+        .await;
         let files = hub.files().clone();
         let m = t.marker.clone();
         match tokio::task::spawn_blocking(move || files.restore(&m)).await {
