@@ -48,6 +48,16 @@ fn results_count(sub: &TestClient, id: &str) -> usize {
     sub.messages().iter().filter(|m| m.topic == topic).count()
 }
 
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp
+}
+
 fn presence(msgs: &[Received]) -> Vec<Value> {
     msgs.iter()
         .filter(|m| m.topic == "labagent/e2e/status")
@@ -221,12 +231,22 @@ fn a_clean_stop_says_offline_and_commands_must_be_signed_with_a_key() {
     let broker = Broker::plain(&dir.path().join("broker"), "");
     let sub = TestClient::connect(broker.port(), "ops", None, "labagent/e2e/#");
     let key = public_key_file(dir.path());
-    let cfg = write_config(
-        dir.path(),
-        broker.port(),
-        &format!("enabled = true\nsigning_key = \"{}\"", key.display()),
-        "",
-    );
+    let mport = free_port();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        mqtt_config_text(
+            dir.path(),
+            broker.port(),
+            &format!("enabled = true\nsigning_key = \"{}\"", key.display()),
+            "",
+        )
+        .replace(
+            "[uplink]\n",
+            &format!("metrics = \"127.0.0.1:{mport}\"\n[uplink]\n"),
+        ),
+    )
+    .unwrap();
     let mut agent = AgentProcess::start(&cfg);
     sub.wait_for(T, "online", |m| {
         presence(m).iter().any(|p| p["state"] == "online")
@@ -257,6 +277,18 @@ fn a_clean_stop_says_offline_and_commands_must_be_signed_with_a_key() {
     let other = signed(&command("o1", "lab-7", "ping", json!({})));
     let r = call(&sub, &other);
     assert!(r["error"].as_str().unwrap().contains("for agent"), "{r}");
+
+    // One counter per command and outcome; which config is in force.
+    let metrics = scrape(mport);
+    for want in [
+        "labagent_remote_commands_total{command=\"ping\",outcome=\"ok\"} 1",
+        "labagent_remote_commands_total{command=\"ping\",outcome=\"refused\"} 3",
+        "labagent_remote_commands_total{command=\"status\",outcome=\"refused\"} 1",
+        "labagent_remote_config_pushed 0",
+        "labagent_remote_config_trial 0",
+    ] {
+        assert!(metrics.contains(want), "{want} missing:\n{metrics}");
+    }
 
     let st = agent.terminate(T);
     assert!(st.success(), "{st:?}");
@@ -476,6 +508,23 @@ fn sigkill_during_a_trial_restores_the_previous_config_at_the_next_start() {
     );
     assert!(!dir.path().join("state/remote/config.toml").exists());
     assert!(!dir.path().join("state/remote/trial").exists());
+    // The same command again after the restart: answered from the stored result.
+    let mark = agent.mark();
+    sub.publish(
+        "labagent/e2e/commands",
+        command("c-kill", "e2e", "config", json!({"text": dead}))
+            .to_string()
+            .as_bytes(),
+    );
+    agent.wait_line(
+        mark,
+        &["remote command", "id=\"c-kill\"", "outcome=\"repeated\""],
+        T,
+    );
+    assert!(
+        !agent.log().contains("pushed config in force, on trial"),
+        "not run again"
+    );
     send_raw(p1, "after");
     sub.wait_for(T, "uploads after the restart", |m| {
         uploaded(m, "a", "after")

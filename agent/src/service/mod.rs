@@ -687,6 +687,7 @@ impl Agent {
                     } else {
                         self.hub.files().in_force(&config_path)
                     };
+                    tracing::info!(file = %path.display(), "reloading the configuration");
                     self.reload_from(&path).await;
                     let s = self.summary().await;
                     self.notifier.ready(&s);
