@@ -21,7 +21,8 @@ use labagent_hal::session::{Event, OrderOutcome as Fate, OrderRef, Session};
 use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
-use super::{ChannelCtx, Dir, QueryRequest};
+use super::{ChannelCtx, Dir};
+use crate::query::{query_text, QueryRequest};
 use crate::source::Conn;
 use crate::store::commits::{Durable, MetaFn};
 use crate::store::{MessageId, Order, OrderOutcome};
@@ -66,28 +67,6 @@ struct InFlight {
 struct Asked {
     answer: tokio::sync::oneshot::Receiver<Option<String>>,
     at: Instant,
-}
-
-/// The stored messages among `recent` that are host queries, decoded and joined.
-fn query_text(ctx: &ChannelCtx, recent: &[MessageId]) -> (String, Option<MessageId>) {
-    let mut text = String::new();
-    let mut first = None;
-    for id in recent {
-        let Ok(Some(m)) = ctx.store.get(*id) else {
-            continue;
-        };
-        let meta = &m.info.meta;
-        let is_query = meta["queries"].as_u64().is_some_and(|n| n > 0)
-            || meta["type"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("QRY^Q02") || t.starts_with("QBP^Q11"));
-        if is_query {
-            let label = meta["encoding"].as_str().unwrap_or("utf-8");
-            text.push_str(&crate::text::decode(&m.bytes, label));
-            first.get_or_insert(*id);
-        }
-    }
-    (text, first)
 }
 
 /// Runs `session` on `conn` until the line ends or the agent stops.
@@ -157,7 +136,7 @@ pub async fn run<S: LinkSession>(
                     .iter()
                     .map(|i| String::from_utf8_lossy(i).into_owned())
                     .collect();
-                let (text, id) = query_text(&ctx, &recent);
+                let (text, id) = query_text(&ctx.store, &recent);
                 recent.clear();
                 let id =
                     id.map_or_else(|| format!("{}", clock.now().as_millis()), |i| i.to_string());
@@ -198,7 +177,7 @@ pub async fn run<S: LinkSession>(
                 Err(_) => look_again = Some(Instant::now() + ORDER_LOOK_AGAIN),
                 Ok(lock) => {
                     let channel = ctx.name().to_string();
-                    match ctx.store_call(move |s| s.next_orders(&channel, 1)).await {
+                    match ctx.store.call(move |s| s.next_orders(&channel, 1)).await {
                         Ok(v) if v.is_empty() => session.orders_waiting(false),
                         Ok(mut v) => {
                             let o = v.remove(0);

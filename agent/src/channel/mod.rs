@@ -21,7 +21,6 @@ pub mod hl7;
 pub mod raw;
 pub mod stats;
 
-use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -65,36 +64,6 @@ pub struct OrderReport {
     pub detail: String,
 }
 
-/// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryRequest {
-    /// Unique per query (`<channel>-<store message id>`).
-    pub id: String,
-    pub channel: String,
-    pub protocol: crate::store::Protocol,
-    /// The query as received, decoded (CR-separated records or segments).
-    pub text: String,
-    pub specimens: Vec<String>,
-}
-
-/// Asks the upstream; the receiver gets the answer in the instrument's protocol (ASTM
-/// records H…L, HL7 messages each starting with MSH), or `None`: nothing known, no
-/// upstream, or not before the deadline.
-pub type QueryHook = Arc<
-    dyn Fn(QueryRequest, std::time::Instant) -> tokio::sync::oneshot::Receiver<Option<String>>
-        + Send
-        + Sync,
->;
-
-/// A query hook with no upstream: `None` at once.
-pub fn no_query_upstream() -> QueryHook {
-    Arc::new(|_, _| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = tx.send(None);
-        rx
-    })
-}
-
 /// Where a channel reports to: the uplink(s).
 #[derive(Clone)]
 pub struct Hooks {
@@ -103,7 +72,7 @@ pub struct Hooks {
     /// An order was delivered to the instrument or given up.
     pub order: Arc<dyn Fn(OrderReport) + Send + Sync>,
     /// A host query for the upstream.
-    pub query: QueryHook,
+    pub query: crate::query::QueryHook,
 }
 
 impl Default for Hooks {
@@ -111,7 +80,7 @@ impl Default for Hooks {
         Hooks {
             stored: Arc::new(|| {}),
             order: Arc::new(|_| {}),
-            query: no_query_upstream(),
+            query: crate::query::no_query_upstream(),
         }
     }
 }
@@ -187,7 +156,8 @@ impl ChannelCtx {
         let id = order_id.to_string();
         let d = detail.to_string();
         match self
-            .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
+            .store
+            .call(move |s| s.mark_order(&id, outcome, Some(&d)))
             .await
         {
             Ok(o) => {
@@ -224,50 +194,13 @@ impl ChannelCtx {
         (self.hooks.order)(r)
     }
 
-    /// Asks the upstream about a host query (see [`QueryHook`]).
+    /// Asks the upstream about a host query (see [`crate::query::QueryHook`]).
     pub fn ask_upstream(
         &self,
-        q: QueryRequest,
+        q: crate::query::QueryRequest,
         deadline: std::time::Instant,
     ) -> tokio::sync::oneshot::Receiver<Option<String>> {
         (self.hooks.query)(q, deadline)
-    }
-
-    /// Runs a blocking store call without stalling the runtime's other tasks.
-    ///
-    /// On a multi-thread runtime (the agent's) the call runs in place: `block_in_place`
-    /// first hands this worker's other tasks to another thread, and the task goes on with
-    /// the result at once. Through `spawn_blocking` it would wait for a pool thread to wake
-    /// and then to be woken on a worker again: on one HL7 connection those two hand-offs
-    /// took ~60 µs of a ~400 µs ACK (docs/perf/hl7.md). A current-thread runtime (tests on
-    /// tokio's paused clock) cannot block in place; there the call goes to the pool.
-    ///
-    /// One difference remains: aborting the task (a channel stopped past its deadline)
-    /// takes effect only once a call under way returns, where through the pool the task
-    /// went at once and the call finished detached. A store that hangs for good starves the
-    /// systemd watchdog instead (`service`), and the agent is restarted.
-    pub async fn store_call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        let store = self.store.clone();
-        let failed = |e: &dyn std::fmt::Display| {
-            StoreError::Io(io::Error::other(format!("store task failed: {e}")))
-        };
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            // A panic in the store stays a store error, as it is through the pool.
-            return tokio::task::block_in_place(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&store)))
-            })
-            .unwrap_or_else(|_| Err(failed(&"panicked")));
-        }
-        match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(r) => r,
-            Err(e) => Err(failed(&e)),
-        }
     }
 
     /// A new message for this channel, stamped now.

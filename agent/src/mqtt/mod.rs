@@ -301,7 +301,7 @@ fn hooks(wake: Arc<Notify>, reports: mpsc::UnboundedSender<OrderReport>) -> Hook
         order: Arc::new(move |r| {
             let _ = reports.send(r);
         }),
-        query: crate::channel::no_query_upstream(),
+        query: crate::query::no_query_upstream(),
     }
 }
 
