@@ -41,7 +41,10 @@ fn channel(receive_timeout: Duration) -> Channel {
             max_retries: 6,
             max_frame: 64 * 1024,
             max_message: 4 << 20,
+            query_id_component: None,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     }
 }
 

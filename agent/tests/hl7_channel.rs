@@ -80,6 +80,8 @@ async fn start(s: Setup) -> Agent {
             max_connections: 16,
             idle_timeout: Duration::ZERO,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     };
     let (stop, stopping) = watch::channel(false);
     let ctx = ChannelCtx::new(config, store.clone(), s.hooks, stopping);
@@ -800,6 +802,8 @@ async fn connect_channel_comes_back_after_the_instrument_drops_it() {
             max_connections: 1,
             idle_timeout: Duration::ZERO,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     };
     let (_stop, stopping) = watch::channel(false);
     let ctx = ChannelCtx::new(config, store.clone(), Hooks::default(), stopping);

@@ -32,7 +32,7 @@ use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
 use crate::store::{Appended, NewMessage, OrderOutcome, OrderState, Store, StoreError};
-pub use stats::{ChannelCounters, ChannelSnapshot};
+pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -161,7 +161,7 @@ impl ChannelCtx {
 
     /// How long a host query may wait for its answer (`query_timeout`, 5 s by default).
     pub fn query_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(5)
+        self.config.query_timeout
     }
 
     /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
