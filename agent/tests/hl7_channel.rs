@@ -674,6 +674,7 @@ async fn orders_are_sent_and_the_instruments_ack_decides() {
         channel: "lab".into(),
         // LF line ends from the upstream become CR on the wire.
         text: format!("MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|{ctl}|P|2.5\nPID|1||P1\nORC|NW|{id}\n"),
+        specimens: Vec::new(),
     }
     };
     a.store.put_order(order("ord-1", "O1")).unwrap();
@@ -733,6 +734,7 @@ async fn an_unanswered_order_is_retried_then_failed() {
             channel: "lab".into(),
             text: "MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|O9|P|2.5\nORC|NW|ord-9\n"
                 .into(),
+            specimens: Vec::new(),
         })
         .unwrap();
     let mut s = connect(&a).await;

@@ -31,7 +31,7 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, OrderOutcome, OrderState, Store, StoreError};
+use crate::store::{Appended, NewMessage, OrderOutcome, Store, StoreError};
 pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
@@ -190,28 +190,21 @@ impl ChannelCtx {
             .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
             .await
         {
-            Ok(o) => {
-                let state = match o.state {
-                    OrderState::Delivered => Some("delivered"),
-                    OrderState::Failed => Some("failed"),
-                    OrderState::Pending => None,
-                };
-                match state {
-                    Some(state) => {
-                        tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
-                        self.report_order(OrderReport {
-                            channel: self.name().to_string(),
-                            id: o.id,
-                            state: state.to_string(),
-                            detail: detail.to_string(),
-                        });
-                    }
-                    None => {
-                        tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
-                        detail, "order not delivered; will retry")
-                    }
+            Ok(o) => match o.state.report_status() {
+                Some(state) => {
+                    tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
+                    self.report_order(OrderReport {
+                        channel: self.name().to_string(),
+                        id: o.id,
+                        state: state.to_string(),
+                        detail: detail.to_string(),
+                    });
                 }
-            }
+                None => {
+                    tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
+                        detail, "order not delivered; will retry")
+                }
+            },
             Err(e) => {
                 self.counters.set_error(&e.to_string());
                 tracing::error!(channel = %self.name(), order = %order_id, error = %e, "cannot record the order's outcome");
