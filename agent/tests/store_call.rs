@@ -28,6 +28,8 @@ fn ctx(dir: &std::path::Path) -> Arc<ChannelCtx> {
             reply: None,
             max_message: 1024,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     };
     let (_stop, stopping) = watch::channel(false);
     ChannelCtx::new(config, store, Hooks::default(), stopping)

@@ -30,8 +30,8 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, OrderOutcome, OrderState, Store, StoreError};
-pub use stats::{ChannelCounters, ChannelSnapshot};
+use crate::store::{Appended, NewMessage, OrderOutcome, Store, StoreError};
+pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -130,7 +130,7 @@ impl ChannelCtx {
 
     /// How long a host query may wait for its answer (`query_timeout`, 5 s by default).
     pub fn query_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(5)
+        self.config.query_timeout
     }
 
     /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
@@ -160,28 +160,21 @@ impl ChannelCtx {
             .call(move |s| s.mark_order(&id, outcome, Some(&d)))
             .await
         {
-            Ok(o) => {
-                let state = match o.state {
-                    OrderState::Delivered => Some("delivered"),
-                    OrderState::Failed => Some("failed"),
-                    OrderState::Pending => None,
-                };
-                match state {
-                    Some(state) => {
-                        tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
-                        self.report_order(OrderReport {
-                            channel: self.name().to_string(),
-                            id: o.id,
-                            state: state.to_string(),
-                            detail: detail.to_string(),
-                        });
-                    }
-                    None => {
-                        tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
-                        detail, "order not delivered; will retry")
-                    }
+            Ok(o) => match o.state.report_status() {
+                Some(state) => {
+                    tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
+                    self.report_order(OrderReport {
+                        channel: self.name().to_string(),
+                        id: o.id,
+                        state: state.to_string(),
+                        detail: detail.to_string(),
+                    });
                 }
-            }
+                None => {
+                    tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
+                        detail, "order not delivered; will retry")
+                }
+            },
             Err(e) => {
                 self.counters.set_error(&e.to_string());
                 tracing::error!(channel = %self.name(), order = %order_id, error = %e, "cannot record the order's outcome");

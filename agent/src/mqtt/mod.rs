@@ -201,7 +201,12 @@ pub struct StoreOrders {
 
 impl OrderSink for StoreOrders {
     fn put(&self, order: NewOrder) -> Result<bool, String> {
-        self.store.put_order(order).map_err(|e| e.to_string())
+        // Specimen ids not given are read from the text as the channel's protocol.
+        match self.channels.get(&order.channel) {
+            Some(c) => self.store.put_order_for(order, c.config.protocol().into()),
+            None => self.store.put_order(order),
+        }
+        .map_err(|e| e.to_string())
     }
     fn notify(&self, channel: &str) {
         if let Some(c) = self.channels.get(channel) {
