@@ -21,7 +21,7 @@ use labagent_hal::session::{Event, OrderOutcome as Fate, OrderRef, Session};
 use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
-use super::{ChannelCtx, Dir};
+use super::{ChannelCtx, Dir, QuerySource};
 use crate::query::{query_text, QueryRequest};
 use crate::source::Conn;
 use crate::store::commits::{Durable, MetaFn};
@@ -63,9 +63,9 @@ struct InFlight {
     _lock: tokio::sync::OwnedMutexGuard<()>,
 }
 
-/// A host query asked of the upstream: its answer to come, and when it was asked.
+/// A host query being resolved: its answer to come, and when the session asked.
 struct Asked {
-    answer: tokio::sync::oneshot::Receiver<Option<String>>,
+    answer: tokio::sync::oneshot::Receiver<crate::query::Answer>,
     at: Instant,
 }
 
@@ -91,8 +91,10 @@ pub async fn run<S: LinkSession>(
     // Messages stored since the last host query, and the query being asked upstream.
     let mut recent: Vec<MessageId> = Vec::new();
     let mut asked: Option<Asked> = None;
-    let query_timeout = ctx.query_timeout();
-    session.orders_waiting(true);
+    let query_timeout = ctx.config.query_timeout;
+    // In host-query mode orders wait in the cache for the instrument's query.
+    let push = ctx.config.orders == labagent_config::OrderMode::Push;
+    session.orders_waiting(push);
     loop {
         session.set_wall_clock(unix_now());
         let now = clock.now();
@@ -129,7 +131,7 @@ pub async fn run<S: LinkSession>(
             }
             return Ok(());
         }
-        // A host query: ask the upstream, with most of the session's time.
+        // A host query: find its answer within the channel's query_timeout.
         if asked.is_none() {
             if let Some(ids) = session.query() {
                 let specimens: Vec<String> = ids
@@ -148,9 +150,8 @@ pub async fn run<S: LinkSession>(
                     text,
                     specimens,
                 };
-                let deadline = std::time::Instant::now() + query_timeout * 3 / 4;
                 asked = Some(Asked {
-                    answer: ctx.ask_upstream(req, deadline),
+                    answer: crate::query::resolve(ctx.clone(), req, query_timeout),
                     at: Instant::now(),
                 });
                 continue;
@@ -229,20 +230,22 @@ pub async fn run<S: LinkSession>(
                 }
             },
             _ = sleep_until(deadline) => session.handle_timeout(clock.now()),
-            _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(true),
+            _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(push),
             answer = async { (&mut asked.as_mut().expect("guarded").answer).await }, if asked.is_some() => {
-                let from_upstream = answer.ok().flatten();
-                let at = asked.take().map(|a| a.at);
-                let now = clock.now();
-                let r = match &from_upstream {
-                    Some(t) => session.answer_query(Some(t.as_bytes()), now),
-                    None => session.answer_query(None, now),
+                let (text, source) = match answer {
+                    Ok(a) => (a.text, a.source),
+                    Err(_) => (None, QuerySource::None),
                 };
-                let ms = at.map_or(0, |t| t.elapsed().as_millis() as u64);
-                match r {
-                    Ok(()) => tracing::info!(channel = %ctx.name(), from = if from_upstream.is_some() { "upstream" } else { "nothing known" }, ms, "host query answered"),
-                    Err(e) => tracing::warn!(channel = %ctx.name(), error = %e, "the query's answer could not be used; answered \"nothing known\""),
-                }
+                let at = asked.take().map_or_else(Instant::now, |a| a.at);
+                let source = match session.answer_query(text.as_deref().map(str::as_bytes), clock.now()) {
+                    Ok(()) => source,
+                    Err(e) => {
+                        tracing::warn!(channel = %ctx.name(), error = %e, "the query's answer could not be used; answered \"nothing known\"");
+                        QuerySource::None
+                    }
+                };
+                ctx.counters.query_answered(source, at.elapsed());
+                tracing::info!(channel = %ctx.name(), from = source.as_str(), ms = at.elapsed().as_millis() as u64, "host query answered");
             }
             // The wait must not be gated on the signal's value: a stop that arrives while
             // the loop awaits something else would then never wake it.

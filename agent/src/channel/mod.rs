@@ -128,11 +128,6 @@ impl ChannelCtx {
         &self.config.name
     }
 
-    /// How long a host query may wait for its answer (`query_timeout`, 5 s by default).
-    pub fn query_timeout(&self) -> std::time::Duration {
-        self.config.query_timeout
-    }
-
     /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
     pub fn subscribe_wire(&self) -> broadcast::Receiver<WireEvent> {
         self.tap.subscribe()
@@ -257,7 +252,7 @@ pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
     let r = match &ctx.config.settings {
         P::Astm(_) => astm::serve(conn, ctx.clone()).await,
         P::Hl7(c) => {
-            let s = hl7::session(c);
+            let s = hl7::session(c, ctx.config.query_timeout);
             driver::run(conn, ctx.clone(), s, &|b, e| crate::meta::hl7(b, e, &enc)).await
         }
         P::Raw(c) => match raw::raw_config(c) {
