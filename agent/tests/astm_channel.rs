@@ -41,7 +41,10 @@ fn channel(receive_timeout: Duration) -> Channel {
             max_retries: 6,
             max_frame: 64 * 1024,
             max_message: 4 << 20,
+            query_id_component: None,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     }
 }
 
@@ -495,6 +498,7 @@ async fn an_order_waits_for_the_instrument_that_won_contention_then_is_delivered
                 id: "ord-1".into(),
                 channel: CH.into(),
                 text: order.replace('\r', "\n"),
+                specimens: Vec::new(),
             })
             .unwrap());
     });
@@ -563,6 +567,7 @@ async fn an_order_waits_for_the_instrument_that_won_contention_then_is_delivered
             id: "ord-1".into(),
             channel: CH.into(),
             text: order.into(),
+            specimens: Vec::new(),
         })
         .unwrap());
     // The agent ends its transfer with EOT.
@@ -578,6 +583,7 @@ async fn an_instrument_that_asks_again_after_contention_is_answered() {
             id: "ord-2".into(),
             channel: CH.into(),
             text: order.into(),
+            specimens: Vec::new(),
         })
         .unwrap();
     });
@@ -612,6 +618,7 @@ async fn the_simulator_wins_contention_then_takes_the_order() {
             id: "ord-5".into(),
             channel: CH.into(),
             text: order.into(),
+            specimens: Vec::new(),
         })
         .unwrap();
     });
@@ -691,6 +698,7 @@ async fn a_transmission_outlasting_the_order_wait_does_not_spin_the_driver() {
             id: "ord-3".into(),
             channel: CH.into(),
             text: order.into(),
+            specimens: Vec::new(),
         })
         .unwrap();
     });

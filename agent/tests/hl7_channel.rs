@@ -80,6 +80,8 @@ async fn start(s: Setup) -> Agent {
             max_connections: 16,
             idle_timeout: Duration::ZERO,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     };
     let (stop, stopping) = watch::channel(false);
     let ctx = ChannelCtx::new(config, store.clone(), s.hooks, stopping);
@@ -672,6 +674,7 @@ async fn orders_are_sent_and_the_instruments_ack_decides() {
         channel: "lab".into(),
         // LF line ends from the upstream become CR on the wire.
         text: format!("MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|{ctl}|P|2.5\nPID|1||P1\nORC|NW|{id}\n"),
+        specimens: Vec::new(),
     }
     };
     a.store.put_order(order("ord-1", "O1")).unwrap();
@@ -731,6 +734,7 @@ async fn an_unanswered_order_is_retried_then_failed() {
             channel: "lab".into(),
             text: "MSH|^~\\&|LIS|HOSP|ANALYZER|LAB|20261130||OML^O33|O9|P|2.5\nORC|NW|ord-9\n"
                 .into(),
+            specimens: Vec::new(),
         })
         .unwrap();
     let mut s = connect(&a).await;
@@ -800,6 +804,8 @@ async fn connect_channel_comes_back_after_the_instrument_drops_it() {
             max_connections: 1,
             idle_timeout: Duration::ZERO,
         }),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     };
     let (_stop, stopping) = watch::channel(false);
     let ctx = ChannelCtx::new(config, store.clone(), Hooks::default(), stopping);

@@ -51,6 +51,8 @@ async fn start(raw: Raw, max_bytes: u64) -> Agent {
         transport: Transport::Listen(addr),
         encoding: Encoding::Auto,
         settings: ProtocolSettings::Raw(raw),
+        orders: labagent_config::OrderMode::Push,
+        query_timeout: std::time::Duration::from_secs(5),
     };
     let (stop, stopping) = watch::channel(false);
     let ctx = ChannelCtx::new(config, store.clone(), Hooks::default(), stopping);

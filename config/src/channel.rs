@@ -12,13 +12,15 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_spanned::Spanned;
 
 use crate::check::{valid_id, Ctx, ID_EXPECTED};
 use crate::defaults as d;
 use crate::model::{
-    Astm, Channel, DataBits, Encoding, Hl7, Protocol, ProtocolSettings, Raw, StopBits, Transport,
+    Astm, Channel, DataBits, Encoding, Hl7, OrderMode, Protocol, ProtocolSettings, Raw, StopBits,
+    Transport,
 };
 use crate::schema::{Bytes, RawChannel, S};
 
@@ -122,16 +124,59 @@ pub fn channels(ctx: &mut Ctx<'_>, raw: &[Spanned<RawChannel>]) -> Vec<Channel> 
         };
         let listens = matches!(transport, Some((Transport::Listen(_), _)));
         let settings = settings(ctx, ch, &k, listens);
+        let (orders, query_timeout) = orders(ctx, c, &k);
         if let (Some(name), Some((transport, _)), Some(settings)) = (name, transport, settings) {
             out.push(Channel {
                 name,
                 transport,
                 encoding,
                 settings,
+                orders,
+                query_timeout,
             });
         }
     }
     out
+}
+
+/// `orders` and `query_timeout`: host queries and orders exist for ASTM and HL7 only.
+fn orders(ctx: &mut Ctx<'_>, c: &RawChannel, k: &dyn Fn(&str) -> String) -> (OrderMode, Duration) {
+    if c.protocol.as_ref().map(|p| *p.get_ref()) == Some(Protocol::Raw) {
+        for (key, span) in [
+            ("orders", c.orders.as_ref().map(Spanned::span)),
+            ("query_timeout", c.query_timeout.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span {
+                ctx.error(
+                    &span,
+                    &k(key),
+                    "applies to astm and hl7 channels only (a raw channel has no orders or host queries)",
+                );
+            }
+        }
+        return (d::CHANNEL_ORDERS, d::QUERY_TIMEOUT);
+    }
+    let timeout = ctx.duration(
+        &c.query_timeout,
+        &k("query_timeout"),
+        d::QUERY_TIMEOUT,
+        true,
+    );
+    let timeout = match &c.query_timeout {
+        Some(t) if timeout >= d::MAX_QUERY_TIMEOUT => {
+            ctx.error(
+                &t.span(),
+                &k("query_timeout"),
+                format!(
+                    "must be below {}: it must stay below what the instrument waits for its answer (a few seconds), and the line is held for the query until then",
+                    crate::units::format_duration(d::MAX_QUERY_TIMEOUT)
+                ),
+            );
+            d::QUERY_TIMEOUT
+        }
+        _ => timeout,
+    };
+    (ctx.value(&c.orders, d::CHANNEL_ORDERS), timeout)
 }
 
 fn port_key(t: &Transport) -> &'static str {
@@ -353,6 +398,11 @@ fn settings(
                 ),
                 max_frame,
                 max_message,
+                query_id_component: query_id_component(
+                    ctx,
+                    &s!(query_id_component),
+                    &k("astm.query_id_component"),
+                ),
             })
         }
         Protocol::Hl7 => {
@@ -414,6 +464,23 @@ fn settings(
             })
         }
     })
+}
+
+/// `[channel.astm] query_id_component`: components count from 1.
+fn query_id_component(ctx: &mut Ctx<'_>, field: &S<i64>, key: &str) -> Option<u8> {
+    let f = field.as_ref()?;
+    let n = *f.get_ref();
+    match u8::try_from(n) {
+        Ok(v) if v >= 1 => Some(v),
+        _ => {
+            ctx.error(
+                &f.span(),
+                key,
+                format!("expected a component number from 1 to 255 (components count from 1; leave it out for the first non-empty one), got {n}"),
+            );
+            None
+        }
+    }
 }
 
 /// Checks a byte key; `required` is the section span to report a missing key at.

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::model::{
-    AckMode, AuthMethod, ClientAuth, DataBits, Fallback, FlowControl, Format, LogLevel, Parity,
-    StopBits, WhenFull,
+    AckMode, AuthMethod, ClientAuth, DataBits, Fallback, FlowControl, Format, LogLevel, OrderMode,
+    Parity, StopBits, WhenFull,
 };
 
 const MIB: u64 = 1 << 20;
@@ -20,12 +20,14 @@ pub const MAX_BYTES: u64 = 1 << 30;
 pub const MIN_FREE: u64 = 256 * MIB;
 pub const WHEN_FULL: WhenFull = WhenFull::Refuse;
 pub const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 86_400);
+pub const ORDERS_KEEP: Duration = Duration::from_secs(7 * 86_400);
 
 // [uplink]
 pub const FORMAT: Format = Format::Raw;
 pub const BATCH_MAX: u32 = 100;
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 pub const ALLOW_PLAIN_HTTP: bool = false;
+pub const ORDERS_POLL: Duration = Duration::from_secs(10);
 
 // [uplink.auth]
 pub const AUTH_METHOD: AuthMethod = AuthMethod::ClientCredentials;
@@ -52,6 +54,8 @@ pub const PARITY: Parity = Parity::None;
 pub const STOP_BITS: StopBits = StopBits::One;
 pub const FLOW_CONTROL: FlowControl = FlowControl::None;
 pub const ENCODING: &str = "auto";
+pub const CHANNEL_ORDERS: OrderMode = OrderMode::Push;
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 // [channel.astm]
 pub const ASTM_RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,3 +76,6 @@ pub const RAW_MAX_MESSAGE: u64 = MIB;
 // Sanity limits (not defaults, but bounds checked by validation).
 /// The highest baud rate accepted; common UARTs top out at 4 Mbit/s.
 pub const MAX_BAUD: u32 = 4_000_000;
+/// `query_timeout` must stay below this: no instrument waits a minute for its answer, and
+/// the agent holds the line for the query until then.
+pub const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -84,6 +84,18 @@ choice!(
     FlowControl { None = "none", Software = "software", Hardware = "hardware" }
 );
 choice!(
+    /// `channel.orders`: how orders reach the instrument.
+    #[derive(Default)]
+    OrderMode {
+        /// Sent as they arrive ("batch download"); queries are answered from the upstream.
+        #[default]
+        Push = "push",
+        /// Kept in the order cache and sent only as the answer to a matching host query.
+        Query = "query",
+    }
+);
+
+choice!(
     /// `channel.hl7.ack`: the acknowledgement mode for messages with MSH-15/16 empty.
     AckMode { Original = "original", Enhanced = "enhanced" }
 );
@@ -165,6 +177,9 @@ pub struct Buffer {
     pub min_free: u64,
     pub when_full: WhenFull,
     pub keep_delivered: Duration,
+    /// Cached orders not sent by then are reported `expired`; finished ones are forgotten
+    /// after it.
+    pub orders_keep: Duration,
 }
 
 /// `[uplink]`.
@@ -185,6 +200,12 @@ pub struct Uplink {
     pub auth: Auth,
     /// `Some` exactly when `kind` is mqtt.
     pub mqtt: Option<Mqtt>,
+    /// Host queries are POSTed here (http only).
+    pub query_url: Option<String>,
+    /// The HTTPS order feed, long-polled (http only).
+    pub orders_url: Option<String>,
+    /// How long to wait before the next poll when the feed answered at once with nothing.
+    pub orders_poll: Duration,
     /// The `[[channel]]` keys of `format = "fhir"` by channel name: every channel when
     /// `format = "fhir"`, else only channels that set one. Kept with the uplink (which
     /// alone uses them), so a changed code map or zone rebuilds the uplink on SIGHUP.
@@ -230,6 +251,10 @@ pub struct Channel {
     pub encoding: Encoding,
     /// The protocol with its settings (`[channel.astm]`, `[channel.hl7]`, `[channel.raw]`).
     pub settings: ProtocolSettings,
+    /// `orders`: push (default) or query (host-query mode). Always push on raw channels.
+    pub orders: OrderMode,
+    /// `query_timeout`: a host query is answered within this (> 0, < 60 s; default 5 s).
+    pub query_timeout: Duration,
 }
 
 impl Channel {
@@ -294,6 +319,9 @@ pub struct Astm {
     pub max_retries: u32,
     pub max_frame: u64,
     pub max_message: u64,
+    /// `query_id_component`: which component of each Q-3 repeat is the specimen id
+    /// (counting from 1); `None`: the first non-empty one.
+    pub query_id_component: Option<u8>,
 }
 
 /// `[channel.hl7]`.

@@ -67,6 +67,7 @@ impl Config {
         writeln!(o, "min_free = {}", q(&size(b.min_free)))?;
         writeln!(o, "when_full = {}", q(b.when_full.as_str()))?;
         writeln!(o, "keep_delivered = {}", q(&dur(b.keep_delivered)))?;
+        writeln!(o, "orders_keep = {}", q(&dur(b.orders_keep)))?;
 
         let u = &self.uplink;
         writeln!(o, "\n[uplink]")?;
@@ -89,6 +90,23 @@ impl Config {
             _ => writeln!(o, "# client_cert, client_key: none (no mutual TLS)")?,
         }
         writeln!(o, "allow_plain_http = {}", u.allow_plain_http)?;
+        match &u.query_url {
+            Some(url) => writeln!(o, "query_url = {}", q(url))?,
+            None => writeln!(o, "# query_url: none")?,
+        }
+        match &u.orders_url {
+            Some(url) => writeln!(o, "orders_url = {}", q(url))?,
+            None => writeln!(o, "# orders_url: none")?,
+        }
+        if u.orders_url.is_some() {
+            writeln!(o, "orders_poll = {}", q(&dur(u.orders_poll)))?;
+        } else {
+            writeln!(
+                o,
+                "# orders_poll: {} (used with orders_url)",
+                dur(u.orders_poll)
+            )?;
+        }
 
         let au = &u.auth;
         writeln!(o, "\n[uplink.auth]")?;
@@ -180,6 +198,10 @@ fn write_channel(o: &mut String, c: &Channel, fhir: Option<&ChannelFhir>) -> std
             Encoding::Label(l) => l,
         })
     )?;
+    if !matches!(c.settings, ProtocolSettings::Raw(_)) {
+        writeln!(o, "orders = {}", q(c.orders.as_str()))?;
+        writeln!(o, "query_timeout = {}", q(&dur(c.query_timeout)))?;
+    }
     if let Some(f) = fhir {
         write_fhir(o, f)?;
     }
@@ -191,6 +213,13 @@ fn write_channel(o: &mut String, c: &Channel, fhir: Option<&ChannelFhir>) -> std
             writeln!(o, "max_retries = {}", a.max_retries)?;
             writeln!(o, "max_frame = {}", q(&size(a.max_frame)))?;
             writeln!(o, "max_message = {}", q(&size(a.max_message)))?;
+            match a.query_id_component {
+                Some(n) => writeln!(o, "query_id_component = {n}")?,
+                None => writeln!(
+                    o,
+                    "# query_id_component: the first non-empty component of each Q-3 repeat"
+                )?,
+            }
         }
         ProtocolSettings::Hl7(h) => {
             writeln!(o, "\n[channel.hl7]")?;

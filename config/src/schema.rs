@@ -10,8 +10,8 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 
 use crate::model::{
-    AckMode, AuthMethod, ClientAuth, Fallback, FlowControl, Format, LogLevel, Parity, Protocol,
-    UplinkKind, WhenFull,
+    AckMode, AuthMethod, ClientAuth, Fallback, FlowControl, Format, LogLevel, OrderMode, Parity,
+    Protocol, UplinkKind, WhenFull,
 };
 
 pub type S<T> = Option<Spanned<T>>;
@@ -44,6 +44,7 @@ pub struct RawBuffer {
     pub min_free: S<SizeValue>,
     pub when_full: S<WhenFull>,
     pub keep_delivered: S<DurationText>,
+    pub orders_keep: S<DurationText>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +61,9 @@ pub struct RawUplink {
     pub allow_plain_http: S<bool>,
     pub auth: S<RawAuth>,
     pub mqtt: S<RawMqtt>,
+    pub query_url: S<String>,
+    pub orders_url: S<String>,
+    pub orders_poll: S<DurationText>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +116,8 @@ pub struct RawChannel {
     pub stop_bits: S<i64>,
     pub flow_control: S<FlowControl>,
     pub encoding: S<String>,
+    pub orders: S<OrderMode>,
+    pub query_timeout: S<DurationText>,
     // format = "fhir" (see fhir.rs)
     pub code_map: S<String>,
     pub timezone: S<String>,
@@ -132,6 +138,7 @@ pub struct RawAstm {
     pub max_retries: S<i64>,
     pub max_frame: S<SizeValue>,
     pub max_message: S<SizeValue>,
+    pub query_id_component: S<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -35,6 +35,7 @@ pub fn validate(ctx: &mut Ctx<'_>, raw: &RawConfig, opts: &LoadOptions) -> Optio
     );
     let mut uplink = uplink?;
     uplink.fhir = fhir;
+    unfillable_query_channels(ctx, raw, &uplink);
     if !ctx.errors.is_empty() {
         return None;
     }
@@ -125,6 +126,7 @@ fn buffer(ctx: &mut Ctx<'_>, raw: &RawConfig) -> Buffer {
             min_free: d::MIN_FREE,
             when_full: d::WHEN_FULL,
             keep_delivered: d::KEEP_DELIVERED,
+            orders_keep: d::ORDERS_KEEP,
         };
     };
     Buffer {
@@ -138,6 +140,7 @@ fn buffer(ctx: &mut Ctx<'_>, raw: &RawConfig) -> Buffer {
             d::KEEP_DELIVERED,
             false,
         ),
+        orders_keep: ctx.duration(&b.orders_keep, "buffer.orders_keep", d::ORDERS_KEEP, true),
     }
 }
 
@@ -240,6 +243,28 @@ fn uplink(
             );
         }
     }
+    let query_url = feed_url(
+        ctx,
+        &u.query_url,
+        "uplink.query_url",
+        kind,
+        allow_plain_http,
+    );
+    let orders_url = feed_url(
+        ctx,
+        &u.orders_url,
+        "uplink.orders_url",
+        kind,
+        allow_plain_http,
+    );
+    if let (Some(p), None) = (&u.orders_poll, &u.orders_url) {
+        ctx.warn(
+            &p.span(),
+            "uplink.orders_poll",
+            "is ignored without uplink.orders_url (it paces the HTTPS order feed)",
+        );
+    }
+    let orders_poll = ctx.duration(&u.orders_poll, "uplink.orders_poll", d::ORDERS_POLL, true);
     Some(Uplink {
         kind: kind?,
         url,
@@ -252,8 +277,73 @@ fn uplink(
         allow_plain_http,
         auth,
         mqtt,
+        query_url,
+        orders_url,
+        orders_poll,
         fhir: Default::default(),
     })
+}
+
+/// `query_url` / `orders_url`: URLs like `url` for kind = "http"; with MQTT the same
+/// traffic has topics of its own, which the error names.
+fn feed_url(
+    ctx: &mut Ctx<'_>,
+    field: &Option<Spanned<String>>,
+    key: &str,
+    kind: Option<UplinkKind>,
+    allow_plain_http: bool,
+) -> Option<String> {
+    let f = field.as_ref()?;
+    match kind {
+        Some(UplinkKind::Mqtt) => {
+            let instead = if key == "uplink.query_url" {
+                "host queries are published to {prefix}/{agent}/{channel}/queries and answered on {prefix}/{agent}/{channel}/answers/{id}"
+            } else {
+                "orders arrive on {prefix}/{agent}/{channel}/orders ([uplink.mqtt] orders = true)"
+            };
+            ctx.error(
+                &f.span(),
+                key,
+                format!("is for kind = \"http\"; with kind = \"mqtt\" {instead}"),
+            );
+            None
+        }
+        _ => {
+            ctx.url(
+                f,
+                key,
+                "https",
+                "http",
+                allow_plain_http,
+                "uplink.allow_plain_http",
+            );
+            Some(f.get_ref().clone())
+        }
+    }
+}
+
+/// Warns about a `orders = "query"` channel that no order can ever reach.
+fn unfillable_query_channels(ctx: &mut Ctx<'_>, raw: &RawConfig, uplink: &Uplink) {
+    let fed = uplink.orders_url.is_some() || uplink.mqtt.as_ref().is_some_and(|m| m.orders);
+    if fed {
+        return;
+    }
+    for ch in &raw.channel {
+        let c = ch.get_ref();
+        let Some(o) = c.orders.as_ref() else { continue };
+        if *o.get_ref() != crate::model::OrderMode::Query {
+            continue;
+        }
+        let prefix = match &c.name {
+            Some(n) => format!("channel \"{}\"", n.get_ref()),
+            None => "channel".to_owned(),
+        };
+        ctx.warn(
+            &o.span(),
+            &format!("{prefix}.orders"),
+            "is \"query\", but no orders can reach the cache: set [uplink] orders_url (http) or [uplink.mqtt] orders = true; until then every host query is answered from query_url or with \"nothing known\"",
+        );
+    }
 }
 
 /// The FHIR keys of every named channel (see `fhir.rs` for which are kept).

@@ -18,6 +18,9 @@ url = "https://ingest.example.org/in"
 method = "none"
 "#;
 
+/// An `[uplink]` of kind mqtt, open for more keys (line 5 is the next).
+const MQ: &str = "[agent]\nid = \"lab\"\n[uplink]\nkind = \"mqtt\"\n";
+
 /// A valid ASTM channel on /dev/null (exists everywhere, so no warning).
 const CH: &str = r#"[[channel]]
 name = "a"
@@ -127,6 +130,18 @@ fn cases(secret_dir: &Path) -> Vec<Case> {
         case("unnamed channel typo", head_with("[[channel]]\nprotocl = \"astm\"\n"), 11, 1, "unknown key `protocl` in channel[0]"),
         case("bad listen", head_with("[[channel]]\nname = \"h\"\nprotocol = \"hl7\"\nlisten = \"2575\"\n"), 13, 10, "expected an address:port"),
         case("negative size", format!("{HEAD}[buffer]\nmin_free = -1\n"), 11, 12, "expected a size like"),
+        case("orders pull", head_with(&format!("{CH}orders = \"pull\"\n")), 14, 10, "unknown value \"pull\"; expected one of: push | query"),
+        case("query_timeout zero", head_with(&format!("{CH}query_timeout = \"0s\"\n")), 14, 17, "query_timeout: must be greater than zero"),
+        case("query_timeout a minute", head_with(&format!("{CH}query_timeout = \"60s\"\n")), 14, 17, "query_timeout: must be below"),
+        case("orders on a raw channel", head_with("[[channel]]\nname = \"r\"\nprotocol = \"raw\"\nserial = \"/dev/null\"\norders = \"query\"\n[channel.raw]\nstart = [2]\nend = [3]\n"), 14, 10, "channel \"r\".orders: applies to astm and hl7 channels only"),
+        case("query_timeout on a raw channel", head_with("[[channel]]\nname = \"r\"\nprotocol = \"raw\"\nserial = \"/dev/null\"\nquery_timeout = \"2s\"\n[channel.raw]\nstart = [2]\nend = [3]\n"), 14, 17, "applies to astm and hl7 channels only"),
+        case("query_id_component 0", head_with(&format!("{CH}[channel.astm]\nquery_id_component = 0\n")), 15, 22, "components count from 1"),
+        case("query_url with mqtt", format!("{MQ}{}", "query_url = \"https://x.example/q\"\n[uplink.auth]\nmethod = \"none\"\n[uplink.mqtt]\nurl = \"mqtts://b.example:8883\"\n"), 5, 13, "{prefix}/{agent}/{channel}/queries"),
+        case("orders_url with mqtt", format!("{MQ}{}", "orders_url = \"https://x.example/o\"\n[uplink.auth]\nmethod = \"none\"\n[uplink.mqtt]\nurl = \"mqtts://b.example:8883\"\n"), 5, 14, "{prefix}/{agent}/{channel}/orders"),
+        case("plain query_url", HEAD.replace("kind = \"http\"", "kind = \"http\"\nquery_url = \"http://x.example/q\""), 6, 13, "uplink.query_url: http:// sends credentials"),
+        case("orders_url not a URL", HEAD.replace("kind = \"http\"", "kind = \"http\"\norders_url = \"ftp://x.example/o\""), 6, 14, "uplink.orders_url: expected a https:// URL"),
+        case("orders_poll bad", HEAD.replace("kind = \"http\"", "kind = \"http\"\norders_poll = \"10x\""), 6, 15, "expected a duration like"),
+        case("orders_keep zero", format!("{HEAD}[buffer]\norders_keep = \"0s\"\n"), 11, 15, "buffer.orders_keep: must be greater than zero"),
         case("duration as integer", format!("{HEAD}[buffer]\nkeep_delivered = 7\n"), 11, 18, "expected a duration string like \"500ms\", \"30s\""),
     ]
 }

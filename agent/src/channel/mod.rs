@@ -21,7 +21,6 @@ pub mod hl7;
 pub mod raw;
 pub mod stats;
 
-use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,8 +30,8 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, OrderOutcome, OrderState, Store, StoreError};
-pub use stats::{ChannelCounters, ChannelSnapshot};
+use crate::store::{Appended, NewMessage, OrderOutcome, Store, StoreError};
+pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -65,36 +64,6 @@ pub struct OrderReport {
     pub detail: String,
 }
 
-/// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryRequest {
-    /// Unique per query (`<channel>-<store message id>`).
-    pub id: String,
-    pub channel: String,
-    pub protocol: crate::store::Protocol,
-    /// The query as received, decoded (CR-separated records or segments).
-    pub text: String,
-    pub specimens: Vec<String>,
-}
-
-/// Asks the upstream; the receiver gets the answer in the instrument's protocol (ASTM
-/// records H…L, HL7 messages each starting with MSH), or `None`: nothing known, no
-/// upstream, or not before the deadline.
-pub type QueryHook = Arc<
-    dyn Fn(QueryRequest, std::time::Instant) -> tokio::sync::oneshot::Receiver<Option<String>>
-        + Send
-        + Sync,
->;
-
-/// A query hook with no upstream: `None` at once.
-pub fn no_query_upstream() -> QueryHook {
-    Arc::new(|_, _| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = tx.send(None);
-        rx
-    })
-}
-
 /// Where a channel reports to: the uplink(s).
 #[derive(Clone)]
 pub struct Hooks {
@@ -103,7 +72,7 @@ pub struct Hooks {
     /// An order was delivered to the instrument or given up.
     pub order: Arc<dyn Fn(OrderReport) + Send + Sync>,
     /// A host query for the upstream.
-    pub query: QueryHook,
+    pub query: crate::query::QueryHook,
 }
 
 impl Default for Hooks {
@@ -111,7 +80,7 @@ impl Default for Hooks {
         Hooks {
             stored: Arc::new(|| {}),
             order: Arc::new(|_| {}),
-            query: no_query_upstream(),
+            query: crate::query::no_query_upstream(),
         }
     }
 }
@@ -159,11 +128,6 @@ impl ChannelCtx {
         &self.config.name
     }
 
-    /// How long a host query may wait for its answer (`query_timeout`, 5 s by default).
-    pub fn query_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(5)
-    }
-
     /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
     pub fn subscribe_wire(&self) -> broadcast::Receiver<WireEvent> {
         self.tap.subscribe()
@@ -187,31 +151,25 @@ impl ChannelCtx {
         let id = order_id.to_string();
         let d = detail.to_string();
         match self
-            .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
+            .store
+            .call(move |s| s.mark_order(&id, outcome, Some(&d)))
             .await
         {
-            Ok(o) => {
-                let state = match o.state {
-                    OrderState::Delivered => Some("delivered"),
-                    OrderState::Failed => Some("failed"),
-                    OrderState::Pending => None,
-                };
-                match state {
-                    Some(state) => {
-                        tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
-                        self.report_order(OrderReport {
-                            channel: self.name().to_string(),
-                            id: o.id,
-                            state: state.to_string(),
-                            detail: detail.to_string(),
-                        });
-                    }
-                    None => {
-                        tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
-                        detail, "order not delivered; will retry")
-                    }
+            Ok(o) => match o.state.report_status() {
+                Some(state) => {
+                    tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
+                    self.report_order(OrderReport {
+                        channel: self.name().to_string(),
+                        id: o.id,
+                        state: state.to_string(),
+                        detail: detail.to_string(),
+                    });
                 }
-            }
+                None => {
+                    tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
+                        detail, "order not delivered; will retry")
+                }
+            },
             Err(e) => {
                 self.counters.set_error(&e.to_string());
                 tracing::error!(channel = %self.name(), order = %order_id, error = %e, "cannot record the order's outcome");
@@ -224,50 +182,13 @@ impl ChannelCtx {
         (self.hooks.order)(r)
     }
 
-    /// Asks the upstream about a host query (see [`QueryHook`]).
+    /// Asks the upstream about a host query (see [`crate::query::QueryHook`]).
     pub fn ask_upstream(
         &self,
-        q: QueryRequest,
+        q: crate::query::QueryRequest,
         deadline: std::time::Instant,
     ) -> tokio::sync::oneshot::Receiver<Option<String>> {
         (self.hooks.query)(q, deadline)
-    }
-
-    /// Runs a blocking store call without stalling the runtime's other tasks.
-    ///
-    /// On a multi-thread runtime (the agent's) the call runs in place: `block_in_place`
-    /// first hands this worker's other tasks to another thread, and the task goes on with
-    /// the result at once. Through `spawn_blocking` it would wait for a pool thread to wake
-    /// and then to be woken on a worker again: on one HL7 connection those two hand-offs
-    /// took ~60 µs of a ~400 µs ACK (docs/perf/hl7.md). A current-thread runtime (tests on
-    /// tokio's paused clock) cannot block in place; there the call goes to the pool.
-    ///
-    /// One difference remains: aborting the task (a channel stopped past its deadline)
-    /// takes effect only once a call under way returns, where through the pool the task
-    /// went at once and the call finished detached. A store that hangs for good starves the
-    /// systemd watchdog instead (`service`), and the agent is restarted.
-    pub async fn store_call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        let store = self.store.clone();
-        let failed = |e: &dyn std::fmt::Display| {
-            StoreError::Io(io::Error::other(format!("store task failed: {e}")))
-        };
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            // A panic in the store stays a store error, as it is through the pool.
-            return tokio::task::block_in_place(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&store)))
-            })
-            .unwrap_or_else(|_| Err(failed(&"panicked")));
-        }
-        match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(r) => r,
-            Err(e) => Err(failed(&e)),
-        }
     }
 
     /// A new message for this channel, stamped now.
@@ -331,7 +252,7 @@ pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
     let r = match &ctx.config.settings {
         P::Astm(_) => astm::serve(conn, ctx.clone()).await,
         P::Hl7(c) => {
-            let s = hl7::session(c);
+            let s = hl7::session(c, ctx.config.query_timeout);
             driver::run(conn, ctx.clone(), s, &|b, e| crate::meta::hl7(b, e, &enc)).await
         }
         P::Raw(c) => match raw::raw_config(c) {

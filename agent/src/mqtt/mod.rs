@@ -201,7 +201,12 @@ pub struct StoreOrders {
 
 impl OrderSink for StoreOrders {
     fn put(&self, order: NewOrder) -> Result<bool, String> {
-        self.store.put_order(order).map_err(|e| e.to_string())
+        // Specimen ids not given are read from the text as the channel's protocol.
+        match self.channels.get(&order.channel) {
+            Some(c) => self.store.put_order_for(order, c.config.protocol().into()),
+            None => self.store.put_order(order),
+        }
+        .map_err(|e| e.to_string())
     }
     fn notify(&self, channel: &str) {
         if let Some(c) = self.channels.get(channel) {
@@ -301,7 +306,7 @@ fn hooks(wake: Arc<Notify>, reports: mpsc::UnboundedSender<OrderReport>) -> Hook
         order: Arc::new(move |r| {
             let _ = reports.send(r);
         }),
-        query: crate::channel::no_query_upstream(),
+        query: crate::query::no_query_upstream(),
     }
 }
 

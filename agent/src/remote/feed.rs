@@ -219,7 +219,7 @@ fn poll_loop(
     let mut poke = port.wait_poke(u64::MAX, Duration::ZERO);
     let mut logged_error = false;
     while !stop.stopped() {
-        let cursor = match store.feed_cursor(&s.cursor) {
+        let cursor = match store.cursor(&s.cursor) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the command feed's cursor");
@@ -289,7 +289,7 @@ fn poll_loop(
                         }
                     }
                     let saved = match (&next, all) {
-                        (Some(n), true) => store.set_feed_cursor(&s.cursor, n).map_err(|e| {
+                        (Some(n), true) => store.save_cursor(&s.cursor, n).map_err(|e| {
                             tracing::error!(error = %e, "cannot save the command feed's cursor");
                         }),
                         (None, true) => Ok(()),

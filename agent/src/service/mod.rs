@@ -9,6 +9,7 @@ pub mod adapters;
 pub mod control;
 pub mod metrics;
 pub mod notify;
+pub mod orders;
 pub mod process;
 pub mod queue;
 pub mod remote;
@@ -272,6 +273,12 @@ impl Agent {
         agent.publish_channels();
         agent.start_pending_uplink();
 
+        agent.tasks.spawn(orders::sweeper(
+            store.clone(),
+            config.buffer.orders_keep,
+            agent.channel_hooks(),
+            stopping.clone(),
+        ));
         let s = store.clone();
         let mut prune_stop = stopping.clone();
         agent.tasks.spawn(async move {

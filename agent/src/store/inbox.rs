@@ -205,6 +205,45 @@ impl Store {
         ))
     }
 
+    /// Ops adding a pending message of `channel` at sequence `seq` (the caller's batch
+    /// allocates it): chunks, header, queue and duplicate entries, counters. No quota
+    /// check: used for order reports, small and bounded by the orders kept.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn queue_message_ops(
+        &self,
+        w: &Writer,
+        channel: &str,
+        protocol: Protocol,
+        at: SystemTime,
+        meta: serde_json::Value,
+        bytes: &[u8],
+        seq: u64,
+        ops: &mut Vec<Op>,
+        changed: &mut BTreeMap<String, Counters>,
+    ) -> Result<()> {
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        let mut h = Header {
+            channel: channel.to_string(),
+            protocol,
+            received_at_ms: time_to_ms(at),
+            clock_synced: None,
+            meta,
+            state: State::Pending,
+            len: bytes.len() as u64,
+            chunks: 0,
+            sha256: hex(&sha),
+            reason: None,
+            delivered_at: None,
+            transmission: None,
+        };
+        h.chunks = put_chunks(ops, seq, 0, bytes);
+        put_header(ops, seq, &h)?;
+        ops.push((keys::queue(channel, seq), Some(Vec::new())));
+        ops.push((keys::dedup(channel, &sha), Some(seq.to_be_bytes().to_vec())));
+        ctr(w, changed, channel).add(&h, 1);
+        Ok(())
+    }
+
     fn find_dup(&self, ch: &str, sha: &[u8; 32]) -> Result<Option<u64>> {
         let g = self.engine()?;
         let eng = g.as_ref().ok_or_else(closed)?;

@@ -14,9 +14,10 @@
 //! | `C` chan | [`Counters`] JSON | O(1) per-channel counters |
 //! | `O` order id | order JSON | outbox |
 //! | `R` chan 0 seq | order id | pending orders FIFO per channel |
+//! | `X` chan 0 specimen 0 seq | order id | specimen index of pending orders (order cache) |
+//! | `F` name | cursor text | feed cursors (the HTTPS order feed) |
 //! | `K` | token JSON | uplink access token |
-//! | `X` id 0 chunk(u32) | command record JSON, chunked | remote commands (`remote.rs`) |
-//! | `Y` feed | cursor | the command feed's cursor (`remote.rs`) |
+//! | `G` id 0 chunk(u32) | command record JSON, chunked | remote commands (`remote.rs`) |
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +85,24 @@ pub(crate) fn order_queue(chan: &str, seq: u64) -> Vec<u8> {
 }
 pub(crate) fn order_queue_prefix(chan: &str) -> Vec<u8> {
     cat(b"R", chan.as_bytes(), &[])
+}
+
+/// Specimen index entry: `X chan 0 specimen 0 seq`. Specimen ids never hold a NUL (see
+/// `specimens.rs`), so the prefix of one id never matches another.
+pub(crate) fn specimen(chan: &str, specimen: &str, seq: u64) -> Vec<u8> {
+    let mut k = specimen_prefix(chan, specimen);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+pub(crate) fn specimen_prefix(chan: &str, specimen: &str) -> Vec<u8> {
+    let mut k = cat(b"X", chan.as_bytes(), specimen.as_bytes());
+    k.push(0);
+    k
+}
+pub(crate) fn cursor(name: &str) -> Vec<u8> {
+    let mut k = b"F".to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 /// `table chan 0 tail`; channel names never contain NUL (checked by the store).

@@ -7,7 +7,11 @@
 //!   clock), clock-synced flag, bytes, meta (small JSON), state
 //!   (`pending` / `delivered` / `rejected` / `incomplete`);
 //! * **partials**: an ASTM transmission being received, one fragment (frame) at a time;
-//! * an **outbox** of orders for the instruments, keyed by the order's own id;
+//! * an **outbox** of orders for the instruments, keyed by the order's own id, with a
+//!   **specimen index** of the pending ones (the order cache host queries are answered
+//!   from) and, with `order_reports`, each final state's report written in the same batch
+//!   as a pending message of the reserved channel `#order-reports`;
+//! * **feed cursors** (how far the HTTPS order feed was read);
 //! * the uplink's access **token** with its expiry;
 //! * a **duplicate index** (channel + SHA-256 of the bytes) over the messages kept;
 //! * **counters** per channel (backlog, bytes, states, drops), so `stats()` is O(channels).
@@ -84,16 +88,20 @@
 //! (appending) fsync rate and eight writers ~11k appends/s (sled alone: ~40 % and ~4k/s). sled's RSS
 //! is not bounded by `cache_capacity`, and its file never shrinks.
 
+mod call;
 pub mod commits;
 mod engine;
 mod group_commit;
 mod inbox;
 mod keys;
+#[cfg(test)]
+mod order_tests;
 mod outbox;
 mod quota;
 #[cfg(feature = "bench-redb")]
 mod redb;
 pub mod remote;
+mod specimens;
 #[cfg(test)]
 mod tests;
 mod wal;
@@ -109,9 +117,13 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::calendar::rfc3339_ms;
 pub use keys::Counters;
-pub use outbox::{NewOrder, Order, OrderOutcome, OrderState, Secret, Token};
+pub use outbox::{
+    NewOrder, Order, OrderOutcome, OrderReportRecord, OrderState, Secret, Sweep, Token,
+    ORDER_REPORTS,
+};
 pub use quota::FullReason;
 pub use remote::{CommandRecord, CommandState};
+pub use specimens::order_specimens;
 
 use engine::{Engine, Op, Opener};
 use group_commit::GroupCommit;
@@ -135,6 +147,10 @@ pub struct StoreOptions {
     pub keep_delivered: Duration,
     /// sled page cache; does not bound RSS (see docs/perf/store.md).
     pub cache_capacity: u64,
+    /// Whether an order's final state writes its report as a pending message of
+    /// [`ORDER_REPORTS`] in the same batch, for the uplink to deliver (durably). Off: the
+    /// report only goes to `Hooks::order` (MQTT status topic, not durable).
+    pub order_reports: bool,
 }
 
 impl Default for StoreOptions {
@@ -145,6 +161,7 @@ impl Default for StoreOptions {
             when_full: WhenFull::Refuse,
             keep_delivered: Duration::from_secs(7 * 86_400),
             cache_capacity: 8 << 20,
+            order_reports: false,
         }
     }
 }
@@ -368,6 +385,8 @@ pub enum StoreError {
     },
     #[error("no order {0:?}")]
     NoOrder(String),
+    #[error("order {0:?} has already left pending (delivered, failed, answered or expired)")]
+    OrderNotPending(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -4,8 +4,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys;
+use super::engine::Op;
+use super::keys::{self, Counters};
 use super::*;
+
+/// The protocol an order's text looks like, for orders stored without one: HL7 if it
+/// starts with MSH (after framing), else ASTM.
+fn guess_protocol(text: &str) -> Protocol {
+    let t = text.trim_start_matches(|c: char| c.is_ascii_control() || c.is_whitespace());
+    if t.starts_with("MSH") {
+        Protocol::Hl7
+    } else {
+        Protocol::Astm
+    }
+}
 
 /// The one secret type of the workspace: `Debug`/`Display` print `[redacted]`.
 pub use labagent_config::Secret;
@@ -23,6 +35,10 @@ pub struct Token {
     pub obtained_at_unix: u64,
 }
 
+/// The reserved inbox channel of order reports (`StoreOptions::order_reports`): a `#`
+/// is never valid in a configured channel name, so no instrument's messages mix in.
+pub const ORDER_REPORTS: &str = "#order-reports";
+
 /// An order from the downlink, to be sent to an instrument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
@@ -30,6 +46,9 @@ pub struct NewOrder {
     pub id: String,
     pub channel: String,
     pub text: String,
+    /// The specimen ids a host query finds it by; empty: read from `text`
+    /// ([`order_specimens`](super::order_specimens), by the protocol `put_order` is given).
+    pub specimens: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +57,23 @@ pub enum OrderState {
     Pending,
     Delivered,
     Failed,
+    /// Sent as (part of) the answer to a host query from the order cache.
+    AnsweredQuery,
+    /// Still pending after `orders_keep`: never sent.
+    Expired,
+}
+
+impl OrderState {
+    /// The status reported upstream for a final state (`None`: pending).
+    pub fn report_status(self) -> Option<&'static str> {
+        match self {
+            Self::Pending => None,
+            Self::Delivered => Some("delivered"),
+            Self::Failed => Some("failed"),
+            Self::AnsweredQuery => Some("answered-query"),
+            Self::Expired => Some("expired"),
+        }
+    }
 }
 
 /// Outcome reported by the channel that tried to send an order.
@@ -48,6 +84,8 @@ pub enum OrderOutcome {
     Failed,
     /// Attempt failed, keep it queued.
     Retry,
+    /// Sent as the answer to a host query (see also [`Store::answer_orders`]).
+    AnsweredQuery,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,13 +98,78 @@ pub struct Order {
     pub detail: Option<String>,
     /// Queue position (store sequence).
     pub seq: u64,
+    /// The ids the specimen index holds for it while it is pending.
+    #[serde(default)]
+    pub specimens: Vec<String>,
+    /// Unix seconds when it was stored (`None` in stores written before the order cache:
+    /// the first sweep stamps it).
+    #[serde(default)]
+    pub stored_at: Option<u64>,
+    /// Unix seconds when it left pending.
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+}
+
+/// An order report as it travels upstream (`#order-reports` inbox messages hold this
+/// JSON): `{"id","status","detail","at"}` plus the order's channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderReportRecord {
+    pub id: String,
+    /// `delivered`, `failed`, `answered-query` or `expired`.
+    pub status: String,
+    pub detail: String,
+    /// RFC 3339 with milliseconds, UTC.
+    pub at: String,
+    pub channel: String,
+}
+
+/// What [`Store::sweep_orders`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Pending orders older than `orders_keep`, now `expired` (reported).
+    pub expired: Vec<Order>,
+    /// Finished orders forgotten (their ids may be stored again).
+    pub forgotten: usize,
+}
+
+fn detail_or(detail: Option<&str>, state: OrderState) -> String {
+    match detail {
+        Some(d) => d.to_string(),
+        None => state.report_status().unwrap_or("pending").to_string(),
+    }
 }
 
 impl Store {
     /// Stores an order; `Ok(false)` if an order with this id was stored before. Durable on
-    /// return (the downlink acknowledges the broker after this).
+    /// return (the downlink acknowledges the broker after this). Its specimen ids (given,
+    /// or read from the text as `protocol`) go into the channel's specimen index.
     pub fn put_order(&self, o: NewOrder) -> Result<bool> {
+        self.put_order_as(o, None, None)
+    }
+
+    /// [`put_order`](Self::put_order) reading the specimen ids as `protocol` when the
+    /// order brings none (an MQTT or feed order for an HL7 channel, say).
+    pub fn put_order_for(&self, o: NewOrder, protocol: Protocol) -> Result<bool> {
+        self.put_order_as(o, Some(protocol), None)
+    }
+
+    /// Keeps an order that cannot be taken (no such channel, a raw channel, empty text)
+    /// as `failed` with `why`, reported like any failed order, in one durable write.
+    /// `Ok(false)` if the id was stored before.
+    pub fn put_order_failed(&self, o: NewOrder, why: &str) -> Result<bool> {
+        self.put_order_as(o, None, Some(why))
+    }
+
+    fn put_order_as(
+        &self,
+        o: NewOrder,
+        protocol: Option<Protocol>,
+        failed: Option<&str>,
+    ) -> Result<bool> {
         check_channel(&o.channel)?;
+        if o.id.is_empty() {
+            return Err(StoreError::NoOrder(String::new()));
+        }
         let mut w = self.lock_writer();
         self.ensure_healthy(&mut w)?;
         let key = keys::order(&o.id);
@@ -80,8 +183,25 @@ impl Store {
                 return Ok(false);
             }
         }
+        let mut specimens = Vec::new();
+        let given = if o.specimens.is_empty() {
+            protocol.map_or_else(
+                || super::order_specimens(guess_protocol(&o.text), &o.text),
+                |p| super::order_specimens(p, &o.text),
+            )
+        } else {
+            o.specimens
+        };
+        for s in given {
+            let s = s.trim();
+            if !s.is_empty() && !s.contains('\0') && !specimens.iter().any(|x| x == s) {
+                specimens.push(s.to_string());
+            }
+        }
         let seq = w.next_seq;
-        let order = Order {
+        let mut next = seq + 1;
+        let now = unix_secs(SystemTime::now());
+        let mut order = Order {
             id: o.id.clone(),
             channel: o.channel.clone(),
             text: o.text,
@@ -89,12 +209,31 @@ impl Store {
             attempts: 0,
             detail: None,
             seq,
+            specimens,
+            stored_at: Some(now),
+            finished_at: None,
         };
-        let ops = vec![
-            (key, Some(serde_json::to_vec(&order).map_err(corrupt)?)),
-            (keys::order_queue(&o.channel, seq), Some(o.id.into_bytes())),
-        ];
-        let gen = self.apply(&mut w, ops, BTreeMap::new(), seq + 1)?;
+        let mut ops = Vec::new();
+        let mut changed = BTreeMap::new();
+        match failed {
+            None => {
+                ops.push((keys::order_queue(&o.channel, seq), Some(o.id.into_bytes())));
+                for s in &order.specimens {
+                    ops.push((
+                        keys::specimen(&order.channel, s, seq),
+                        Some(order.id.clone().into_bytes()),
+                    ));
+                }
+            }
+            Some(why) => {
+                order.state = OrderState::Failed;
+                order.detail = Some(why.to_string());
+                order.finished_at = Some(now);
+                self.report_ops(&w, &order, why, &mut ops, &mut changed, &mut next)?;
+            }
+        }
+        ops.push((key, Some(serde_json::to_vec(&order).map_err(corrupt)?)));
+        let gen = self.apply(&mut w, ops, changed, next)?;
         drop(w);
         self.durable(gen)?;
         Ok(true)
@@ -115,7 +254,78 @@ impl Store {
         Ok(out)
     }
 
-    /// Records an attempt's outcome. Not synced on its own.
+    /// One order, any state.
+    pub fn order(&self, id: &str) -> Result<Option<Order>> {
+        let g = self.engine()?;
+        match g.as_ref().ok_or_else(closed)?.get(&keys::order(id))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The pending orders of `channel` that name any of `specimens`: oldest first, each
+    /// once (the order cache's answer to a host query).
+    pub fn orders_for_specimens(&self, channel: &str, specimens: &[String]) -> Result<Vec<Order>> {
+        let g = self.engine()?;
+        let eng = g.as_ref().ok_or_else(closed)?;
+        let mut found: BTreeMap<u64, String> = BTreeMap::new();
+        for s in specimens {
+            let s = s.trim();
+            if s.is_empty() || s.contains('\0') {
+                continue;
+            }
+            let p = keys::specimen_prefix(channel, s);
+            for (k, id) in eng.range(&p, &keys::prefix_end(&p), usize::MAX)? {
+                found.insert(
+                    keys::seq_suffix(&k),
+                    String::from_utf8_lossy(&id).into_owned(),
+                );
+            }
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for id in found.into_values() {
+            let Some(v) = eng.get(&keys::order(&id))? else {
+                return Err(StoreError::Corrupt(
+                    "specimen index entry without order".into(),
+                ));
+            };
+            let o: Order = serde_json::from_slice(&v).map_err(corrupt)?;
+            if o.state == OrderState::Pending {
+                out.push(o);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Kept orders (any state), oldest first: of `channel` if given, naming `specimen` if
+    /// given, at most `limit` (for `labagent queue orders`).
+    pub fn list_orders(
+        &self,
+        channel: Option<&str>,
+        specimen: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Order>> {
+        let g = self.engine()?;
+        let eng = g.as_ref().ok_or_else(closed)?;
+        let mut out: Vec<Order> = Vec::new();
+        for (_, v) in eng.range(b"O", b"P", usize::MAX)? {
+            let o: Order = serde_json::from_slice(&v).map_err(corrupt)?;
+            if channel.is_some_and(|c| c != o.channel)
+                || specimen.is_some_and(|s| !o.specimens.iter().any(|x| x == s.trim()))
+            {
+                continue;
+            }
+            out.push(o);
+        }
+        out.sort_by_key(|o| o.seq);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Records an attempt's outcome. Not synced on its own. An order leaves pending once:
+    /// marking one that has left is [`StoreError::OrderNotPending`]. The final state, the
+    /// removal from the queue and the specimen index, and the report owed upstream are
+    /// one atomic write.
     pub fn mark_order(
         &self,
         id: &str,
@@ -134,24 +344,213 @@ impl Store {
                 .ok_or_else(|| StoreError::NoOrder(id.into()))?;
             serde_json::from_slice(&v).map_err(corrupt)?
         };
+        if order.state != OrderState::Pending {
+            return Err(StoreError::OrderNotPending(id.into()));
+        }
         order.attempts += 1;
         order.detail = detail.map(str::to_string);
         let mut ops = Vec::new();
-        match outcome {
-            OrderOutcome::Retry => {}
-            OrderOutcome::Delivered | OrderOutcome::Failed => {
-                order.state = if outcome == OrderOutcome::Delivered {
-                    OrderState::Delivered
-                } else {
-                    OrderState::Failed
-                };
-                ops.push((keys::order_queue(&order.channel, order.seq), None));
-            }
+        let mut changed = BTreeMap::new();
+        let mut next = w.next_seq;
+        let state = match outcome {
+            OrderOutcome::Retry => None,
+            OrderOutcome::Delivered => Some(OrderState::Delivered),
+            OrderOutcome::Failed => Some(OrderState::Failed),
+            OrderOutcome::AnsweredQuery => Some(OrderState::AnsweredQuery),
+        };
+        if let Some(state) = state {
+            let d = detail_or(detail, state);
+            self.finish_ops(&w, &mut order, state, &d, &mut ops, &mut changed, &mut next)?;
         }
         ops.push((key, Some(serde_json::to_vec(&order).map_err(corrupt)?)));
-        let next = w.next_seq;
-        self.apply(&mut w, ops, BTreeMap::new(), next)?;
+        self.apply(&mut w, ops, changed, next)?;
         Ok(order)
+    }
+
+    /// Claims the pending orders among `ids` as `answered-query` with `detail`, in one
+    /// atomic write, durable on return; returns the ids it took (an order already
+    /// finished, or unknown, is left out). The answer may be sent for exactly those.
+    pub fn answer_orders(&self, ids: &[String], detail: &str) -> Result<Vec<String>> {
+        let mut w = self.lock_writer();
+        self.ensure_healthy(&mut w)?;
+        let mut ops = Vec::new();
+        let mut changed = BTreeMap::new();
+        let mut next = w.next_seq;
+        let mut taken = Vec::new();
+        for id in ids {
+            if taken.contains(id) {
+                continue;
+            }
+            let key = keys::order(id);
+            let v = {
+                let g = self.engine()?;
+                g.as_ref().ok_or_else(closed)?.get(&key)?
+            };
+            let Some(v) = v else { continue };
+            let mut order: Order = serde_json::from_slice(&v).map_err(corrupt)?;
+            if order.state != OrderState::Pending {
+                continue;
+            }
+            order.attempts += 1;
+            order.detail = Some(detail.to_string());
+            let st = OrderState::AnsweredQuery;
+            self.finish_ops(
+                &w,
+                &mut order,
+                st,
+                detail,
+                &mut ops,
+                &mut changed,
+                &mut next,
+            )?;
+            ops.push((key, Some(serde_json::to_vec(&order).map_err(corrupt)?)));
+            taken.push(id.clone());
+        }
+        if taken.is_empty() {
+            return Ok(taken);
+        }
+        let gen = self.apply(&mut w, ops, changed, next)?;
+        drop(w);
+        self.durable(gen)?;
+        Ok(taken)
+    }
+
+    /// Expires pending orders stored more than `keep` before `now` (reported `expired`)
+    /// and forgets finished ones that left pending more than `keep` before `now`. Durable
+    /// on return. Orders from before the order cache get their `stored_at` now.
+    pub fn sweep_orders(&self, keep: Duration, now: SystemTime) -> Result<Sweep> {
+        let now_s = unix_secs(now);
+        let cutoff = now_s.saturating_sub(keep.as_secs());
+        let mut w = self.lock_writer();
+        self.ensure_healthy(&mut w)?;
+        let all = {
+            let g = self.engine()?;
+            g.as_ref()
+                .ok_or_else(closed)?
+                .range(b"O", b"P", usize::MAX)?
+        };
+        let mut ops = Vec::new();
+        let mut changed = BTreeMap::new();
+        let mut next = w.next_seq;
+        let mut sweep = Sweep::default();
+        for (key, v) in all {
+            let mut order: Order = serde_json::from_slice(&v).map_err(corrupt)?;
+            match (order.state, order.stored_at, order.finished_at) {
+                (OrderState::Pending, None, _) => order.stored_at = Some(now_s),
+                (OrderState::Pending, Some(at), _) if at < cutoff => {
+                    let d = format!("not sent within orders_keep ({}s)", keep.as_secs());
+                    order.detail = Some(d.clone());
+                    let st = OrderState::Expired;
+                    self.finish_ops(&w, &mut order, st, &d, &mut ops, &mut changed, &mut next)?;
+                    sweep.expired.push(order.clone());
+                }
+                (OrderState::Pending, ..) => continue,
+                (_, _, Some(at)) if at < cutoff => {
+                    ops.push((key, None));
+                    sweep.forgotten += 1;
+                    continue;
+                }
+                (_, _, Some(_)) => continue,
+                (_, _, None) => order.finished_at = Some(now_s),
+            }
+            ops.push((key, Some(serde_json::to_vec(&order).map_err(corrupt)?)));
+        }
+        if ops.is_empty() {
+            return Ok(sweep);
+        }
+        let gen = self.apply(&mut w, ops, changed, next)?;
+        drop(w);
+        self.durable(gen)?;
+        Ok(sweep)
+    }
+
+    /// Ops taking a pending `order` to its final `state`: out of the queue and the
+    /// specimen index, `finished_at` set, and its report queued (when reports are kept).
+    #[allow(clippy::too_many_arguments)]
+    fn finish_ops(
+        &self,
+        w: &Writer,
+        order: &mut Order,
+        state: OrderState,
+        detail: &str,
+        ops: &mut Vec<Op>,
+        changed: &mut BTreeMap<String, Counters>,
+        next: &mut u64,
+    ) -> Result<()> {
+        order.state = state;
+        order.finished_at = Some(unix_secs(SystemTime::now()));
+        ops.push((keys::order_queue(&order.channel, order.seq), None));
+        for s in &order.specimens {
+            ops.push((keys::specimen(&order.channel, s, order.seq), None));
+        }
+        self.report_ops(w, order, detail, ops, changed, next)
+    }
+
+    /// The report owed upstream for a finished order, as a pending message of
+    /// [`ORDER_REPORTS`] at sequence `*next` (only with `StoreOptions::order_reports`).
+    fn report_ops(
+        &self,
+        w: &Writer,
+        order: &Order,
+        detail: &str,
+        ops: &mut Vec<Op>,
+        changed: &mut BTreeMap<String, Counters>,
+        next: &mut u64,
+    ) -> Result<()> {
+        if !self.shared.opts.order_reports {
+            return Ok(());
+        }
+        let Some(status) = order.state.report_status() else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let r = OrderReportRecord {
+            id: order.id.clone(),
+            status: status.to_string(),
+            detail: detail.to_string(),
+            at: rfc3339_ms(time_to_ms(now)),
+            channel: order.channel.clone(),
+        };
+        let bytes = serde_json::to_vec(&r).map_err(corrupt)?;
+        let meta = serde_json::json!({
+            "kind": "order-report",
+            "order": order.id,
+            "order_channel": order.channel,
+            "status": status,
+        });
+        let seq = *next;
+        *next += 1;
+        self.queue_message_ops(
+            w,
+            ORDER_REPORTS,
+            Protocol::Raw,
+            now,
+            meta,
+            &bytes,
+            seq,
+            ops,
+            changed,
+        )
+    }
+
+    /// A feed's saved cursor (see [`save_cursor`](Self::save_cursor)).
+    pub fn cursor(&self, name: &str) -> Result<Option<String>> {
+        let g = self.engine()?;
+        match g.as_ref().ok_or_else(closed)?.get(&keys::cursor(name))? {
+            Some(v) => Ok(Some(String::from_utf8(v).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Saves a feed's cursor; durable on return (after the orders it covers are).
+    pub fn save_cursor(&self, name: &str, value: &str) -> Result<()> {
+        let mut w = self.lock_writer();
+        self.ensure_healthy(&mut w)?;
+        let ops = vec![(keys::cursor(name), Some(value.as_bytes().to_vec()))];
+        let next = w.next_seq;
+        let gen = self.apply(&mut w, ops, BTreeMap::new(), next)?;
+        drop(w);
+        self.durable(gen)
     }
 
     /// Saves the access token (durable on return). The store directory is 0700.

@@ -1,4 +1,5 @@
-//! Remote commands (fleet management, docs/FLEET.md) and the command feed's cursor.
+//! Remote commands (fleet management, docs/FLEET.md). The command feed's cursor is a feed
+//! cursor like the order feed's ([`Store::cursor`], name `commands`).
 //!
 //! # Invariants
 //!
@@ -12,9 +13,9 @@
 //!    [`Store::commands_prune`] deletes only records that are delivered and past their
 //!    `not_after`, so an id stays known as long as a command with it may still be valid.
 //! 3. **Bounded values.** A record is JSON split into chunks of at most `engine::CHUNK`
-//!    bytes under `X id 0 chunk(u32)` (a `logs` result may be large), written in one batch.
+//!    bytes under `G id 0 chunk(u32)` (a `logs` result may be large), written in one batch.
 //!
-//! Keys: `X` id `0` chunk → record JSON (chunked); `Y` feed name → cursor.
+//! Keys: `G` id `0` chunk → record JSON (chunked).
 
 use serde::{Deserialize, Serialize};
 
@@ -54,15 +55,9 @@ pub struct CommandRecord {
 }
 
 fn command_prefix(id: &str) -> Vec<u8> {
-    let mut k = b"X".to_vec();
+    let mut k = b"G".to_vec();
     k.extend_from_slice(id.as_bytes());
     k.push(0);
-    k
-}
-
-fn cursor_key(feed: &str) -> Vec<u8> {
-    let mut k = b"Y".to_vec();
-    k.extend_from_slice(feed.as_bytes());
     k
 }
 
@@ -135,13 +130,13 @@ impl Store {
         let all = {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;
-            eng.range(b"X", b"Y", usize::MAX)?
+            eng.range(b"G", b"H", usize::MAX)?
         };
         let mut out = Vec::new();
         let mut cur: Vec<u8> = Vec::new();
         let mut cur_id: Option<Vec<u8>> = None;
         for (k, v) in all {
-            // X id 0 chunk(4)
+            // G id 0 chunk(4)
             let id = k[1..k.len().saturating_sub(5)].to_vec();
             if cur_id.as_ref() != Some(&id) {
                 if cur_id.is_some() {
@@ -195,26 +190,6 @@ impl Store {
         self.apply(&mut w, ops, BTreeMap::new(), next)?;
         Ok(old.len())
     }
-
-    /// The saved cursor of feed `name` (e.g. `commands`).
-    pub fn feed_cursor(&self, name: &str) -> Result<Option<String>> {
-        let g = self.engine()?;
-        match g.as_ref().ok_or_else(closed)?.get(&cursor_key(name))? {
-            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
-            None => Ok(None),
-        }
-    }
-
-    /// Saves the cursor of feed `name`; durable on return.
-    pub fn set_feed_cursor(&self, name: &str, cursor: &str) -> Result<()> {
-        let mut w = self.lock_writer();
-        self.ensure_healthy(&mut w)?;
-        let ops = vec![(cursor_key(name), Some(cursor.as_bytes().to_vec()))];
-        let next = w.next_seq;
-        let gen = self.apply(&mut w, ops, BTreeMap::new(), next)?;
-        drop(w);
-        self.durable(gen)
-    }
 }
 
 #[cfg(test)]
@@ -235,20 +210,18 @@ mod tests {
     }
 
     #[test]
-    fn records_survive_reopen_are_chunked_and_pruned_after_delivery() {
+    fn records_survive_reopen_are_chunked_and_pruned_after_delivery_and_past_not_after() {
         let d = tempfile::tempdir().unwrap();
         {
             let s = Store::open(d.path(), StoreOptions::default()).unwrap();
             s.command_put(&rec("a", 50_000)).unwrap();
             s.command_put(&rec("b", 10)).unwrap();
             s.command_put(&rec("a", 5)).unwrap(); // shrinks: old chunks go
-            s.set_feed_cursor("commands", "c-42").unwrap();
         }
         let s = Store::open(d.path(), StoreOptions::default()).unwrap();
         assert_eq!(s.command_get("a").unwrap().unwrap(), rec("a", 5));
         assert_eq!(s.commands().unwrap().len(), 2);
         assert_eq!(s.commands_undelivered().unwrap().len(), 2);
-        assert_eq!(s.feed_cursor("commands").unwrap().as_deref(), Some("c-42"));
         s.command_delivered("a").unwrap();
         assert_eq!(s.commands_undelivered().unwrap().len(), 1);
         assert_eq!(s.commands_prune(50).unwrap(), 0, "not past not_after");

@@ -372,6 +372,7 @@ fn orders_and_token() {
         id: id.into(),
         channel: "c".into(),
         text: format!("O|{id}"),
+        specimens: Vec::new(),
     };
     assert!(s.put_order(o("o1")).unwrap());
     assert!(s.put_order(o("o2")).unwrap());

@@ -172,6 +172,8 @@ fn start_ours(tmpfs: bool) -> Ours {
                 max_connections: 16,
                 idle_timeout: Duration::ZERO,
             }),
+            orders: labagent_config::OrderMode::Push,
+            query_timeout: std::time::Duration::from_secs(5),
         };
         let ctx = ChannelCtx::new(config, s, Hooks::default(), stopping);
         rt.spawn(run_channel(ctx, Link::Listen(listen)));

@@ -43,6 +43,9 @@ impl Session {
         struct Order {
             id: String,
             text: String,
+            /// The specimen ids a host query finds it by; absent: read from the text.
+            #[serde(default)]
+            specimens: Vec<String>,
         }
         let raw = self.s.no_orders.contains(&channel);
         let order = match serde_json::from_slice::<Order>(&p.payload) {
@@ -79,6 +82,7 @@ impl Session {
             id: order.id.clone(),
             channel: channel.clone(),
             text: order.text,
+            specimens: order.specimens,
         };
         let s2 = sink.clone();
         let r = tokio::task::spawn_blocking(move || s2.put(new))
