@@ -1015,6 +1015,132 @@ impl Agent {
 mod tests {
     use super::*;
 
+    fn hub(dir: &Path) -> (Arc<RemoteHub>, mpsc::UnboundedReceiver<Job>, Store) {
+        let text = format!(
+            "[agent]\nid = \"lab\"\nstate_dir = \"{}\"\n[uplink]\nkind = \"http\"\n\
+             url = \"https://x.example/in\"\n[uplink.auth]\nmethod = \"none\"\n\
+             [remote]\nenabled = true\nallow = [\"ping\", \"config\"]\n\
+             commands_url = \"https://x.example/c\"\n",
+            dir.display()
+        );
+        let config = labagent_config::load_str(
+            &text,
+            Path::new("/c.toml"),
+            &labagent_config::LoadOptions::with_env(Vec::<(String, String)>::new()),
+        )
+        .unwrap()
+        .config;
+        let store = Store::open(dir.join("store"), Default::default()).unwrap();
+        let (h, rx) = RemoteHub::new(store.clone(), &config, dir.join("local.toml"));
+        (h, rx, store)
+    }
+
+    fn cmd(id: &str, command: &str, agent: &str) -> Vec<u8> {
+        let at = crate::calendar::rfc3339(SystemTime::now() + Duration::from_secs(600));
+        json!({"id": id, "agent": agent, "command": command, "args": {}, "not_after": at})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn recorded_before_it_runs_repeats_answered_refusals_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let (h, mut jobs, store) = hub(d.path());
+        h.intake(&cmd("a", "ping", "lab"), "t").unwrap();
+        let j = jobs.try_recv().expect("queued");
+        assert_eq!(j.cmd.id, "a");
+        assert_eq!(
+            store.command_get("a").unwrap().unwrap().state,
+            CommandState::Running,
+            "recorded before it runs"
+        );
+        // Again while running: not queued twice, nothing to send yet.
+        h.intake(&cmd("a", "ping", "lab"), "t").unwrap();
+        assert!(jobs.try_recv().is_err());
+        assert!(h.pending_results().is_empty());
+        h.finish("a", "ping", "t", i64::MAX, Ok(json!({"pong": true})), "ok");
+        assert_eq!(h.pending_results().len(), 1);
+        h.delivered("a");
+        assert!(h.pending_results().is_empty());
+        // Again once done: answered from the record, not run.
+        h.intake(&cmd("a", "ping", "lab"), "t").unwrap();
+        assert!(jobs.try_recv().is_err());
+        let again = h.pending_results();
+        assert_eq!(again.len(), 1);
+        let doc: Value = serde_json::from_slice(&again[0].1).unwrap();
+        assert_eq!(doc["result"]["pong"], true);
+        h.delivered("a");
+
+        // Refused: reported under its id; a refused copy of a known id changes nothing.
+        h.intake(&cmd("b", "status", "lab"), "t").unwrap();
+        let r = h.pending_results();
+        let doc: Value = serde_json::from_slice(&r[0].1).unwrap();
+        assert!(
+            doc["error"].as_str().unwrap().contains("not allowed"),
+            "{doc}"
+        );
+        h.intake(&cmd("a", "ping", "other"), "t").unwrap();
+        assert!(!store.command_get("a").unwrap().unwrap().refused);
+        // A valid command may reuse a refused id.
+        h.intake(&cmd("b", "ping", "lab"), "t").unwrap();
+        assert_eq!(jobs.try_recv().unwrap().cmd.id, "b");
+        let v = h.view();
+        assert!(v
+            .counts
+            .iter()
+            .any(|(c, o, n)| c == "ping" && o == "repeated" && *n == 2));
+        // An accepted command is audited when it ends: the last one is the refusal.
+        assert_eq!(v.last.unwrap().outcome, "refused");
+    }
+
+    #[test]
+    fn startup_finishes_what_a_crash_left_open() {
+        let d = tempfile::tempdir().unwrap();
+        let (h, mut jobs, store) = hub(d.path());
+        for (id, c) in [("p", "ping"), ("c1", "config"), ("c2", "config")] {
+            h.intake(&cmd(id, c, "lab"), "t").unwrap();
+            jobs.try_recv().unwrap();
+        }
+        // c1 was confirmed (marker gone, its file in force) before the crash; c2 was on
+        // trial (marker, its file written).
+        h.files().begin_trial("c1", "A\n").unwrap();
+        h.files().end_trial().unwrap();
+        h.files().begin_trial("c2", "B\n").unwrap();
+        assert!(h.files().read_marker().unwrap().is_some());
+        drop((h, jobs));
+        let (local, _) = startup_files(&d.path().join("local.toml"), d.path());
+        assert_eq!(
+            h_files(d.path()).pushed_by().as_deref(),
+            Some("c1"),
+            "c2 undone"
+        );
+        assert_eq!(local, h_files(d.path()).pushed());
+        let (h, _jobs, _) = {
+            drop(store);
+            hub(d.path())
+        };
+        h.startup();
+        let results: BTreeMap<String, Value> = h
+            .pending_results()
+            .into_iter()
+            .map(|(id, b)| (id, serde_json::from_slice(&b).unwrap()))
+            .collect();
+        assert!(results["p"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted"));
+        assert_eq!(results["c1"]["result"]["outcome"], "applied");
+        assert!(results["c2"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("restarted during the trial"));
+        assert!(h.files().read_marker().unwrap().is_none());
+    }
+
+    fn h_files(state: &Path) -> Files {
+        Files::new(state)
+    }
+
     #[test]
     fn queue_args_map_to_the_cli_requests() {
         use super::super::queue::QueueRequest;
