@@ -30,7 +30,7 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, OrderOutcome, Store, StoreError};
+use crate::store::{Appended, OrderOutcome, Store, StoreError};
 pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
@@ -189,18 +189,6 @@ impl ChannelCtx {
         deadline: std::time::Instant,
     ) -> tokio::sync::oneshot::Receiver<Option<String>> {
         (self.hooks.query)(q, deadline)
-    }
-
-    /// A new message for this channel, stamped now.
-    pub fn new_message(&self, bytes: Vec<u8>, meta: serde_json::Value) -> NewMessage {
-        NewMessage {
-            channel: self.config.name.clone(),
-            protocol: self.config.protocol().into(),
-            received_at: SystemTime::now(),
-            clock_synced: self.clock_synced.get(),
-            bytes,
-            meta,
-        }
     }
 
     /// Bookkeeping after a store attempt: counters, log line (never data), uplink wake.
