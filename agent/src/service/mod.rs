@@ -74,7 +74,8 @@ pub enum RunError {
 
 /// The running uplink, whichever kind.
 enum UplinkRun {
-    Http(UplinkHandle),
+    /// The uploader, and the host-query workers when `query_url` is set.
+    Http(UplinkHandle, Option<crate::uplink::QueryUpstream>),
     /// Prepared (hooks live) but not started: it needs the channels to route orders to.
     MqttPending(Box<crate::mqtt::Pending>),
     Mqtt(crate::mqtt::MqttHandle),
@@ -83,7 +84,12 @@ enum UplinkRun {
 impl UplinkRun {
     async fn shutdown(self) {
         match self {
-            UplinkRun::Http(h) => {
+            UplinkRun::Http(h, q) => {
+                // Queries first: it never waits for a worker, and waiting channels get
+                // their "nothing known" at once.
+                if let Some(q) = q {
+                    q.shutdown();
+                }
                 let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
             }
             UplinkRun::MqttPending(_) => {}
@@ -324,6 +330,19 @@ impl Agent {
                     Arc::new(StoreTokenCache::new(self.store.clone())),
                     SystemClock::new(),
                 )?;
+                let query = match &config.uplink.query_url {
+                    Some(url) => {
+                        let q = crate::uplink::QueryUpstream::start(
+                            url,
+                            up.settings(),
+                            up.authenticator(),
+                        )
+                        .map_err(UplinkError::Tls)?;
+                        hooks.query = q.hook();
+                        Some(q)
+                    }
+                    None => None,
+                };
                 let handle = up.spawn()?;
                 hooks.stored = Arc::new(handle.waker());
                 let entry = UplinkEntry {
@@ -331,7 +350,7 @@ impl Agent {
                     target,
                     status: status::UplinkSource::Http(handle.subscribe()),
                 };
-                (UplinkRun::Http(handle), entry)
+                (UplinkRun::Http(handle, query), entry)
             }
             UplinkKind::Mqtt => {
                 let (h, pending) = crate::mqtt::prepare(
@@ -368,6 +387,11 @@ impl Agent {
 
     /// Starts an uplink that needed the channels first (MQTT routes orders to them).
     fn start_pending_uplink(&mut self) {
+        // Anything but a pending MQTT uplink stays as it is (taking it out would drop it:
+        // the HTTP uploader's handle, and with it the host-query workers).
+        if !matches!(self.uplink, Some(UplinkRun::MqttPending(_))) {
+            return;
+        }
         if let Some(UplinkRun::MqttPending(p)) = self.uplink.take() {
             let handle = p.start(&self.channels());
             self.registry.set_uplink(Some(UplinkEntry {

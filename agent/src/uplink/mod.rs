@@ -33,6 +33,7 @@
 pub mod auth;
 pub mod backoff;
 pub mod http;
+pub mod query;
 pub mod queue;
 pub mod resolve;
 pub mod response;
@@ -45,6 +46,7 @@ use std::time::Duration;
 
 pub use auth::{AuthError, Authenticator};
 pub use backoff::{Backoff, Clock, SystemClock, VirtualClock};
+pub use query::QueryUpstream;
 pub use queue::{
     MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Queue, QueueError, StoredToken, TokenCache,
 };

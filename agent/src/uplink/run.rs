@@ -62,7 +62,8 @@ pub struct Uplink {
     settings: UplinkSettings,
     queue: Arc<dyn Queue>,
     http: HttpClient,
-    auth: Authenticator,
+    /// Shared with the host-query workers (`query.rs`) and the order feed.
+    auth: Arc<Authenticator>,
     clock: Arc<dyn Clock>,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
@@ -167,7 +168,7 @@ impl Uplink {
             Format::Fhir => Some(Arc::new(Mapper::new(&settings.agent_id, &settings.fhir)?)),
             Format::Raw | Format::Json => None,
         };
-        let authn = Authenticator::new(auth, http.clone(), cache, clock.clone());
+        let authn = Arc::new(Authenticator::new(auth, http.clone(), cache, clock.clone()));
         let mut initial = UplinkStatus::new(authn.mode());
         initial.latency = Latency::new(settings.timeout);
         let (status, _) = watch::channel(initial);
@@ -187,6 +188,17 @@ impl Uplink {
     /// Status updates.
     pub fn subscribe(&self) -> watch::Receiver<UplinkStatus> {
         self.status.subscribe()
+    }
+
+    /// The authenticator, shared by whatever else talks to the same upstream (host
+    /// queries, the order feed): one token for all.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.auth.clone()
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &UplinkSettings {
+        &self.settings
     }
 
     /// Token requests made by this instance.

@@ -6,8 +6,9 @@
 //! per connection, so the only extra dev-dependency is `rcgen`.
 //!
 //! Routes: `POST /token` (client credentials; client_secret_basic or _post),
-//! `POST /ingest` (Bearer token issued here, or Basic when allowed), `POST /redirect`
-//! (302 to `/elsewhere`), anything else 404. Every request is recorded.
+//! `POST /ingest` (Bearer token issued here, or Basic when allowed), `POST /query` and
+//! `GET /orders?...` (authorized the same way; scripted answers, else 204),
+//! `POST /redirect` (302 to `/elsewhere`), anything else 404. Every request is recorded.
 #![allow(dead_code)]
 
 use std::collections::{HashSet, VecDeque};
@@ -178,6 +179,11 @@ pub struct State {
     pub record: bool,
     /// 2xx answers given by `/ingest` (messages, counting each envelope).
     pub accepted_count: u64,
+    /// Answers to `POST /query` (host queries), in order; none left: 204. Authorized
+    /// like `/ingest` (a scripted answer is given before the check, like ingest faults).
+    pub query_answers: VecDeque<Fault>,
+    /// Answers to `GET /orders?...` (the order feed), in order; none left: 204.
+    pub orders_pages: VecDeque<Fault>,
 }
 
 struct Shared {
@@ -238,6 +244,8 @@ impl Upstream {
                 redirect_location: format!("https://127.0.0.1:{port}/elsewhere"),
                 record: true,
                 accepted_count: 0,
+                query_answers: VecDeque::new(),
+                orders_pages: VecDeque::new(),
             }),
             stop: AtomicBool::new(false),
             hang: (Mutex::new(false), Condvar::new()),
@@ -451,6 +459,20 @@ fn route(sh: &Shared, req: &Request) -> Answer {
             }
             ingest(&mut st, req)
         }
+        ("POST", "/query") if !authorized(&st, req) => Answer::Plain(401, vec![], String::new()),
+        ("POST", "/query") => match st.query_answers.pop_front() {
+            Some(f) => Answer::Fault(f),
+            None => Answer::Plain(204, vec![], String::new()),
+        },
+        ("GET", p) if p == "/orders" || p.starts_with("/orders?") => {
+            if !authorized(&st, req) {
+                return Answer::Plain(401, vec![], String::new());
+            }
+            match st.orders_pages.pop_front() {
+                Some(f) => Answer::Fault(f),
+                None => Answer::Plain(204, vec![], String::new()),
+            }
+        }
         ("POST", "/redirect") => Answer::Plain(
             302,
             vec![("Location".into(), st.redirect_location.clone())],
@@ -529,17 +551,21 @@ fn token(st: &mut State, req: &Request) -> Answer {
     )
 }
 
-fn ingest(st: &mut State, req: &Request) -> Answer {
+/// A token issued here, or Basic when allowed.
+fn authorized(st: &State, req: &Request) -> bool {
     let auth = req.header("authorization").unwrap_or("");
-    let ok = if let Some(t) = auth.strip_prefix("Bearer ") {
+    if let Some(t) = auth.strip_prefix("Bearer ") {
         st.valid_tokens.contains(t)
     } else if let Some(b) = auth.strip_prefix("Basic ") {
         st.accept_basic
             && STANDARD.decode(b).ok() == Some(format!("{CLIENT_ID}:{CLIENT_SECRET}").into_bytes())
     } else {
         false
-    };
-    if !ok {
+    }
+}
+
+fn ingest(st: &mut State, req: &Request) -> Answer {
+    if !authorized(st, req) {
         return Answer::Plain(401, vec![], String::new());
     }
     let text = req.text();
