@@ -158,6 +158,9 @@ impl Request {
     }
 }
 
+/// See [`State::on_request`].
+pub type OnRequest = Arc<dyn Fn(&Request) + Send + Sync>;
+
 /// The upstream's behaviour and record; change it through [`Upstream::state`].
 pub struct State {
     pub requests: Vec<Request>,
@@ -184,6 +187,9 @@ pub struct State {
     pub query_answers: VecDeque<Fault>,
     /// Answers to `GET /orders?...` (the order feed), in order; none left: 204.
     pub orders_pages: VecDeque<Fault>,
+    /// Called with each request as it arrives (under the state lock: must not lock it),
+    /// e.g. to move a virtual clock as if the server held the request.
+    pub on_request: Option<OnRequest>,
 }
 
 struct Shared {
@@ -246,6 +252,7 @@ impl Upstream {
                 accepted_count: 0,
                 query_answers: VecDeque::new(),
                 orders_pages: VecDeque::new(),
+                on_request: None,
             }),
             stop: AtomicBool::new(false),
             hang: (Mutex::new(false), Condvar::new()),
@@ -445,6 +452,9 @@ fn route(sh: &Shared, req: &Request) -> Answer {
     let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
     if st.record {
         st.requests.push(req.clone());
+    }
+    if let Some(f) = st.on_request.clone() {
+        f(req);
     }
     match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/token") => {
