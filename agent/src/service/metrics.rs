@@ -467,6 +467,8 @@ mod tests {
                 syncs: 0,
                 error: None,
             },
+            feed: None,
+            order_reports_pending: 0,
         }
     }
 
