@@ -159,7 +159,7 @@ impl ChannelCtx {
                 Some(state) => {
                     tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
                     // Its report was queued with the final state: wake the uplink.
-                    (self.hooks.stored)();
+                    self.wake_uplink();
                     self.report_order(OrderReport {
                         channel: self.name().to_string(),
                         id: o.id,
@@ -179,37 +179,14 @@ impl ChannelCtx {
         }
     }
 
-    /// Claims the cached orders `ids` as answered by a host query (durable on return; see
-    /// [`Store::answer_orders`]): returns the ids taken, which the answer may carry. Their
-    /// `answered-query` reports were queued in the same write; the uplink is woken, and
-    /// [`Hooks::order`] told (MQTT without durable reports).
-    pub async fn answer_orders(
-        &self,
-        ids: Vec<String>,
-        detail: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let d = detail.to_string();
-        let taken = self.store_call(move |s| s.answer_orders(&ids, &d)).await?;
-        if !taken.is_empty() {
-            tracing::info!(channel = %self.name(), orders = taken.len(), "orders answered a host query");
-            (self.hooks.stored)();
-            if !self.store.options().order_reports {
-                for id in &taken {
-                    self.report_order(OrderReport {
-                        channel: self.name().to_string(),
-                        id: id.clone(),
-                        state: "answered-query".into(),
-                        detail: detail.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(taken)
-    }
-
     /// Reports an order's fate to the uplink.
     pub fn report_order(&self, r: OrderReport) {
         (self.hooks.order)(r)
+    }
+
+    /// Wakes the uplink: a message or an order report is waiting.
+    pub fn wake_uplink(&self) {
+        (self.hooks.stored)()
     }
 
     /// Asks the upstream about a host query (see [`crate::query::QueryHook`]).
