@@ -2,14 +2,17 @@
 //! seconds for the answer. The hal session reads the specimen ids and sends the answer;
 //! this module says where the answer comes from.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use labagent_config::OrderMode;
 use tokio::sync::oneshot;
 
-use crate::channel::{ChannelCtx, OrderReport, QuerySource};
-use crate::store::{MessageId, Order, Protocol, Store};
+use crate::channel::{ChannelCtx, OrderReport};
+use crate::store::{MessageId, Order, Protocol, Store, StoreError};
 
 /// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +44,33 @@ pub fn no_query_upstream() -> QueryHook {
     })
 }
 
+impl QueryRequest {
+    /// The request for a session's query: its specimens, and the text of the query
+    /// messages among `recent` (stored since the last query); its id is the channel's name
+    /// and the first such message's id (else `fallback`, unique within the session).
+    pub fn new(
+        ctx: &ChannelCtx,
+        ids: &labagent_hal::query::Specimens,
+        recent: &[MessageId],
+        fallback: u64,
+    ) -> QueryRequest {
+        let specimens: Vec<String> = ids
+            .iter()
+            .map(|i| String::from_utf8_lossy(i).into_owned())
+            .collect();
+        let (text, id) = query_text(&ctx.store, recent);
+        let id = id.map_or_else(|| fallback.to_string(), |i| i.to_string());
+        tracing::info!(channel = %ctx.name(), specimens = specimens.len(), "host query");
+        QueryRequest {
+            id: format!("{}-{id}", ctx.name()),
+            channel: ctx.name().to_string(),
+            protocol: ctx.config.protocol().into(),
+            text,
+            specimens,
+        }
+    }
+}
+
 /// The stored messages among `recent` that are host queries, decoded and joined.
 pub fn query_text(store: &Store, recent: &[MessageId]) -> (String, Option<MessageId>) {
     let mut text = String::new();
@@ -61,6 +91,114 @@ pub fn query_text(store: &Store, recent: &[MessageId]) -> (String, Option<Messag
         }
     }
     (text, first)
+}
+
+/// Where a host query's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuerySource {
+    /// `[uplink] query_url` or the MQTT answers topic.
+    Upstream,
+    /// The order cache.
+    Cache,
+    /// Nothing known: "no information" was sent.
+    None,
+}
+
+impl QuerySource {
+    pub const ALL: [QuerySource; 3] = [Self::Upstream, Self::Cache, Self::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upstream => "upstream",
+            Self::Cache => "cache",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the query-latency histogram's buckets; the queries wait at
+/// most `query_timeout` (< 60 s).
+pub const QUERY_LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Host queries of one channel, in a [`ChannelSnapshot`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct QuerySnapshot {
+    pub upstream: u64,
+    pub cache: u64,
+    pub none: u64,
+    /// Unix milliseconds of the last answer, None before the first.
+    pub last_answer_ms: Option<u64>,
+    /// Cumulative counts per bucket of [`QUERY_LATENCY_BUCKETS`], then +Inf (= the total).
+    pub latency_buckets: Vec<u64>,
+    pub latency_sum_seconds: f64,
+}
+
+impl QuerySnapshot {
+    pub fn total(&self) -> u64 {
+        self.upstream + self.cache + self.none
+    }
+
+    pub fn count(&self, source: QuerySource) -> u64 {
+        match source {
+            QuerySource::Upstream => self.upstream,
+            QuerySource::Cache => self.cache,
+            QuerySource::None => self.none,
+        }
+    }
+}
+
+/// Host queries of one channel: answers by source, the last answer's time, a latency
+/// histogram (lock-free; in [`crate::channel::ChannelCounters`]).
+#[derive(Debug, Default)]
+pub struct QueryCounters {
+    /// By where the answer came from ([`QuerySource`] order).
+    by_source: [AtomicU64; 3],
+    /// Unix milliseconds of the last answer (0: none yet).
+    last_ms: AtomicU64,
+    /// Counts per bucket of [`QUERY_LATENCY_BUCKETS`] (the last one is +Inf).
+    latency: [AtomicU64; QUERY_LATENCY_BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl QueryCounters {
+    /// An answer from `source`, `latency` after the query was complete, at `now_ms`.
+    pub fn answered(&self, source: QuerySource, latency: Duration, now_ms: u64) {
+        self.by_source[source as usize].fetch_add(1, Relaxed);
+        self.last_ms.store(now_ms, Relaxed);
+        let secs = latency.as_secs_f64();
+        let bucket = QUERY_LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(QUERY_LATENCY_BUCKETS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_sum_us.fetch_add(us, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> QuerySnapshot {
+        let last = self.last_ms.load(Relaxed);
+        let mut total = 0;
+        let latency_buckets = self
+            .latency
+            .iter()
+            .map(|c| {
+                total += c.load(Relaxed);
+                total
+            })
+            .collect();
+        let n = |s: QuerySource| self.by_source[s as usize].load(Relaxed);
+        QuerySnapshot {
+            upstream: n(QuerySource::Upstream),
+            cache: n(QuerySource::Cache),
+            none: n(QuerySource::None),
+            last_answer_ms: (last != 0).then_some(last),
+            latency_buckets,
+            latency_sum_seconds: self.latency_sum_us.load(Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// A query's answer, and where it came from.
@@ -132,11 +270,7 @@ async fn from_cache(ctx: &ChannelCtx, req: &QueryRequest) -> Option<String> {
         }
     };
     let ids: Vec<String> = found.iter().map(|o| o.id.clone()).collect();
-    let taken = ctx
-        .store
-        .call(move |s| s.answer_orders(&ids, ANSWERED))
-        .await;
-    let taken = match taken {
+    let taken = match claim(ctx, ids, ANSWERED).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(channel = %ctx.name(), error = %e, "cannot claim cached orders; the query is answered \"nothing known\"");
@@ -144,17 +278,36 @@ async fn from_cache(ctx: &ChannelCtx, req: &QueryRequest) -> Option<String> {
         }
     };
     let used: Vec<&Order> = found.iter().filter(|o| taken.contains(&o.id)).collect();
-    for o in &used {
-        tracing::info!(channel = %ctx.name(), order = %o.id, "order sent in answer to a host query");
-        ctx.report_order(OrderReport {
-            channel: ctx.name().to_string(),
-            id: o.id.clone(),
-            state: "answered-query".into(),
-            detail: ANSWERED.into(),
-        });
-    }
     let texts: Vec<&str> = used.iter().map(|o| o.text.as_str()).collect();
     (!texts.is_empty()).then(|| compose(req.protocol, &texts))
+}
+
+/// Claims the cached orders `ids` as answered by a host query (durable on return; see
+/// [`Store::answer_orders`]): returns the ids taken, which the answer may carry. Their
+/// `answered-query` reports were queued in the same write; the uplink is woken, and
+/// [`Hooks::order`](crate::channel::Hooks::order) told (MQTT has no durable reports).
+async fn claim(
+    ctx: &ChannelCtx,
+    ids: Vec<String>,
+    detail: &str,
+) -> Result<Vec<String>, StoreError> {
+    let d = detail.to_string();
+    let taken = ctx.store.call(move |s| s.answer_orders(&ids, &d)).await?;
+    if !taken.is_empty() {
+        tracing::info!(channel = %ctx.name(), orders = taken.len(), "orders answered a host query");
+        ctx.wake_uplink();
+        if !ctx.store.options().order_reports {
+            for id in &taken {
+                ctx.report_order(OrderReport {
+                    channel: ctx.name().to_string(),
+                    id: id.clone(),
+                    state: "answered-query".into(),
+                    detail: detail.to_string(),
+                });
+            }
+        }
+    }
+    Ok(taken)
 }
 
 /// An order's report detail when it answered a query.
@@ -223,6 +376,25 @@ fn strip_frame_digit(r: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_answers_are_counted_by_source_with_latency_buckets() {
+        let c = QueryCounters::default();
+        assert_eq!(c.snapshot().total(), 0);
+        assert_eq!(c.snapshot().last_answer_ms, None);
+        c.answered(QuerySource::Cache, Duration::from_millis(3), 1);
+        c.answered(QuerySource::Upstream, Duration::from_millis(80), 2);
+        c.answered(QuerySource::None, Duration::from_secs(90), 3);
+        let q = c.snapshot();
+        assert_eq!((q.upstream, q.cache, q.none), (1, 1, 1));
+        assert_eq!(q.last_answer_ms, Some(3));
+        assert_eq!(q.latency_buckets.len(), QUERY_LATENCY_BUCKETS.len() + 1);
+        assert_eq!(q.latency_buckets[0], 1, "3 ms is in the 5 ms bucket");
+        assert_eq!(q.latency_buckets[4], 2, "80 ms is in the 100 ms bucket");
+        assert_eq!(q.latency_buckets[QUERY_LATENCY_BUCKETS.len() - 1], 2);
+        assert_eq!(*q.latency_buckets.last().unwrap(), 3, "+Inf holds all");
+        assert!((q.latency_sum_seconds - 90.083).abs() < 1e-6);
+    }
 
     #[test]
     fn astm_orders_make_one_message_and_hl7_orders_follow_each_other() {

@@ -33,6 +33,19 @@ struct State {
     requests: Vec<Request>,
     /// Statuses to answer next, in order; then 200.
     script: VecDeque<u16>,
+    /// Answers to `GET /orders...` (the order feed), in order; then 204.
+    pages: VecDeque<Page>,
+    /// Set by [`Upstream::release`]: held feed polls answer (204).
+    released: bool,
+}
+
+/// An answer of the order feed.
+#[derive(Debug, Clone)]
+pub enum Page {
+    /// 200 with this JSON body.
+    Json(String),
+    /// Hold the poll until [`Upstream::release`], then 204.
+    Hold,
 }
 
 /// The server; runs until dropped (its thread exits with the process).
@@ -64,6 +77,41 @@ impl Upstream {
     pub fn script(&self, status: u16, n: usize) {
         let mut s = self.state.0.lock().unwrap();
         s.script.extend(std::iter::repeat(status).take(n));
+    }
+
+    /// The next answer of `GET /orders...`.
+    pub fn push_page(&self, page: Page) {
+        self.state.0.lock().unwrap().pages.push_back(page);
+    }
+
+    /// Lets held feed polls answer.
+    pub fn release(&self) {
+        self.state.0.lock().unwrap().released = true;
+        self.state.1.notify_all();
+    }
+
+    /// Waits until `pred` holds for all requests so far, or panics after `timeout`.
+    pub fn wait_requests(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&[Request]) -> bool,
+    ) -> Vec<Request> {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        loop {
+            if pred(&s.requests) {
+                return s.requests.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "upstream: timed out waiting for {what}; got {} requests",
+                s.requests.len()
+            );
+            s = cv.wait_timeout(s, left).unwrap().0;
+        }
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -139,9 +187,18 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
             return;
         }
         let (m, cv) = &*st;
-        let status = {
+        let feed = method == "GET" && path.starts_with("/orders");
+        let (status, answer) = {
             let mut s = m.lock().unwrap();
-            let status = s.script.pop_front().unwrap_or(200);
+            let (status, page) = if feed {
+                match s.pages.pop_front() {
+                    Some(Page::Json(j)) => (200, Some(Page::Json(j))),
+                    Some(Page::Hold) => (204, Some(Page::Hold)),
+                    None => (204, None),
+                }
+            } else {
+                (s.script.pop_front().unwrap_or(200), None)
+            };
             s.requests.push(Request {
                 method,
                 path,
@@ -149,11 +206,24 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
                 body,
                 status,
             });
-            status
+            (status, page)
         };
         cv.notify_all();
+        let body = match answer {
+            Some(Page::Json(j)) => j,
+            Some(Page::Hold) => {
+                let mut s = m.lock().unwrap();
+                while !s.released {
+                    s = cv.wait(s).unwrap();
+                }
+                String::new()
+            }
+            None if feed => String::new(),
+            None => "{}".to_string(),
+        };
         let reply = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
         );
         if w.write_all(reply.as_bytes()).is_err() {
             return;

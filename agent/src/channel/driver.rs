@@ -22,7 +22,7 @@ use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
 use super::{ChannelCtx, Dir, QuerySource};
-use crate::query::{query_text, QueryRequest};
+use crate::query::QueryRequest;
 use crate::source::Conn;
 use crate::store::commits::{Durable, MetaFn};
 use crate::store::{MessageId, Order, OrderOutcome};
@@ -134,22 +134,8 @@ pub async fn run<S: LinkSession>(
         // A host query: find its answer within the channel's query_timeout.
         if asked.is_none() {
             if let Some(ids) = session.query() {
-                let specimens: Vec<String> = ids
-                    .iter()
-                    .map(|i| String::from_utf8_lossy(i).into_owned())
-                    .collect();
-                let (text, id) = query_text(&ctx.store, &recent);
+                let req = QueryRequest::new(&ctx, ids, &recent, clock.now().as_millis());
                 recent.clear();
-                let id =
-                    id.map_or_else(|| format!("{}", clock.now().as_millis()), |i| i.to_string());
-                tracing::info!(channel = %ctx.name(), specimens = specimens.len(), "host query");
-                let req = QueryRequest {
-                    id: format!("{}-{id}", ctx.name()),
-                    channel: ctx.name().to_string(),
-                    protocol: ctx.config.protocol().into(),
-                    text,
-                    specimens,
-                };
                 asked = Some(Asked {
                     answer: crate::query::resolve(ctx.clone(), req, query_timeout),
                     at: Instant::now(),
@@ -296,24 +282,16 @@ async fn event(ctx: &ChannelCtx, e: Event, inflight: &mut Option<InFlight>) {
         }
         Event::Order(_, fate) => {
             let Some(f) = inflight.take() else { return };
-            let id = &f.order.id;
-            match fate {
-                Fate::Delivered => {
-                    ctx.finish_order(id, OrderOutcome::Delivered, "delivered")
-                        .await
-                }
-                Fate::Retry(why) => {
-                    ctx.finish_order(id, OrderOutcome::Retry, &why.to_string())
-                        .await
-                }
-                Fate::Failed(why) => {
-                    ctx.finish_order(id, OrderOutcome::Failed, &why.to_string())
-                        .await
-                }
+            let (outcome, why) = match fate {
+                Fate::Delivered => (OrderOutcome::Delivered, "delivered".to_string()),
+                Fate::Retry(why) => (OrderOutcome::Retry, why.to_string()),
+                Fate::Failed(why) => (OrderOutcome::Failed, why.to_string()),
                 Fate::Deferred => {
-                    tracing::info!(channel = %name, order = %id, "order deferred: the instrument has the line")
+                    let order = &f.order.id;
+                    return tracing::info!(channel = %name, %order, "order deferred: the instrument has the line");
                 }
-            }
+            };
+            ctx.finish_order(&f.order.id, outcome, &why).await;
         }
         Event::QueryAnswered { delivered } => {
             tracing::debug!(channel = %name, delivered, "query answer sent")

@@ -30,7 +30,7 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, OrderOutcome, Store, StoreError};
+use crate::store::{Appended, OrderOutcome, Store, StoreError};
 pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
@@ -158,6 +158,8 @@ impl ChannelCtx {
             Ok(o) => match o.state.report_status() {
                 Some(state) => {
                     tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
+                    // Its report was queued with the final state: wake the uplink.
+                    self.wake_uplink();
                     self.report_order(OrderReport {
                         channel: self.name().to_string(),
                         id: o.id,
@@ -182,6 +184,11 @@ impl ChannelCtx {
         (self.hooks.order)(r)
     }
 
+    /// Wakes the uplink: a message or an order report is waiting.
+    pub fn wake_uplink(&self) {
+        (self.hooks.stored)()
+    }
+
     /// Asks the upstream about a host query (see [`crate::query::QueryHook`]).
     pub fn ask_upstream(
         &self,
@@ -189,18 +196,6 @@ impl ChannelCtx {
         deadline: std::time::Instant,
     ) -> tokio::sync::oneshot::Receiver<Option<String>> {
         (self.hooks.query)(q, deadline)
-    }
-
-    /// A new message for this channel, stamped now.
-    pub fn new_message(&self, bytes: Vec<u8>, meta: serde_json::Value) -> NewMessage {
-        NewMessage {
-            channel: self.config.name.clone(),
-            protocol: self.config.protocol().into(),
-            received_at: SystemTime::now(),
-            clock_synced: self.clock_synced.get(),
-            bytes,
-            meta,
-        }
     }
 
     /// Bookkeeping after a store attempt: counters, log line (never data), uplink wake.

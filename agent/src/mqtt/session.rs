@@ -318,6 +318,35 @@ impl Session {
                     if ids.contains(&m.id) {
                         continue;
                     }
+                    // An order report (`#order-reports`): its channel's orders/status topic,
+                    // as `{id, state, detail}`; confirmed on PUBACK like a message.
+                    if m.channel == crate::store::ORDER_REPORTS {
+                        let Ok(rec) =
+                            serde_json::from_str::<crate::store::OrderReportRecord>(&m.text)
+                        else {
+                            if let Err(e) = queue.reject(&m.id, "not an order report") {
+                                tracing::error!(id = %m.id, error = %e, "cannot park a rejected message");
+                            }
+                            continue;
+                        };
+                        let payload = serde_json::to_vec(&Report {
+                            id: &rec.id,
+                            state: &rec.status,
+                            detail: &rec.detail,
+                        })
+                        .unwrap_or_default();
+                        left -= 1;
+                        out.fetched.push(Prepared {
+                            topic: format!(
+                                "{}/{}/{}/orders/status",
+                                s.topic_prefix, s.agent_id, rec.channel
+                            ),
+                            id: m.id,
+                            channel: m.channel,
+                            payload,
+                        });
+                        continue;
+                    }
                     let payload = envelope(&s.agent_id, &m);
                     // Topic, header and a margin on top of the payload.
                     if payload.len() + 1024 > s.max_packet {

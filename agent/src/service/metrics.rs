@@ -502,6 +502,8 @@ mod tests {
                 error: None,
             },
             remote: None,
+            feed: None,
+            order_reports_pending: 0,
         }
     }
 

@@ -75,7 +75,13 @@ pub enum RunError {
 
 /// The running uplink, whichever kind.
 enum UplinkRun {
-    Http(UplinkHandle),
+    /// The uploader, the host-query workers when `query_url` is set, the order feed when
+    /// `orders_url` is.
+    Http(
+        UplinkHandle,
+        Option<crate::uplink::QueryUpstream>,
+        Option<crate::uplink::feed::FeedHandle>,
+    ),
     /// Prepared (hooks live) but not started: it needs the channels to route orders to.
     MqttPending(Box<crate::mqtt::Pending>),
     Mqtt(crate::mqtt::MqttHandle),
@@ -84,7 +90,15 @@ enum UplinkRun {
 impl UplinkRun {
     async fn shutdown(self) {
         match self {
-            UplinkRun::Http(h) => {
+            UplinkRun::Http(h, q, feed) => {
+                // Queries and the feed first: neither waits for a request in flight, and
+                // waiting channels get their "nothing known" at once.
+                if let Some(q) = q {
+                    q.shutdown();
+                }
+                if let Some(f) = feed {
+                    f.shutdown();
+                }
                 let _ = tokio::task::spawn_blocking(move || h.shutdown()).await;
             }
             UplinkRun::MqttPending(_) => {}
@@ -121,7 +135,9 @@ pub struct Agent {
     remote: Option<remote::Remote>,
     hub: Arc<remote::RemoteHub>,
     /// The HTTPS command feed and result sender (`uplink.kind = "http"`).
-    feed: Option<crate::remote::feed::FeedHandle>,
+    remote_feed: Option<crate::remote::feed::FeedHandle>,
+    /// The channels by name, for the order feed.
+    channel_map: orders::ChannelMap,
 }
 
 /// Logs a clock state found at start (a change later is logged by the watcher).
@@ -259,7 +275,8 @@ impl Agent {
             ingest: crate::ingest::Ingest::start().map_err(RunError::Runtime)?,
             remote: Some(remote::Remote::new(hub.clone(), jobs)),
             hub: hub.clone(),
-            feed: None,
+            remote_feed: None,
+            channel_map: Arc::default(),
         };
         agent.tasks.spawn(remote::presence(
             agent.registry.clone(),
@@ -336,10 +353,11 @@ impl Agent {
     }
 
     async fn start_uplink(&mut self) -> Result<(), RunError> {
-        if let Some(f) = self.feed.take() {
+        self.registry.set_feed(None);
+        if let Some(f) = self.remote_feed.take() {
             f.shutdown();
         }
-        self.feed = remote::start_feed(&self.config, &self.hub, &self.store);
+        self.remote_feed = remote::start_feed(&self.config, &self.hub, &self.store);
         let config = &self.config;
         let mut hooks = Hooks::default();
         let (run, entry) = match config.uplink.kind {
@@ -354,14 +372,34 @@ impl Agent {
                     Arc::new(StoreTokenCache::new(self.store.clone())),
                     SystemClock::new(),
                 )?;
+                let query = match &config.uplink.query_url {
+                    Some(url) => {
+                        let q = crate::uplink::QueryUpstream::start(
+                            url,
+                            up.settings(),
+                            up.authenticator(),
+                        )
+                        .map_err(UplinkError::Tls)?;
+                        hooks.query = q.hook();
+                        Some(q)
+                    }
+                    None => None,
+                };
+                let feed = match &config.uplink.orders_url {
+                    Some(url) => Some(self.start_feed(url, &up)?),
+                    None => None,
+                };
                 let handle = up.spawn()?;
                 hooks.stored = Arc::new(handle.waker());
+                if let Some(f) = &feed {
+                    self.registry.set_feed(Some(f.status()));
+                }
                 let entry = UplinkEntry {
                     kind: "http",
                     target,
                     status: status::UplinkSource::Http(handle.subscribe()),
                 };
-                (UplinkRun::Http(handle), entry)
+                (UplinkRun::Http(handle, query, feed), entry)
             }
             UplinkKind::Mqtt => {
                 let (h, mut pending) = crate::mqtt::prepare(
@@ -372,6 +410,11 @@ impl Agent {
                     self.store.clone(),
                 )?;
                 hooks = h;
+                if self.store.options().order_reports {
+                    // Reports travel the durable path (`#order-reports`), published to the
+                    // same orders/status topics; the direct path would say it twice.
+                    hooks.order = Arc::new(|_| {});
+                }
                 if self.hub.settings().enabled {
                     pending.set_remote(self.hub.clone());
                 }
@@ -399,18 +442,58 @@ impl Agent {
         Ok(())
     }
 
+    /// The HTTPS order feed of `url` (orders into the outbox, see `orders::OrderPages`),
+    /// with the uploader's TLS settings and authenticator.
+    fn start_feed(
+        &self,
+        url: &str,
+        up: &Uplink,
+    ) -> Result<crate::uplink::feed::FeedHandle, RunError> {
+        use crate::uplink::feed::{Feed, FeedSettings};
+        let clock = SystemClock::new();
+        let handler = Arc::new(orders::OrderPages {
+            store: self.store.clone(),
+            channels: self.channel_map.clone(),
+            wake_uplink: {
+                let hooks = self.hooks.clone();
+                Arc::new(move || {
+                    let h = hooks
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .stored
+                        .clone();
+                    h()
+                })
+            },
+        });
+        let s = up.settings();
+        let feed = Feed::new(
+            FeedSettings {
+                name: "orders".into(),
+                url: url.to_string(),
+                cursor: "orders".into(),
+                wait: orders::FEED_WAIT,
+                poll: self.config.uplink.orders_poll,
+                timeout: s.timeout,
+                agent_id: s.agent_id.clone(),
+            },
+            crate::uplink::http::HttpClient::new(s).map_err(UplinkError::Tls)?,
+            up.authenticator(),
+            handler,
+            clock,
+        );
+        feed.spawn()
+            .map_err(|e| RunError::Uplink(UplinkError::Thread(e.to_string())))
+    }
+
     /// Starts an uplink that needed the channels first (MQTT routes orders to them).
     fn start_pending_uplink(&mut self) {
-        // Anything but a pending MQTT uplink goes back where it was (an HTTP uplink's
-        // handle used to be dropped here: nothing could stop or replace its thread).
-        let p = match self.uplink.take() {
-            Some(UplinkRun::MqttPending(p)) => Some(p),
-            other => {
-                self.uplink = other;
-                None
-            }
-        };
-        if let Some(p) = p {
+        // Anything but a pending MQTT uplink stays as it is (taking it out would drop it:
+        // the HTTP uploader's handle, and with it the host-query workers).
+        if !matches!(self.uplink, Some(UplinkRun::MqttPending(_))) {
+            return;
+        }
+        if let Some(UplinkRun::MqttPending(p)) = self.uplink.take() {
             let handle = p.start(&self.channels());
             self.registry.set_uplink(Some(UplinkEntry {
                 kind: "mqtt",
@@ -482,6 +565,11 @@ impl Agent {
     }
 
     fn publish_channels(&self) {
+        *self.channel_map.write().unwrap_or_else(|e| e.into_inner()) = self
+            .channels
+            .iter()
+            .map(|(n, c)| (n.clone(), c.ctx.clone()))
+            .collect();
         self.registry.set_channels(
             self.channels
                 .values()
@@ -642,7 +730,7 @@ impl Agent {
         }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
-        if let Some(f) = self.feed.take() {
+        if let Some(f) = self.remote_feed.take() {
             f.shutdown();
         }
         if let Some(u) = self.uplink.take() {

@@ -929,7 +929,7 @@ impl Agent {
                     ));
                 }
             }
-            Some(super::UplinkRun::Http(h)) => {
+            Some(super::UplinkRun::Http(h, ..)) => {
                 let st = h.subscribe().borrow().clone();
                 let uploaded = st.last_delivery.is_some_and(|d| d >= t.applied_at);
                 if !uploaded && !hub.polled_since(t.applied_at) {

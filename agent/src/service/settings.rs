@@ -16,6 +16,9 @@ pub fn store_options(b: &cfg::Buffer) -> StoreOptions {
             cfg::WhenFull::DropOldest => WhenFull::DropOldest,
         },
         keep_delivered: b.keep_delivered,
+        // Order reports travel the durable upload path (`#order-reports`), whichever
+        // uplink: both deliver them.
+        order_reports: true,
         ..StoreOptions::default()
     }
 }
@@ -92,6 +95,7 @@ pub fn http_uplink(c: &cfg::Config) -> Option<(UplinkSettings, AuthSettings)> {
         allow_plain_http: u.allow_plain_http,
         agent_id: c.agent.id.clone(),
         fhir: u.fhir.clone(),
+        orders_url: u.orders_url.clone(),
     };
     Some((settings, auth_settings(&u.auth)))
 }

@@ -68,6 +68,8 @@ struct Inner {
     uplink: Option<UplinkEntry>,
     clock_synced: Option<bool>,
     remote: Option<Arc<super::remote::RemoteHub>>,
+    /// The HTTPS order feed, when `orders_url` is set.
+    feed: Option<tokio::sync::watch::Receiver<crate::uplink::feed::FeedStatus>>,
 }
 
 impl Registry {
@@ -103,6 +105,14 @@ impl Registry {
 
     pub fn set_uplink(&self, uplink: Option<UplinkEntry>) {
         self.write().uplink = uplink;
+    }
+
+    /// The order feed's status (`None`: no feed).
+    pub fn set_feed(
+        &self,
+        feed: Option<tokio::sync::watch::Receiver<crate::uplink::feed::FeedStatus>>,
+    ) {
+        self.write().feed = feed;
     }
 
     /// Records the clock state (`None`: unknown) and hands it to every channel (stored
@@ -204,7 +214,16 @@ impl Registry {
         });
         let totals = stats.as_ref().map(|s| s.totals.clone());
         let remote = inner.remote.as_ref().map(|h| h.view());
+        let feed = inner.feed.as_ref().map(|f| f.borrow().clone());
+        let order_reports_pending = stats.as_ref().map_or(0, |s| {
+            s.channels
+                .iter()
+                .find(|c| c.channel == crate::store::ORDER_REPORTS)
+                .map_or(0, |c| c.counters.pending)
+        });
         AgentStatus {
+            feed,
+            order_reports_pending,
             agent: self.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_s: age_s(now, self.started),
@@ -295,6 +314,12 @@ pub struct AgentStatus {
     /// Fleet management: the config file in force, a trial, the last command.
     #[serde(default)]
     pub remote: Option<super::remote::RemoteView>,
+    /// The HTTPS order feed (`orders_url`), if any.
+    #[serde(default)]
+    pub feed: Option<crate::uplink::feed::FeedStatus>,
+    /// Order reports waiting for the uplink.
+    #[serde(default)]
+    pub order_reports_pending: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -116,11 +116,52 @@ impl HttpClient {
         body: &[u8],
         limit: u64,
     ) -> Result<Reply, NetError> {
-        let mut req = self.agent.post(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+        self.send(url, headers, Some(body), limit, None)
+    }
+
+    /// A POST or (without `body`) a GET; `timeout`: the whole call's limit instead of
+    /// `[uplink] timeout` (a host query's deadline, a long poll's wait plus timeout).
+    pub fn send(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        limit: u64,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, NetError> {
+        let mut resp = match body {
+            Some(body) => {
+                let mut req = self.agent.post(url);
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                if let Some(t) = timeout {
+                    req = req
+                        .config()
+                        .timeout_global(Some(t))
+                        .timeout_recv_response(Some(t))
+                        .timeout_recv_body(Some(t))
+                        .build();
+                }
+                req.send(body)
+            }
+            None => {
+                let mut req = self.agent.get(url);
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                if let Some(t) = timeout {
+                    req = req
+                        .config()
+                        .timeout_global(Some(t))
+                        .timeout_recv_response(Some(t))
+                        .timeout_recv_body(Some(t))
+                        .build();
+                }
+                req.call()
+            }
         }
-        let mut resp = req.send(body).map_err(net_error)?;
+        .map_err(net_error)?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)

@@ -32,7 +32,9 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod feed;
 pub mod http;
+pub mod query;
 pub mod queue;
 pub mod resolve;
 pub mod response;
@@ -45,6 +47,7 @@ use std::time::Duration;
 
 pub use auth::{AuthError, Authenticator};
 pub use backoff::{Backoff, Clock, SystemClock, VirtualClock};
+pub use query::QueryUpstream;
 pub use queue::{
     MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Queue, QueueError, StoredToken, TokenCache,
 };
@@ -80,6 +83,9 @@ pub struct UplinkSettings {
     /// `format = "fhir"`: each channel's mapping settings (code map, zone, ...); a channel
     /// not listed uses the defaults.
     pub fhir: std::collections::BTreeMap<String, labagent_config::ChannelFhir>,
+    /// `[uplink] orders_url`: with `format = "fhir"`, order reports go there (without it
+    /// they are delivered by policy: a FHIR base takes no plain reports).
+    pub orders_url: Option<String>,
 }
 
 impl UplinkSettings {
@@ -96,6 +102,7 @@ impl UplinkSettings {
             allow_plain_http: false,
             agent_id: agent_id.into(),
             fhir: Default::default(),
+            orders_url: None,
         }
     }
 }

@@ -26,6 +26,7 @@ use super::tls::TlsError;
 use super::{AuthSettings, Format, UplinkSettings};
 use crate::fhir::response::{verdict, Verdict};
 use crate::fhir::{Input, Mapper, Skip};
+use crate::store::{OrderReportRecord, ORDER_REPORTS};
 
 /// Largest transaction-response read (it lists one entry per resource sent).
 const FHIR_MAX_REPLY: u64 = 4 << 20;
@@ -62,7 +63,8 @@ pub struct Uplink {
     settings: UplinkSettings,
     queue: Arc<dyn Queue>,
     http: HttpClient,
-    auth: Authenticator,
+    /// Shared with the host-query workers (`query.rs`) and the order feed.
+    auth: Arc<Authenticator>,
     clock: Arc<dyn Clock>,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
@@ -167,7 +169,7 @@ impl Uplink {
             Format::Fhir => Some(Arc::new(Mapper::new(&settings.agent_id, &settings.fhir)?)),
             Format::Raw | Format::Json => None,
         };
-        let authn = Authenticator::new(auth, http.clone(), cache, clock.clone());
+        let authn = Arc::new(Authenticator::new(auth, http.clone(), cache, clock.clone()));
         let mut initial = UplinkStatus::new(authn.mode());
         initial.latency = Latency::new(settings.timeout);
         let (status, _) = watch::channel(initial);
@@ -187,6 +189,17 @@ impl Uplink {
     /// Status updates.
     pub fn subscribe(&self) -> watch::Receiver<UplinkStatus> {
         self.status.subscribe()
+    }
+
+    /// The authenticator, shared by whatever else talks to the same upstream (host
+    /// queries, the order feed): one token for all.
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.auth.clone()
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &UplinkSettings {
+        &self.settings
     }
 
     /// Token requests made by this instance.
@@ -299,6 +312,8 @@ impl Uplink {
         };
         let mut progressed = false;
         for channel in self.queue.channels().map_err(|e| store_stop("read", e))? {
+            // Order reports go one at a time, whatever the format.
+            let max = if channel == ORDER_REPORTS { 1 } else { max };
             let batch = self
                 .queue
                 .next_batch(&channel, max)
@@ -326,6 +341,11 @@ impl Uplink {
     /// Delivers `batch` (one request, or bisection on a 4xx that blames a message). On
     /// return Ok every message of it is confirmed or parked.
     fn deliver(&mut self, batch: &[Outgoing]) -> Result<(), Stop> {
+        if let [m] = batch {
+            if m.channel == ORDER_REPORTS {
+                return self.deliver_report(m);
+            }
+        }
         if let (Some(mapper), [m]) = (self.mapper.clone(), batch) {
             return self.deliver_fhir(&mapper, m);
         }
@@ -471,6 +491,65 @@ impl Uplink {
                 )),
                 other => Err(self.stop_for(other)),
             },
+        }
+    }
+
+    /// An order report (`#order-reports`): POSTed alone as `{"id","status","detail","at"}`
+    /// with `X-Labagent-Kind: order-report`, through the same durable path as a message
+    /// (same id on every retry). With `format = "fhir"` it goes to `orders_url`, or without
+    /// one is delivered by policy (a FHIR base takes no plain reports).
+    fn deliver_report(&mut self, m: &Outgoing) -> Result<(), Stop> {
+        let rec: OrderReportRecord = match serde_json::from_str(&m.text) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("not an order report: {e}");
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
+                return Ok(());
+            }
+        };
+        let url = match (self.settings.format, &self.settings.orders_url) {
+            (Format::Fhir, Some(u)) => u.clone(),
+            (Format::Fhir, None) => {
+                self.queue
+                    .skip(&m.id, "order report: format = \"fhir\" without orders_url")
+                    .map_err(|e| store_stop("mark a message delivered by policy in", e))?;
+                return Ok(());
+            }
+            _ => self.settings.url.clone(),
+        };
+        let body = serde_json::json!({
+            "id": rec.id,
+            "status": rec.status,
+            "detail": rec.detail,
+            "at": rec.at,
+        })
+        .to_string();
+        let agent = self.settings.agent_id.clone();
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", m.id.as_str()),
+            ("X-Labagent-Agent", agent.as_str()),
+            ("X-Labagent-Channel", rec.channel.as_str()),
+            ("X-Labagent-Kind", "order-report"),
+        ];
+        match self.exchange(&url, &headers, body.as_bytes(), None)?.1 {
+            Action::Delivered => {
+                self.queue
+                    .confirm(std::slice::from_ref(&m.id))
+                    .map_err(|e| store_stop("mark delivered messages in", e))?;
+                tracing::debug!(order = %rec.id, status = %rec.status, "order report delivered");
+                Ok(())
+            }
+            Action::Reject(why) => {
+                tracing::warn!(order = %rec.id, reason = %why, "order report refused by the server; parked");
+                self.queue
+                    .reject(&m.id, &why)
+                    .map_err(|e| store_stop("park a rejected message in", e))?;
+                Ok(())
+            }
+            other => Err(self.stop_for(other)),
         }
     }
 

@@ -6,8 +6,9 @@
 //! per connection, so the only extra dev-dependency is `rcgen`.
 //!
 //! Routes: `POST /token` (client credentials; client_secret_basic or _post),
-//! `POST /ingest` (Bearer token issued here, or Basic when allowed), `POST /redirect`
-//! (302 to `/elsewhere`), anything else 404. Every request is recorded.
+//! `POST /ingest` (Bearer token issued here, or Basic when allowed), `POST /query` and
+//! `GET /orders?...` (authorized the same way; scripted answers, else 204),
+//! `POST /redirect` (302 to `/elsewhere`), anything else 404. Every request is recorded.
 #![allow(dead_code)]
 
 use std::collections::{HashSet, VecDeque};
@@ -157,6 +158,9 @@ impl Request {
     }
 }
 
+/// See [`State::on_request`].
+pub type OnRequest = Arc<dyn Fn(&Request) + Send + Sync>;
+
 /// The upstream's behaviour and record; change it through [`Upstream::state`].
 pub struct State {
     pub requests: Vec<Request>,
@@ -178,6 +182,14 @@ pub struct State {
     pub record: bool,
     /// 2xx answers given by `/ingest` (messages, counting each envelope).
     pub accepted_count: u64,
+    /// Answers to `POST /query` (host queries), in order; none left: 204. Authorized
+    /// like `/ingest` (a scripted answer is given before the check, like ingest faults).
+    pub query_answers: VecDeque<Fault>,
+    /// Answers to `GET /orders?...` (the order feed), in order; none left: 204.
+    pub orders_pages: VecDeque<Fault>,
+    /// Called with each request as it arrives (under the state lock: must not lock it),
+    /// e.g. to move a virtual clock as if the server held the request.
+    pub on_request: Option<OnRequest>,
 }
 
 struct Shared {
@@ -238,6 +250,9 @@ impl Upstream {
                 redirect_location: format!("https://127.0.0.1:{port}/elsewhere"),
                 record: true,
                 accepted_count: 0,
+                query_answers: VecDeque::new(),
+                orders_pages: VecDeque::new(),
+                on_request: None,
             }),
             stop: AtomicBool::new(false),
             hang: (Mutex::new(false), Condvar::new()),
@@ -438,6 +453,9 @@ fn route(sh: &Shared, req: &Request) -> Answer {
     if st.record {
         st.requests.push(req.clone());
     }
+    if let Some(f) = st.on_request.clone() {
+        f(req);
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("POST", "/token") => {
             if let Some(f) = st.token_faults.pop_front() {
@@ -450,6 +468,20 @@ fn route(sh: &Shared, req: &Request) -> Answer {
                 return Answer::Fault(f);
             }
             ingest(&mut st, req)
+        }
+        ("POST", "/query") if !authorized(&st, req) => Answer::Plain(401, vec![], String::new()),
+        ("POST", "/query") => match st.query_answers.pop_front() {
+            Some(f) => Answer::Fault(f),
+            None => Answer::Plain(204, vec![], String::new()),
+        },
+        ("GET", p) if p == "/orders" || p.starts_with("/orders?") => {
+            if !authorized(&st, req) {
+                return Answer::Plain(401, vec![], String::new());
+            }
+            match st.orders_pages.pop_front() {
+                Some(f) => Answer::Fault(f),
+                None => Answer::Plain(204, vec![], String::new()),
+            }
         }
         ("POST", "/redirect") => Answer::Plain(
             302,
@@ -529,17 +561,21 @@ fn token(st: &mut State, req: &Request) -> Answer {
     )
 }
 
-fn ingest(st: &mut State, req: &Request) -> Answer {
+/// A token issued here, or Basic when allowed.
+fn authorized(st: &State, req: &Request) -> bool {
     let auth = req.header("authorization").unwrap_or("");
-    let ok = if let Some(t) = auth.strip_prefix("Bearer ") {
+    if let Some(t) = auth.strip_prefix("Bearer ") {
         st.valid_tokens.contains(t)
     } else if let Some(b) = auth.strip_prefix("Basic ") {
         st.accept_basic
             && STANDARD.decode(b).ok() == Some(format!("{CLIENT_ID}:{CLIENT_SECRET}").into_bytes())
     } else {
         false
-    };
-    if !ok {
+    }
+}
+
+fn ingest(st: &mut State, req: &Request) -> Answer {
+    if !authorized(st, req) {
         return Answer::Plain(401, vec![], String::new());
     }
     let text = req.text();
