@@ -234,7 +234,7 @@ fn commands_and_a_pushed_config_over_the_https_feed() {
     )
     .unwrap();
     let mut agent = AgentProcess::start(&cfg);
-    agent.wait_line(0, &["remote command feed started"], T);
+    agent.wait_line(0, &["feed started", "feed=commands"], T);
 
     let r = srv.call(command("h1", "e2e", "ping", json!({})));
     assert_eq!(r["ok"], true, "{r}");

@@ -1,18 +1,15 @@
-//! The HTTPS side of fleet management (`uplink.kind = "http"`): a command feed and a
+//! The HTTPS side of fleet management (`uplink.kind = "http"`): the command feed and the
 //! durable result sender, each on a thread of its own (a long poll must not hold the
 //! runtime's single blocking thread).
 //!
-//! # The feed (the contract of issue 17's order feed, kept generic: [`Feed`])
+//! # The command feed
 //!
-//! `GET {url}?after=CURSOR&wait=25s` (no `after` before the first page), authenticated as
-//! uploads are. `200` → `{"<items>": [ ... ], "next": "CURSOR2"}`, `204` → nothing new.
-//! The read timeout is `wait` plus `[uplink] timeout`. Every item of a page is handed to
-//! the sink (for commands: recorded durably, or refused and reported) *before* the cursor
-//! moves, and the cursor is persisted in the store, so a restart neither loses nor repeats
-//! an item (an item seen twice is recognised by its id). When the server answers sooner
-//! than `wait` with nothing, the next poll waits [`FeedSettings::idle`] (or until poked:
-//! a pushed config on trial wants a poll that starts after it). Errors back off (capped,
-//! jittered); `401` forgets the token once.
+//! The order feed's loop (`uplink::feed`: `GET {commands_url}?after=CURSOR&wait=25s`,
+//! auth as uploads, the cursor saved only after the page is durable, pacing, backoff) with
+//! [`CommandPages`] as its page handler: `200` → `{"commands": [ ... ], "next": "CURSOR2"}`;
+//! every command is recorded (or refused and reported) by [`CommandPort::intake`] before
+//! the cursor moves, under the feed cursor `commands`. A pushed config on trial wakes the
+//! feed ([`RemoteFeed::waker`]) so a poll starts after the apply.
 //!
 //! # The result sender
 //!
@@ -23,7 +20,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
@@ -31,128 +27,17 @@ use serde_json::Value;
 use super::port::CommandPort;
 use crate::backoff::Backoff;
 use crate::store::Store;
-use crate::uplink::auth::{Authenticator, Credential};
+use crate::uplink::auth::Authenticator;
+use crate::uplink::backoff::Clock;
+use crate::uplink::feed::{FeedHandle, FeedStatus, PageHandler, Taken};
 use crate::uplink::http::HttpClient;
 
 /// How long the server may hold a poll.
 pub const WAIT: Duration = Duration::from_secs(25);
 /// Between polls when the server answers at once with nothing.
 pub const IDLE: Duration = Duration::from_secs(10);
-
-/// Where and how to poll.
-#[derive(Debug, Clone)]
-pub struct FeedSettings {
-    /// The feed URL (`[remote] commands_url`).
-    pub url: String,
-    /// Name of the cursor in the store.
-    pub cursor: String,
-    /// The page's array key (`commands`).
-    pub items: String,
-    pub wait: Duration,
-    pub idle: Duration,
-    /// `[uplink] timeout`, added to `wait` for the read timeout.
-    pub timeout: Duration,
-    pub ca_file: Option<std::path::PathBuf>,
-    pub client_cert: Option<std::path::PathBuf>,
-    pub client_key: Option<std::path::PathBuf>,
-    pub allow_plain_http: bool,
-}
-
-/// A stop flag the threads look at between requests.
-#[derive(Default)]
-struct Stop(AtomicBool);
-
-impl Stop {
-    fn stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The running feed and sender.
-pub struct FeedHandle {
-    stop: Arc<Stop>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl FeedHandle {
-    /// Asks both threads to stop. A poll in progress is not waited for: its page is
-    /// dropped unread (the cursor stays), so a newer feed never sees the cursor go back.
-    pub fn shutdown(self) {
-        self.stop.0.store(true, Ordering::SeqCst);
-        drop(self.threads);
-    }
-}
-
-/// Waits `d` in short steps, waking early when `poke` moves; `false`: stop.
-fn pause(stop: &Stop, port: &dyn CommandPort, d: Duration, poke: &mut u64) -> bool {
-    let deadline = Instant::now() + d;
-    loop {
-        if stop.stopped() {
-            return false;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        let now = port.wait_poke(*poke, left.min(Duration::from_millis(250)));
-        if now != *poke {
-            *poke = now;
-            return true;
-        }
-    }
-}
-
-fn agent_for(s: &FeedSettings) -> Result<ureq::Agent, String> {
-    let tls = crate::uplink::tls::tls_config(
-        s.ca_file.as_deref(),
-        s.client_cert.as_deref(),
-        s.client_key.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
-    let t = Some(s.wait + s.timeout);
-    let c = Some(s.timeout);
-    Ok(ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .https_only(!s.allow_plain_http)
-        .proxy(ureq::Proxy::try_from_env())
-        .tls_config(tls)
-        .timeout_global(t)
-        .timeout_resolve(c)
-        .timeout_connect(c)
-        .timeout_send_request(c)
-        .timeout_recv_response(t)
-        .timeout_recv_body(t)
-        .user_agent(concat!("labagent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into())
-}
-
-/// `a=b` pairs percent-encoded for a query string.
-fn query_value(v: &str) -> String {
-    let mut o = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            o.push(b as char);
-        } else {
-            o.push_str(&format!("%{b:02X}"));
-        }
-    }
-    o
-}
-
-/// The poll URL for `cursor`.
-pub fn poll_url(base: &str, cursor: Option<&str>, wait: Duration) -> String {
-    let sep = if base.contains('?') { '&' } else { '?' };
-    match cursor {
-        Some(c) => format!(
-            "{base}{sep}after={}&wait={}s",
-            query_value(c),
-            wait.as_secs()
-        ),
-        None => format!("{base}{sep}wait={}s", wait.as_secs()),
-    }
-}
+/// The feed's name, its cursor's name and the page's array key.
+pub const NAME: &str = "commands";
 
 /// One page: the items and the next cursor.
 pub fn parse_page(body: &str, items: &str) -> Result<(Vec<Value>, Option<String>), String> {
@@ -169,167 +54,94 @@ pub fn parse_page(body: &str, items: &str) -> Result<(Vec<Value>, Option<String>
     Ok((list, next))
 }
 
-/// Starts the command feed and the result sender.
-pub fn spawn(
-    feed: FeedSettings,
-    results_url: String,
+/// The command feed's page handler.
+pub struct CommandPages {
+    pub port: Arc<dyn CommandPort>,
+    pub store: Store,
+    /// Where commands came from, for the audit (the feed URL).
+    pub via: String,
+}
+
+impl PageHandler for CommandPages {
+    fn take(&self, body: &str) -> Result<Taken, String> {
+        let (items, next) = parse_page(body, NAME)?;
+        for it in &items {
+            let bytes = serde_json::to_vec(it).unwrap_or_default();
+            self.port.intake(&bytes, &self.via)?;
+        }
+        Ok(Taken {
+            items: items.len(),
+            next,
+        })
+    }
+
+    fn cursor(&self, name: &str) -> Result<Option<String>, String> {
+        self.store.cursor(name).map_err(|e| e.to_string())
+    }
+
+    fn save_cursor(&self, name: &str, value: &str) -> Result<(), String> {
+        self.store
+            .save_cursor(name, value)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The running command feed and result sender.
+pub struct RemoteFeed {
+    pub feed: FeedHandle,
+    clock: Arc<dyn Clock>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RemoteFeed {
+    pub fn new(feed: FeedHandle, clock: Arc<dyn Clock>, stop: Arc<AtomicBool>) -> RemoteFeed {
+        RemoteFeed { feed, clock, stop }
+    }
+
+    /// Ends an idle wait between polls (a trial wants a fresh poll).
+    pub fn waker(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let c = self.clock.clone();
+        Arc::new(move || c.wake())
+    }
+
+    pub fn status(&self) -> tokio::sync::watch::Receiver<FeedStatus> {
+        self.feed.status()
+    }
+
+    /// Stops both threads without waiting: a poll in flight is dropped unread (the cursor
+    /// stays), a result in flight may be sent once more (same id).
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.feed.shutdown();
+    }
+}
+
+/// Starts the result sender thread; it ends once `stop` is set.
+pub fn spawn_sender(
+    url: String,
     agent_id: String,
     http: HttpClient,
     auth: Arc<Authenticator>,
-    store: Store,
     port: Arc<dyn CommandPort>,
-) -> Result<FeedHandle, String> {
-    let agent = agent_for(&feed)?;
-    let stop = Arc::new(Stop::default());
-    let mut threads = Vec::new();
-    {
-        let (stop, port, auth) = (stop.clone(), port.clone(), auth.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("remote-feed".into())
-                .spawn(move || poll_loop(&feed, &agent, &auth, &store, &*port, &stop))
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    {
-        let stop = stop.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("remote-results".into())
-                .spawn(move || send_loop(&results_url, &agent_id, &http, &auth, &*port, &stop))
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(FeedHandle { stop, threads })
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("remote-results".into())
+        .spawn(move || send_loop(&url, &agent_id, &http, &auth, &*port, &stop))?;
+    Ok(())
 }
 
-fn credential(auth: &Authenticator) -> Result<Credential, String> {
-    auth.credential().map_err(|e| e.to_string())
-}
-
-fn poll_loop(
-    s: &FeedSettings,
-    agent: &ureq::Agent,
-    auth: &Authenticator,
-    store: &Store,
-    port: &dyn CommandPort,
-    stop: &Stop,
-) {
-    let mut backoff = Backoff::with_random_seed();
-    let mut poke = port.wait_poke(u64::MAX, Duration::ZERO);
-    let mut logged_error = false;
-    while !stop.stopped() {
-        let cursor = match store.cursor(&s.cursor) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the command feed's cursor");
-                if !pause(stop, port, backoff.next_delay(), &mut poke) {
-                    return;
-                }
-                continue;
-            }
-        };
-        let cred = match credential(auth) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "command feed: no credentials");
-                if !pause(stop, port, backoff.next_delay(), &mut poke) {
-                    return;
-                }
-                continue;
-            }
-        };
-        let url = poll_url(&s.url, cursor.as_deref(), s.wait);
-        let started = SystemTime::now();
-        let t0 = Instant::now();
-        let mut req = agent.get(&url).header("Accept", "application/json");
-        if let Some(h) = cred.header_value() {
-            req = req.header("Authorization", h);
+/// Waits `d` in short steps; `false`: stop.
+fn pause(stop: &AtomicBool, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
         }
-        let outcome = req.call().map_err(|e| e.to_string()).and_then(|mut r| {
-            let status = r.status().as_u16();
-            let body = r
-                .body_mut()
-                .with_config()
-                .limit(16 << 20)
-                .read_to_string()
-                .map_err(|e| e.to_string())?;
-            Ok((status, body))
-        });
-        if stop.stopped() {
-            return; // a newer feed may run: this page is not ours to take
-        }
-        let quick = t0.elapsed() < s.wait / 2;
-        let failed = |why: String, logged: &mut bool| {
-            if !*logged {
-                tracing::warn!(url = %s.url, %why, "command feed poll failed; retrying with backoff");
-                *logged = true;
-            } else {
-                tracing::debug!(%why, "command feed poll failed");
-            }
-        };
-        match outcome {
-            Ok((204, _)) => {
-                port.poll_ok(started);
-                backoff.reset();
-                logged_error = false;
-                if quick && !pause(stop, port, s.idle, &mut poke) {
-                    return;
-                }
-            }
-            Ok((200, body)) => match parse_page(&body, &s.items) {
-                Ok((items, next)) => {
-                    let mut all = true;
-                    for it in &items {
-                        let bytes = serde_json::to_vec(it).unwrap_or_default();
-                        if let Err(e) = port.intake(&bytes, &s.url) {
-                            tracing::error!(error = %e, "cannot record a command from the feed; the cursor stays");
-                            all = false;
-                            break;
-                        }
-                    }
-                    let saved = match (&next, all) {
-                        (Some(n), true) => store.save_cursor(&s.cursor, n).map_err(|e| {
-                            tracing::error!(error = %e, "cannot save the command feed's cursor");
-                        }),
-                        (None, true) => Ok(()),
-                        (_, false) => Err(()),
-                    };
-                    if saved.is_ok() {
-                        port.poll_ok(started);
-                        backoff.reset();
-                        logged_error = false;
-                        if items.is_empty() && quick && !pause(stop, port, s.idle, &mut poke) {
-                            return;
-                        }
-                    } else if !pause(stop, port, backoff.next_delay(), &mut poke) {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    failed(format!("bad page: {e}"), &mut logged_error);
-                    if !pause(stop, port, backoff.next_delay(), &mut poke) {
-                        return;
-                    }
-                }
-            },
-            Ok((status, _)) => {
-                if status == 401 {
-                    auth.invalidate(&cred);
-                }
-                failed(format!("HTTP {status}"), &mut logged_error);
-                if !pause(stop, port, backoff.next_delay(), &mut poke) {
-                    return;
-                }
-            }
-            Err(e) => {
-                failed(e, &mut logged_error);
-                if !pause(stop, port, backoff.next_delay(), &mut poke) {
-                    return;
-                }
-            }
-        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
+    false
 }
 
 fn send_loop(
@@ -338,19 +150,18 @@ fn send_loop(
     http: &HttpClient,
     auth: &Authenticator,
     port: &dyn CommandPort,
-    stop: &Stop,
+    stop: &AtomicBool,
 ) {
     let mut backoff = Backoff::with_random_seed();
     let mut gen = 0u64;
-    let mut poke = port.wait_poke(u64::MAX, Duration::ZERO);
-    while !stop.stopped() {
+    while !stop.load(Ordering::SeqCst) {
         let pending = port.pending_results();
         let mut failed = false;
         for (id, doc) in &pending {
-            if stop.stopped() {
+            if stop.load(Ordering::SeqCst) {
                 return;
             }
-            let cred = match credential(auth) {
+            let cred = match auth.credential() {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "command results: no credentials");
@@ -391,7 +202,7 @@ fn send_loop(
             }
         }
         if failed {
-            if !pause(stop, port, backoff.next_delay(), &mut poke) {
+            if !pause(stop, backoff.next_delay()) {
                 return;
             }
             continue;
@@ -399,7 +210,7 @@ fn send_loop(
         // Wait for a new result (in short steps, to see a stop).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if stop.stopped() {
+            if stop.load(Ordering::SeqCst) {
                 return;
             }
             let now = port.wait_results(gen, Duration::from_millis(250));
@@ -419,15 +230,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_pages() {
-        assert_eq!(
-            poll_url("https://x/c", Some("a b/7"), WAIT),
-            "https://x/c?after=a%20b%2F7&wait=25s"
-        );
-        assert_eq!(
-            poll_url("https://x/c?k=1", None, WAIT),
-            "https://x/c?k=1&wait=25s"
-        );
+    fn pages() {
         let (items, next) =
             parse_page(r#"{"commands":[{"id":"a"}],"next":"7"}"#, "commands").unwrap();
         assert_eq!((items.len(), next.as_deref()), (1, Some("7")));

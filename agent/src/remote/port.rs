@@ -20,12 +20,10 @@ pub trait CommandPort: Send + Sync {
     /// Blocks until the result generation differs from `seen` or `timeout` passes;
     /// returns the current generation (for threads without a runtime).
     fn wait_results(&self, seen: u64, timeout: Duration) -> u64;
-    /// Blocks until [`CommandPort::poke`]d past `seen` or `timeout` passes; returns the
-    /// current poke count (a feed waiting between polls polls again at once).
-    fn wait_poke(&self, seen: u64, timeout: Duration) -> u64;
     /// The retained presence document (`{"state":"online", ...status}`), `None` before the
     /// first one.
     fn presence(&self) -> watch::Receiver<Option<Vec<u8>>>;
-    /// A poll or upload that started at this wall-clock time succeeded (HTTPS trial).
+    /// An upload of a result that started at this wall-clock time succeeded (HTTPS
+    /// trial; the command feed's polls are seen through its status).
     fn poll_ok(&self, started: std::time::SystemTime);
 }

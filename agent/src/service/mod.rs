@@ -135,7 +135,7 @@ pub struct Agent {
     remote: Option<remote::Remote>,
     hub: Arc<remote::RemoteHub>,
     /// The HTTPS command feed and result sender (`uplink.kind = "http"`).
-    remote_feed: Option<crate::remote::feed::FeedHandle>,
+    remote_feed: Option<crate::remote::feed::RemoteFeed>,
     /// The channels by name, for the order feed.
     channel_map: orders::ChannelMap,
 }
@@ -357,7 +357,7 @@ impl Agent {
         if let Some(f) = self.remote_feed.take() {
             f.shutdown();
         }
-        self.remote_feed = remote::start_feed(&self.config, &self.hub, &self.store);
+        self.hub.set_feed(None);
         let config = &self.config;
         let mut hooks = Hooks::default();
         let (run, entry) = match config.uplink.kind {
@@ -389,6 +389,7 @@ impl Agent {
                     Some(url) => Some(self.start_feed(url, &up)?),
                     None => None,
                 };
+                self.remote_feed = remote::start_feed(config, &self.hub, &self.store, &up);
                 let handle = up.spawn()?;
                 hooks.stored = Arc::new(handle.waker());
                 if let Some(f) = &feed {

@@ -94,7 +94,8 @@ pub struct RemoteHub {
     jobs: mpsc::UnboundedSender<Job>,
     ready: Arc<Notify>,
     generation: (Mutex<u64>, Condvar),
-    pokes: (Mutex<u64>, Condvar),
+    /// The HTTPS command feed: its waker and status (trials).
+    feed: Mutex<Option<FeedLink>>,
     presence: watch::Sender<Option<Vec<u8>>>,
     last: Mutex<Option<LastCommand>>,
     counts: Mutex<BTreeMap<(String, String), u64>>,
@@ -115,6 +116,12 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// What the hub knows of the running command feed.
+pub struct FeedLink {
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+    pub status: watch::Receiver<crate::uplink::feed::FeedStatus>,
 }
 
 /// The result document: `{"id","ok","result"|"error","at"}`.
@@ -144,7 +151,7 @@ impl RemoteHub {
             jobs: tx,
             ready: Arc::new(Notify::new()),
             generation: (Mutex::new(0), Condvar::new()),
-            pokes: (Mutex::new(0), Condvar::new()),
+            feed: Mutex::new(None),
             presence,
             last: Mutex::new(None),
             counts: Mutex::new(BTreeMap::new()),
@@ -251,9 +258,14 @@ impl RemoteHub {
 
     /// Wakes a command feed waiting between polls (a trial wants a fresh poll).
     pub fn poke(&self) {
-        let (m, c) = &self.pokes;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        c.notify_all();
+        if let Some(f) = self.feed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            (f.wake)();
+        }
+    }
+
+    /// The running command feed (or none).
+    pub fn set_feed(&self, f: Option<FeedLink>) {
+        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }
 
     /// [`RemoteHub::finish`] off the runtime (the store write waits for an fsync).
@@ -286,12 +298,24 @@ impl RemoteHub {
         self.presence.send_replace(doc);
     }
 
-    /// The latest successful command poll started at or after `t`.
+    /// A command poll or result upload that started at or after `t` succeeded.
     pub fn polled_since(&self, t: SystemTime) -> bool {
-        self.poll_ok
+        let t_ms = t
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let polled = self
+            .feed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|p| p >= t)
+            .as_ref()
+            .and_then(|f| f.status.borrow().last_ok_started_ms)
+            .is_some_and(|s| s >= t_ms);
+        polled
+            || self
+                .poll_ok
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|p| p >= t)
     }
 
     pub fn set_trial(&self, id: Option<String>) {
@@ -491,15 +515,6 @@ impl CommandPort for RemoteHub {
         *g
     }
 
-    fn wait_poke(&self, seen: u64, timeout: Duration) -> u64 {
-        let (m, c) = &self.pokes;
-        let g = m.lock().unwrap_or_else(|e| e.into_inner());
-        let (g, _) = c
-            .wait_timeout_while(g, timeout, |g| *g == seen)
-            .unwrap_or_else(|e| e.into_inner());
-        *g
-    }
-
     fn presence(&self) -> watch::Receiver<Option<Vec<u8>>> {
         self.presence.subscribe()
     }
@@ -570,50 +585,62 @@ pub async fn presence(
     }
 }
 
-/// The HTTPS command feed and result sender of `config`, when it has an HTTP uplink,
-/// remote management on and a `commands_url`.
+/// The HTTPS command feed and result sender of `config`, when remote management is on and
+/// `commands_url` is set; `up` is the uploader (its TLS settings and authenticator).
 pub fn start_feed(
     config: &Config,
     hub: &Arc<RemoteHub>,
     store: &Store,
-) -> Option<crate::remote::feed::FeedHandle> {
-    use crate::remote::feed::{self, FeedSettings};
+    up: &crate::uplink::Uplink,
+) -> Option<crate::remote::feed::RemoteFeed> {
+    use crate::remote::feed::{self, CommandPages, RemoteFeed};
+    use crate::uplink::feed::{Feed, FeedSettings};
     let r = config.remote.as_ref().filter(|r| r.enabled)?;
     let url = r.commands_url.clone()?;
-    let (us, auth) = super::settings::http_uplink(config)?;
-    let start = || -> Result<feed::FeedHandle, String> {
-        let http = crate::uplink::http::HttpClient::new(&us).map_err(|e| e.to_string())?;
-        let authn = Arc::new(crate::uplink::auth::Authenticator::new(
-            auth,
+    let start = || -> Result<RemoteFeed, String> {
+        let s = up.settings();
+        let http = crate::uplink::http::HttpClient::new(s).map_err(|e| e.to_string())?;
+        let clock = crate::uplink::SystemClock::new();
+        let handler = Arc::new(CommandPages {
+            port: hub.clone(),
+            store: store.clone(),
+            via: url.clone(),
+        });
+        let f = Feed::new(
+            FeedSettings {
+                name: feed::NAME.into(),
+                url: url.clone(),
+                cursor: feed::NAME.into(),
+                wait: feed::WAIT,
+                poll: feed::IDLE,
+                timeout: s.timeout,
+                agent_id: s.agent_id.clone(),
+            },
             http.clone(),
-            Arc::new(super::adapters::StoreTokenCache::new(store.clone())),
-            crate::uplink::SystemClock::new(),
-        ));
-        let fs = FeedSettings {
-            url,
-            cursor: "commands".into(),
-            items: "commands".into(),
-            wait: feed::WAIT,
-            idle: feed::IDLE,
-            timeout: us.timeout,
-            ca_file: us.ca_file.clone(),
-            client_cert: us.client_cert.clone(),
-            client_key: us.client_key.clone(),
-            allow_plain_http: us.allow_plain_http,
-        };
-        feed::spawn(
-            fs,
-            us.url.clone(),
-            config.agent.id.clone(),
-            http,
-            authn,
-            store.clone(),
-            hub.clone(),
+            up.authenticator(),
+            handler,
+            clock.clone(),
         )
+        .spawn()
+        .map_err(|e| e.to_string())?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        feed::spawn_sender(
+            s.url.clone(),
+            s.agent_id.clone(),
+            http,
+            up.authenticator(),
+            hub.clone(),
+            stop.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(RemoteFeed::new(f, clock, stop))
     };
     match start() {
         Ok(h) => {
-            tracing::info!(url = %r.commands_url.as_deref().unwrap_or(""), "remote command feed started");
+            hub.set_feed(Some(FeedLink {
+                wake: h.waker(),
+                status: h.status(),
+            }));
             Some(h)
         }
         Err(e) => {

@@ -82,6 +82,10 @@ pub struct FeedStatus {
     pub items: u64,
     /// Unix milliseconds of the last answered poll.
     pub last_poll_ms: Option<u64>,
+    /// Unix milliseconds when the last answered poll *started* (a pushed config on trial
+    /// is confirmed only by a poll that started after it was applied).
+    #[serde(default)]
+    pub last_ok_started_ms: Option<u64>,
     pub last_error: Option<String>,
 }
 
@@ -189,7 +193,8 @@ impl Feed {
             Outcome::Took(_) | Outcome::Nothing { held: true } => !self.clock.is_shutdown(),
             Outcome::Nothing { held: false } => {
                 self.status.send_modify(|s| s.state = "waiting".into());
-                self.clock.sleep(self.settings.poll)
+                // Nothing to do: a wake (`Clock::wake`) polls again at once.
+                self.clock.idle(self.settings.poll)
             }
             Outcome::Failed(hint, _) => {
                 let wait = hint.unwrap_or_else(|| self.backoff.next_delay());
@@ -220,13 +225,14 @@ impl Feed {
     /// One poll: ask, take the page, save the cursor. Never sleeps.
     pub fn poll_once(&mut self) -> Outcome {
         let name = self.settings.name.clone();
+        let unix_ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        };
+        let started_ms = unix_ms(self.clock.now());
         let outcome = self.poll_inner();
-        let now_ms = self
-            .clock
-            .now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = unix_ms(self.clock.now());
         match &outcome {
             Outcome::Took(n) => {
                 self.backoff.reset();
@@ -244,10 +250,12 @@ impl Feed {
                 Outcome::Took(n) => {
                     s.items += *n as u64;
                     s.last_poll_ms = Some(now_ms);
+                    s.last_ok_started_ms = Some(started_ms);
                     s.last_error = None;
                 }
                 Outcome::Nothing { .. } => {
                     s.last_poll_ms = Some(now_ms);
+                    s.last_ok_started_ms = Some(started_ms);
                     s.last_error = None;
                 }
                 Outcome::Failed(_, why) => s.last_error = Some(why.clone()),
