@@ -37,6 +37,8 @@ struct State {
     pages: VecDeque<Page>,
     /// Set by [`Upstream::release`]: held feed polls answer (204).
     released: bool,
+    /// Answer host queries (POST /query…) with an ASTM order for the first specimen.
+    answer_queries: bool,
 }
 
 /// An answer of the order feed.
@@ -85,6 +87,12 @@ impl Upstream {
     }
 
     /// Lets held feed polls answer.
+    /// From now on a POST to a path starting with `/query` is answered 200 with an ASTM
+    /// order for the first id in `X-Labagent-Specimens` (H, P, O, L).
+    pub fn answer_queries(&self) {
+        self.state.0.lock().unwrap().answer_queries = true;
+    }
+
     pub fn release(&self) {
         self.state.0.lock().unwrap().released = true;
         self.state.1.notify_all();
@@ -188,9 +196,18 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
         }
         let (m, cv) = &*st;
         let feed = method == "GET" && path.starts_with("/orders");
+        let query = method == "POST" && path.starts_with("/query");
         let (status, answer) = {
             let mut s = m.lock().unwrap();
-            let (status, page) = if feed {
+            let (status, page) = if query && s.answer_queries {
+                let sid = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("x-labagent-specimens"))
+                    .map(|(_, v)| v.split(',').next().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                let order = format!("H|\\^&|||UPSTREAM\rP|1\rO|1|{sid}||^^^GLU|R\rL|1|N\r");
+                (200, Some(Page::Json(order)))
+            } else if feed {
                 match s.pages.pop_front() {
                     Some(Page::Json(j)) => (200, Some(Page::Json(j))),
                     Some(Page::Hold) => (204, Some(Page::Hold)),
