@@ -6,7 +6,6 @@
 //!
 //! The agent binary is the optimised one next to this bench binary (see astm.rs).
 
-use std::io;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,38 +17,13 @@ use labagent_hal::astm::{ENQ, EOT};
 use labagent_tests::process::AgentProcess;
 use labagent_tests::upstream::Upstream;
 
+use crate::astm::Timed;
 use crate::table::{percentile, Row};
 
 const T: Duration = Duration::from_secs(60);
 const CACHED: usize = 10_000;
 const QUERIES: usize = 200;
 const BAUD: u32 = 9600;
-
-/// The instrument's wire, timing its EOT to the host's next ENQ.
-struct Timed<'a> {
-    inner: &'a mut PtyWire,
-    eot: Option<Instant>,
-    latencies: Vec<Duration>,
-}
-
-impl Wire for Timed<'_> {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.inner.write_all(bytes)?;
-        if bytes.last() == Some(&EOT) {
-            self.eot = Some(Instant::now());
-        }
-        Ok(())
-    }
-    fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
-        let n = self.inner.read_timeout(buf, timeout)?;
-        if n > 0 && buf[..n].contains(&ENQ) {
-            if let Some(t) = self.eot.take() {
-                self.latencies.push(t.elapsed());
-            }
-        }
-        Ok(n)
-    }
-}
 
 fn fill_cache(state: &Path) {
     let store = Store::open(state.join("store"), StoreOptions::default()).expect("store");
@@ -109,11 +83,8 @@ fn measure(upstream: bool) -> Vec<Row> {
         .stdout(Stdio::null());
     let mut agent = AgentProcess::spawn(cmd);
     pty.wait_open(T).expect("the agent opens the port");
-    let mut timed = Timed {
-        inner: &mut pty,
-        eot: None,
-        latencies: Vec::new(),
-    };
+    // From the instrument's EOT to the host's next ENQ.
+    let mut timed = Timed::new(&mut pty, EOT, ENQ);
     let mut inst = AstmInstrument::new(Some(BAUD));
     let mut answered = 0;
     for i in 0..QUERIES {
@@ -136,7 +107,9 @@ fn measure(upstream: bool) -> Vec<Row> {
         let mut b = [0u8; 64];
         let until = Instant::now() + T;
         while Instant::now() < until {
-            let n = timed.read_timeout(&mut b, Duration::from_millis(200)).expect("read");
+            let n = timed
+                .read_timeout(&mut b, Duration::from_millis(200))
+                .expect("read");
             if b[..n].contains(&EOT) {
                 break;
             }
