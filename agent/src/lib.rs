@@ -9,6 +9,7 @@ pub mod fhir;
 pub mod ingest;
 pub mod meta;
 pub mod mqtt;
+pub mod query;
 pub mod service;
 pub mod simulate;
 pub mod source;

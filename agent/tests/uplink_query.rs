@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common_upstream::{clock, Fault, Upstream};
-use labagent::channel::{QueryHook, QueryRequest};
+use labagent::query::{QueryHook, QueryRequest};
 use labagent::store::Protocol;
 use labagent::uplink::{MemoryQueue, MemoryTokenCache, QueryUpstream};
 
@@ -359,11 +359,11 @@ fn the_agent_reloads_and_stops_while_a_query_is_stuck_upstream() {
             .await
             .unwrap();
         let ch = agent.channels()[0].clone();
-        assert_eq!(ch.query_timeout(), Duration::from_secs(30));
+        assert_eq!(ch.config.query_timeout, Duration::from_secs(30));
         let t0 = Instant::now();
         let rx = ch.ask_upstream(
             query(Protocol::Astm, ASTM_Q, &["1"]),
-            t0 + ch.query_timeout(),
+            t0 + ch.config.query_timeout,
         );
         let sent = async {
             while up.requests("/query").is_empty() {
@@ -392,7 +392,7 @@ fn the_agent_reloads_and_stops_while_a_query_is_stuck_upstream() {
         let n = up.requests("/query").len();
         let rx = ch.ask_upstream(
             query(Protocol::Astm, ASTM_Q, &["1"]),
-            Instant::now() + ch.query_timeout(),
+            Instant::now() + ch.config.query_timeout,
         );
         let sent = async {
             while up.requests("/query").len() == n {

@@ -424,7 +424,6 @@ impl<B: Buffer> Session for RawSession<B> {
             cr: false,
             begins: true,
             end: Some(end),
-            summary: None,
         })))
     }
 

@@ -43,7 +43,6 @@
 //! For ASTM the text of a commit is what one frame added (no copy of the message so
 //! far); for HL7 and raw one piece is one whole message.
 
-use crate::astm::record::Summary;
 use crate::time::Instant;
 
 /// How a message ended.
@@ -102,8 +101,6 @@ pub struct Piece<'a> {
     pub begins: bool,
     /// The text closes the message.
     pub end: Option<End>,
-    /// ASTM, on a piece that ends a message: what its records were.
-    pub summary: Option<Summary>,
 }
 
 impl Piece<'_> {
@@ -119,6 +116,9 @@ impl Piece<'_> {
 
 /// What a session asks the driver to make durable before it acknowledges.
 #[derive(Debug, Clone)]
+// The frame variant is the common one (one per ASTM frame) and holds the splitter state;
+// boxing it would need a heap, which the no-alloc build has not.
+#[allow(clippy::large_enum_variant)]
 pub enum Commit<'a> {
     /// The pieces of one ASTM frame.
     Frame(crate::astm::receiver::Pieces<'a>),

@@ -299,3 +299,55 @@ fn a_receive_only_link_drops_the_query_at_its_deadline_without_spinning() {
     assert_eq!(link.poll_timeout(), None, "nothing left to wake for");
     assert!(link.is_quiet());
 }
+
+/// The query's frames: `text` cut every `size` bytes (ETB, ETX on the last), FN from 1.
+fn frames_of(text: &[u8], size: usize) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[u8]> = text.chunks(size).collect();
+    let mut out = vec![0u8; size + 16];
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let n = encode_frame(((i + 1) % 8) as u8, c, i + 1 == chunks.len(), &mut out).unwrap();
+            out[..n].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn q_records_cut_across_frames_refused_commits_and_eot_without_l_give_the_same_specimens() {
+    // Five specimens in one Q record (Erba's repeat delimiter), a second query message
+    // ended by EOT without an L, and a result message with no Q record between them.
+    let text = b"H|`^&|||XL^1\rQ|1|1007149`1007152`1007151^^x|||ALL\rL|1|N\rH|\\^&\rR|1|^^^GLU|5\rL|1\rH|\\^&\rQ|1|^S9||ALL\r";
+    let want = ["1007149", "1007152", "1007151", "S9"];
+    for size in 1..=text.len() {
+        for refuse_every in [0usize, 2, 3] {
+            let mut link = Link::<Buf>::new(LinkConfig::default());
+            let t = Instant::ZERO;
+            let mut model = Model::default();
+            let mut commits = 0usize;
+            let mut answer = |c: labagent_hal::session::Commit<'_>| {
+                commits += 1;
+                if refuse_every > 0 && commits % refuse_every == 0 {
+                    return false;
+                }
+                model.apply(c)
+            };
+            feed(&mut link, &[ENQ], t, &mut answer);
+            for f in frames_of(text, size) {
+                // A refused commit is NAKed: the instrument sends the frame again.
+                loop {
+                    let (tx, _) = feed(&mut link, &f, t, &mut answer);
+                    if tx.last() == Some(&ACK) {
+                        break;
+                    }
+                }
+            }
+            // The EOT's commit (closing the open query) is taken.
+            let mut answer = |c: labagent_hal::session::Commit<'_>| model.apply(c);
+            feed(&mut link, &[EOT], t, &mut answer);
+            let got = link.query().map(ids).unwrap_or_default();
+            assert_eq!(got, want, "frames of {size}, refusing every {refuse_every}");
+        }
+    }
+}

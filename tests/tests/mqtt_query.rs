@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use labagent::channel::{QueryHook, QueryRequest};
 use labagent::mqtt::{self, Login, MqttHandle, MqttSettings, MqttStatus};
+use labagent::query::{QueryHook, QueryRequest};
 use labagent::store::Protocol;
 use labagent::uplink::MemoryQueue;
 use labagent_tests::mosquitto::{free_port, Broker, Received, TestClient};

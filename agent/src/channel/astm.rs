@@ -20,7 +20,7 @@ pub async fn serve(conn: Conn, ctx: std::sync::Arc<ChannelCtx>) -> std::io::Resu
     let labagent_config::ProtocolSettings::Astm(cfg) = &ctx.config.settings else {
         return Err(std::io::Error::other("not an ASTM channel"));
     };
-    let link = Link::<VecBuf>::new(link_config(cfg));
+    let link = Link::<VecBuf>::new(link_config(cfg, ctx.config.query_timeout));
     let enc = ctx.config.encoding.clone();
     driver::run(conn, ctx.clone(), link, &|b, e| {
         crate::meta::astm(b, e, &enc)
@@ -28,14 +28,15 @@ pub async fn serve(conn: Conn, ctx: std::sync::Arc<ChannelCtx>) -> std::io::Resu
     .await
 }
 
-/// The link's settings from `[channel.astm]` (timers not in the config keep LIS1-A values).
-pub fn link_config(a: &labagent_config::Astm) -> LinkConfig {
+/// The link's settings from `[channel.astm]` and the channel's `query_timeout` (timers
+/// not in the config keep LIS1-A values).
+pub fn link_config(a: &labagent_config::Astm, query_timeout: Duration) -> LinkConfig {
     LinkConfig {
         receiver: ReceiverConfig {
             max_frame: a.max_frame as usize,
             max_message: a.max_message as usize,
             receive_timeout: hal_duration(a.receive_timeout),
-            query_id_component: None,
+            query_id_component: a.query_id_component.map(u32::from),
         },
         sender: SenderConfig {
             reply_timeout: hal_duration(a.ack_timeout),
@@ -43,6 +44,7 @@ pub fn link_config(a: &labagent_config::Astm) -> LinkConfig {
             max_message: a.max_message as usize,
             ..SenderConfig::default()
         },
+        query_timeout: hal_duration(query_timeout),
         ..LinkConfig::default()
     }
 }

@@ -21,7 +21,8 @@ use labagent_hal::session::{Event, OrderOutcome as Fate, OrderRef, Session};
 use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
-use super::{ChannelCtx, Dir, QueryRequest};
+use super::{ChannelCtx, Dir, QuerySource};
+use crate::query::QueryRequest;
 use crate::source::Conn;
 use crate::store::commits::{Durable, MetaFn};
 use crate::store::{MessageId, Order, OrderOutcome};
@@ -62,32 +63,10 @@ struct InFlight {
     _lock: tokio::sync::OwnedMutexGuard<()>,
 }
 
-/// A host query asked of the upstream: its answer to come, and when it was asked.
+/// A host query being resolved: its answer to come, and when the session asked.
 struct Asked {
-    answer: tokio::sync::oneshot::Receiver<Option<String>>,
+    answer: tokio::sync::oneshot::Receiver<crate::query::Answer>,
     at: Instant,
-}
-
-/// The stored messages among `recent` that are host queries, decoded and joined.
-fn query_text(ctx: &ChannelCtx, recent: &[MessageId]) -> (String, Option<MessageId>) {
-    let mut text = String::new();
-    let mut first = None;
-    for id in recent {
-        let Ok(Some(m)) = ctx.store.get(*id) else {
-            continue;
-        };
-        let meta = &m.info.meta;
-        let is_query = meta["queries"].as_u64().is_some_and(|n| n > 0)
-            || meta["type"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("QRY^Q02") || t.starts_with("QBP^Q11"));
-        if is_query {
-            let label = meta["encoding"].as_str().unwrap_or("utf-8");
-            text.push_str(&crate::text::decode(&m.bytes, label));
-            first.get_or_insert(*id);
-        }
-    }
-    (text, first)
 }
 
 /// Runs `session` on `conn` until the line ends or the agent stops.
@@ -112,8 +91,10 @@ pub async fn run<S: LinkSession>(
     // Messages stored since the last host query, and the query being asked upstream.
     let mut recent: Vec<MessageId> = Vec::new();
     let mut asked: Option<Asked> = None;
-    let query_timeout = ctx.query_timeout();
-    session.orders_waiting(true);
+    let query_timeout = ctx.config.query_timeout;
+    // In host-query mode orders wait in the cache for the instrument's query.
+    let push = ctx.config.orders == labagent_config::OrderMode::Push;
+    session.orders_waiting(push);
     loop {
         session.set_wall_clock(unix_now());
         let now = clock.now();
@@ -150,28 +131,13 @@ pub async fn run<S: LinkSession>(
             }
             return Ok(());
         }
-        // A host query: ask the upstream, with most of the session's time.
+        // A host query: find its answer within the channel's query_timeout.
         if asked.is_none() {
             if let Some(ids) = session.query() {
-                let specimens: Vec<String> = ids
-                    .iter()
-                    .map(|i| String::from_utf8_lossy(i).into_owned())
-                    .collect();
-                let (text, id) = query_text(&ctx, &recent);
+                let req = QueryRequest::new(&ctx, ids, &recent, clock.now().as_millis());
                 recent.clear();
-                let id =
-                    id.map_or_else(|| format!("{}", clock.now().as_millis()), |i| i.to_string());
-                tracing::info!(channel = %ctx.name(), specimens = specimens.len(), "host query");
-                let req = QueryRequest {
-                    id: format!("{}-{id}", ctx.name()),
-                    channel: ctx.name().to_string(),
-                    protocol: ctx.config.protocol().into(),
-                    text,
-                    specimens,
-                };
-                let deadline = std::time::Instant::now() + query_timeout * 3 / 4;
                 asked = Some(Asked {
-                    answer: ctx.ask_upstream(req, deadline),
+                    answer: crate::query::resolve(ctx.clone(), req, query_timeout),
                     at: Instant::now(),
                 });
                 continue;
@@ -198,7 +164,7 @@ pub async fn run<S: LinkSession>(
                 Err(_) => look_again = Some(Instant::now() + ORDER_LOOK_AGAIN),
                 Ok(lock) => {
                     let channel = ctx.name().to_string();
-                    match ctx.store_call(move |s| s.next_orders(&channel, 1)).await {
+                    match ctx.store.call(move |s| s.next_orders(&channel, 1)).await {
                         Ok(v) if v.is_empty() => session.orders_waiting(false),
                         Ok(mut v) => {
                             let o = v.remove(0);
@@ -250,20 +216,22 @@ pub async fn run<S: LinkSession>(
                 }
             },
             _ = sleep_until(deadline) => session.handle_timeout(clock.now()),
-            _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(true),
+            _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(push),
             answer = async { (&mut asked.as_mut().expect("guarded").answer).await }, if asked.is_some() => {
-                let from_upstream = answer.ok().flatten();
-                let at = asked.take().map(|a| a.at);
-                let now = clock.now();
-                let r = match &from_upstream {
-                    Some(t) => session.answer_query(Some(t.as_bytes()), now),
-                    None => session.answer_query(None, now),
+                let (text, source) = match answer {
+                    Ok(a) => (a.text, a.source),
+                    Err(_) => (None, QuerySource::None),
                 };
-                let ms = at.map_or(0, |t| t.elapsed().as_millis() as u64);
-                match r {
-                    Ok(()) => tracing::info!(channel = %ctx.name(), from = if from_upstream.is_some() { "upstream" } else { "nothing known" }, ms, "host query answered"),
-                    Err(e) => tracing::warn!(channel = %ctx.name(), error = %e, "the query's answer could not be used; answered \"nothing known\""),
-                }
+                let at = asked.take().map_or_else(Instant::now, |a| a.at);
+                let source = match session.answer_query(text.as_deref().map(str::as_bytes), clock.now()) {
+                    Ok(()) => source,
+                    Err(e) => {
+                        tracing::warn!(channel = %ctx.name(), error = %e, "the query's answer could not be used; answered \"nothing known\"");
+                        QuerySource::None
+                    }
+                };
+                ctx.counters.query_answered(source, at.elapsed());
+                tracing::info!(channel = %ctx.name(), from = source.as_str(), ms = at.elapsed().as_millis() as u64, "host query answered");
             }
             // The wait must not be gated on the signal's value: a stop that arrives while
             // the loop awaits something else would then never wake it.

@@ -23,10 +23,10 @@ impl LinkSession for Hl7Session<VecBuf> {
 /// How long the instrument has to acknowledge an order.
 pub const ORDER_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A session with the channel's settings; its ACKs' MSH-10 start with a prefix unique to
+/// A session with the channel's settings (`query_timeout`: the channel's); its ACKs' MSH-10 start with a prefix unique to
 /// this connection and process start (at most 10 characters, so the id fits the 20 of
 /// v2.3's MSH-10).
-pub fn session(cfg: &labagent_config::Hl7) -> Hl7Session<VecBuf> {
+pub fn session(cfg: &labagent_config::Hl7, query_timeout: Duration) -> Hl7Session<VecBuf> {
     static CONN: AtomicU32 = AtomicU32::new(0);
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -40,7 +40,7 @@ pub fn session(cfg: &labagent_config::Hl7) -> Hl7Session<VecBuf> {
             mode: ack_mode(&cfg.ack),
             orders: OrderPolicy::default(),
             ack_timeout: hal_duration(ORDER_ACK_TIMEOUT),
-            ..Hl7Config::default()
+            query_timeout: hal_duration(query_timeout),
         },
         prefix.as_bytes(),
     )

@@ -21,7 +21,6 @@ pub mod hl7;
 pub mod raw;
 pub mod stats;
 
-use std::io;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,7 +30,7 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, NewMessage, OrderOutcome, Store, StoreError};
+use crate::store::{Appended, OrderOutcome, Store, StoreError};
 pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
@@ -65,36 +64,6 @@ pub struct OrderReport {
     pub detail: String,
 }
 
-/// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueryRequest {
-    /// Unique per query (`<channel>-<store message id>`).
-    pub id: String,
-    pub channel: String,
-    pub protocol: crate::store::Protocol,
-    /// The query as received, decoded (CR-separated records or segments).
-    pub text: String,
-    pub specimens: Vec<String>,
-}
-
-/// Asks the upstream; the receiver gets the answer in the instrument's protocol (ASTM
-/// records H…L, HL7 messages each starting with MSH), or `None`: nothing known, no
-/// upstream, or not before the deadline.
-pub type QueryHook = Arc<
-    dyn Fn(QueryRequest, std::time::Instant) -> tokio::sync::oneshot::Receiver<Option<String>>
-        + Send
-        + Sync,
->;
-
-/// A query hook with no upstream: `None` at once.
-pub fn no_query_upstream() -> QueryHook {
-    Arc::new(|_, _| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let _ = tx.send(None);
-        rx
-    })
-}
-
 /// Where a channel reports to: the uplink(s).
 #[derive(Clone)]
 pub struct Hooks {
@@ -103,7 +72,7 @@ pub struct Hooks {
     /// An order was delivered to the instrument or given up.
     pub order: Arc<dyn Fn(OrderReport) + Send + Sync>,
     /// A host query for the upstream.
-    pub query: QueryHook,
+    pub query: crate::query::QueryHook,
 }
 
 impl Default for Hooks {
@@ -111,7 +80,7 @@ impl Default for Hooks {
         Hooks {
             stored: Arc::new(|| {}),
             order: Arc::new(|_| {}),
-            query: no_query_upstream(),
+            query: crate::query::no_query_upstream(),
         }
     }
 }
@@ -159,11 +128,6 @@ impl ChannelCtx {
         &self.config.name
     }
 
-    /// How long a host query may wait for its answer (`query_timeout`, 5 s by default).
-    pub fn query_timeout(&self) -> std::time::Duration {
-        self.config.query_timeout
-    }
-
     /// Live wire traffic (for `labagent monitor`). Lagging subscribers lose events.
     pub fn subscribe_wire(&self) -> broadcast::Receiver<WireEvent> {
         self.tap.subscribe()
@@ -187,7 +151,8 @@ impl ChannelCtx {
         let id = order_id.to_string();
         let d = detail.to_string();
         match self
-            .store_call(move |s| s.mark_order(&id, outcome, Some(&d)))
+            .store
+            .call(move |s| s.mark_order(&id, outcome, Some(&d)))
             .await
         {
             Ok(o) => match o.state.report_status() {
@@ -214,95 +179,18 @@ impl ChannelCtx {
         }
     }
 
-    /// Claims the cached orders `ids` as answered by a host query (durable on return; see
-    /// [`Store::answer_orders`]): returns the ids taken, which the answer may carry. Their
-    /// `answered-query` reports were queued in the same write; the uplink is woken, and
-    /// [`Hooks::order`] told (MQTT without durable reports).
-    pub async fn answer_orders(
-        &self,
-        ids: Vec<String>,
-        detail: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let d = detail.to_string();
-        let taken = self.store_call(move |s| s.answer_orders(&ids, &d)).await?;
-        if !taken.is_empty() {
-            tracing::info!(channel = %self.name(), orders = taken.len(), "orders answered a host query");
-            (self.hooks.stored)();
-            if !self.store.options().order_reports {
-                for id in &taken {
-                    self.report_order(OrderReport {
-                        channel: self.name().to_string(),
-                        id: id.clone(),
-                        state: "answered-query".into(),
-                        detail: detail.to_string(),
-                    });
-                }
-            }
-        }
-        Ok(taken)
-    }
-
     /// Reports an order's fate to the uplink.
     pub fn report_order(&self, r: OrderReport) {
         (self.hooks.order)(r)
     }
 
-    /// Asks the upstream about a host query (see [`QueryHook`]).
+    /// Asks the upstream about a host query (see [`crate::query::QueryHook`]).
     pub fn ask_upstream(
         &self,
-        q: QueryRequest,
+        q: crate::query::QueryRequest,
         deadline: std::time::Instant,
     ) -> tokio::sync::oneshot::Receiver<Option<String>> {
         (self.hooks.query)(q, deadline)
-    }
-
-    /// Runs a blocking store call without stalling the runtime's other tasks.
-    ///
-    /// On a multi-thread runtime (the agent's) the call runs in place: `block_in_place`
-    /// first hands this worker's other tasks to another thread, and the task goes on with
-    /// the result at once. Through `spawn_blocking` it would wait for a pool thread to wake
-    /// and then to be woken on a worker again: on one HL7 connection those two hand-offs
-    /// took ~60 µs of a ~400 µs ACK (docs/perf/hl7.md). A current-thread runtime (tests on
-    /// tokio's paused clock) cannot block in place; there the call goes to the pool.
-    ///
-    /// One difference remains: aborting the task (a channel stopped past its deadline)
-    /// takes effect only once a call under way returns, where through the pool the task
-    /// went at once and the call finished detached. A store that hangs for good starves the
-    /// systemd watchdog instead (`service`), and the agent is restarted.
-    pub async fn store_call<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-    {
-        let store = self.store.clone();
-        let failed = |e: &dyn std::fmt::Display| {
-            StoreError::Io(io::Error::other(format!("store task failed: {e}")))
-        };
-        if tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            // A panic in the store stays a store error, as it is through the pool.
-            return tokio::task::block_in_place(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&store)))
-            })
-            .unwrap_or_else(|_| Err(failed(&"panicked")));
-        }
-        match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(r) => r,
-            Err(e) => Err(failed(&e)),
-        }
-    }
-
-    /// A new message for this channel, stamped now.
-    pub fn new_message(&self, bytes: Vec<u8>, meta: serde_json::Value) -> NewMessage {
-        NewMessage {
-            channel: self.config.name.clone(),
-            protocol: self.config.protocol().into(),
-            received_at: SystemTime::now(),
-            clock_synced: self.clock_synced.get(),
-            bytes,
-            meta,
-        }
     }
 
     /// Bookkeeping after a store attempt: counters, log line (never data), uplink wake.
@@ -354,7 +242,7 @@ pub async fn serve(conn: Conn, ctx: Arc<ChannelCtx>) {
     let r = match &ctx.config.settings {
         P::Astm(_) => astm::serve(conn, ctx.clone()).await,
         P::Hl7(c) => {
-            let s = hl7::session(c);
+            let s = hl7::session(c, ctx.config.query_timeout);
             driver::run(conn, ctx.clone(), s, &|b, e| crate::meta::hl7(b, e, &enc)).await
         }
         P::Raw(c) => match raw::raw_config(c) {

@@ -68,6 +68,15 @@ pub struct SimulateArgs {
     /// 6 ENQs per message.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..15))]
     pub enq_timeout: Option<u64>,
+    /// Ask the host which tests to run for these specimens (comma separated) instead of
+    /// sending files, and print its answer: ASTM a Q record (its ids as Q-3 repeats),
+    /// HL7 a QBP^Q11 (IHE LAW; QPD-3). Exit 0 when an answer came, "no information"
+    /// included.
+    #[arg(long, value_name = "ID[,ID...]", conflicts_with_all = ["files", "repeat", "wait_orders"])]
+    pub query: Option<String>,
+    /// How long to wait for the answer to --query.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub query_wait: u64,
     /// Files of records (ASTM: H…L, one record per line; HL7: segments, a message per
     /// MSH). None: the bundled samples.
     pub files: Vec<PathBuf>,
@@ -163,6 +172,9 @@ pub fn run(args: &SimulateArgs) -> u8 {
         eprintln!("labagent simulate: {flag} is for --protocol astm only");
         return exit::CONFIG;
     }
+    if let Some(ids) = &args.query {
+        return query(args, ids);
+    }
     let messages = match load(args) {
         Ok(m) => m,
         Err(e) => {
@@ -242,6 +254,71 @@ pub fn run(args: &SimulateArgs) -> u8 {
             } else {
                 exit::FAILURE
             }
+        }
+        Err(e) => {
+            eprintln!("labagent simulate: line error: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `--query`: one host query, its answer printed.
+fn query(args: &SimulateArgs, ids: &str) -> u8 {
+    let ids: Vec<&str> = ids
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect();
+    if ids.is_empty() {
+        eprintln!("labagent simulate: --query needs at least one specimen id");
+        return exit::CONFIG;
+    }
+    let mut wire = match open_wire(args) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("labagent simulate: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let baud = (!args.no_pacing).then_some(args.baud);
+    let wait = Duration::from_secs(args.query_wait);
+    let r = match args.protocol {
+        Proto::Astm => {
+            let mut inst = AstmInstrument::new(baud);
+            let q = simulate::astm_query(&ids);
+            match inst.send_all(&mut *wire, &[q]) {
+                Ok(s) if s.iter().all(|s| s.delivered) => {
+                    let t0 = Instant::now();
+                    inst.receive(&mut *wire, 1, t0 + wait).map(|_| {
+                        let answers = inst.received.messages.clone();
+                        (answers, t0.elapsed())
+                    })
+                }
+                Ok(_) => Err(std::io::Error::other("the query was not acknowledged")),
+                Err(e) => Err(e),
+            }
+        }
+        Proto::Hl7 => {
+            let mut pacer = Pacer::new(baud);
+            simulate::hl7_query(&mut *wire, &mut pacer, &ids, wait)
+        }
+    };
+    match r {
+        Ok((answers, _)) if answers.is_empty() => {
+            eprintln!("labagent simulate: no answer within {} s", wait.as_secs());
+            exit::FAILURE
+        }
+        Ok((answers, took)) => {
+            println!("answer in {} ms after the query:", took.as_millis());
+            for m in &answers {
+                for rec in m.split(|&b| b == b'\r').filter(|r| !r.is_empty()) {
+                    println!("  {}", String::from_utf8_lossy(rec));
+                }
+            }
+            if simulate::nothing_known(&answers) {
+                println!("the host knows nothing for these specimens");
+            }
+            exit::OK
         }
         Err(e) => {
             eprintln!("labagent simulate: line error: {e}");

@@ -316,7 +316,7 @@ impl MqttHandle {
 
 /// A host query for the session to publish; its answer goes to `slot`.
 pub struct QueryJob {
-    pub q: crate::channel::QueryRequest,
+    pub q: crate::query::QueryRequest,
     pub slot: crate::uplink::query::Slot,
 }
 

@@ -425,8 +425,7 @@ pub fn render(s: &AgentStatus, p: &ProcessStats) -> String {
 
 /// Host queries per channel and source, their latency, the order feed, order reports.
 fn queries(o: &mut String, s: &AgentStatus) {
-    use crate::channel::stats::QUERY_LATENCY_BUCKETS;
-    use crate::channel::QuerySource;
+    use crate::query::{QuerySource, QUERY_LATENCY_BUCKETS};
     let family = |o: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(o, "# HELP labagent_{name} {help}");
         let _ = writeln!(o, "# TYPE labagent_{name} {kind}");

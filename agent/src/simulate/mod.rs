@@ -481,3 +481,105 @@ pub fn hl7_messages(text: &[u8]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// An ASTM host query for `ids` (Q-3 repeats, each in the second component).
+pub fn astm_query(ids: &[&str]) -> Vec<u8> {
+    let q3: Vec<String> = ids.iter().map(|i| format!("^{i}")).collect();
+    format!(
+        "H|\\^&|||SIMULATOR^1.0|||||||P|LIS2-A2\rQ|1|{}||ALL||||||||O\rL|1|N\r",
+        q3.join("\\")
+    )
+    .into_bytes()
+}
+
+/// An HL7 QBP^Q11 (IHE LAW) for `ids` (QPD-3, repeats).
+pub fn hl7_qbp(ids: &[&str]) -> Vec<u8> {
+    let qid = format!("SIMQ{}", std::process::id());
+    format!(
+        "MSH|^~\\&|SIMULATOR|LAB|LIS|LAB|20260101000000||QBP^Q11^QBP_Q11|{qid}|P|2.5.1\r\
+         QPD|WOS^Work Order Step^IHE_LABTF|{qid}|{}\rRCP|I||R\r",
+        ids.join("~")
+    )
+    .into_bytes()
+}
+
+/// Sends a QBP^Q11 for `ids` and collects the host's answer: every message until `wait`
+/// ends or the line is quiet for a second after the first; messages other than ACK, QCK
+/// and RSP are acknowledged (Mindray ACKs the DSR^Q03 that follows a QCK^Q02).
+pub fn hl7_query(
+    w: &mut dyn Wire,
+    pacer: &mut Pacer,
+    ids: &[&str],
+    wait: Duration,
+) -> io::Result<(Vec<Vec<u8>>, Duration)> {
+    use labagent_hal::hl7::mllp::{encode, MllpEvent, MllpFramer};
+    let mut framer = MllpFramer::<VecBuf>::new(1 << 20);
+    pacer.write(w, &encode(&hl7_qbp(ids)))?;
+    let t0 = Instant::now();
+    let deadline = t0 + wait;
+    let mut answers: Vec<Vec<u8>> = Vec::new();
+    let mut took = Duration::ZERO;
+    let mut buf = [0u8; 4096];
+    loop {
+        let now = Instant::now();
+        let mut left = deadline.saturating_duration_since(now);
+        if !answers.is_empty() {
+            left = left.min(Duration::from_secs(1));
+        }
+        if left.is_zero() {
+            break;
+        }
+        let n = w.read_timeout(&mut buf, left)?;
+        if n == 0 {
+            if answers.is_empty() {
+                continue;
+            }
+            break;
+        }
+        let mut got = Vec::new();
+        framer.feed(&buf[..n], |ev| {
+            if let MllpEvent::Message(body) = ev {
+                got.push(body.to_vec());
+            }
+        });
+        for m in got {
+            if answers.is_empty() {
+                took = t0.elapsed();
+            }
+            let ty = labagent_hal::hl7::msh::MshView::new_checked(&m)
+                .ok()
+                .map(|v| String::from_utf8_lossy(v.message_type().code).into_owned())
+                .unwrap_or_default();
+            if !["ACK", "QCK", "RSP"].iter().any(|t| ty.starts_with(t)) {
+                let ack = format!(
+                    "MSH|^~\\&|SIMULATOR|LAB|LIS|LAB|20260101000000||ACK|A{}|P|2.5.1\rMSA|AA|{}\r",
+                    answers.len(),
+                    msh10(&m)
+                );
+                pacer.write(w, &encode(ack.as_bytes()))?;
+            }
+            answers.push(m);
+        }
+    }
+    Ok((answers, took))
+}
+
+/// MSH-10 of a message.
+fn msh10(m: &[u8]) -> String {
+    let sep = m.get(3).copied().unwrap_or(b'|');
+    m.split(|&b| b == b'\r')
+        .next()
+        .and_then(|seg| seg.split(|&b| b == sep).nth(9))
+        .map(|f| String::from_utf8_lossy(f).into_owned())
+        .unwrap_or_default()
+}
+
+/// The answer says the host knows nothing: ASTM `L|1|I`, HL7 QAK-2 `NF`.
+pub fn nothing_known(answers: &[Vec<u8>]) -> bool {
+    answers.iter().any(|m| {
+        m.split(|&b| b == b'\r').any(|r| {
+            (r.starts_with(b"L") && r.ends_with(b"|I"))
+                || (r.starts_with(b"QAK") && r.ends_with(b"|NF"))
+        })
+    })
+}

@@ -88,6 +88,7 @@
 //! (appending) fsync rate and eight writers ~11k appends/s (sled alone: ~40 % and ~4k/s). sled's RSS
 //! is not bounded by `cache_capacity`, and its file never shrinks.
 
+mod call;
 pub mod commits;
 mod engine;
 mod group_commit;

@@ -32,7 +32,7 @@ use super::auth::{Authenticator, Credential};
 use super::http::HttpClient;
 use super::tls::TlsError;
 use super::UplinkSettings;
-use crate::channel::{QueryHook, QueryRequest};
+use crate::query::{QueryHook, QueryRequest};
 use crate::store::Protocol;
 
 /// Worker threads per query upstream.

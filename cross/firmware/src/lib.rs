@@ -135,7 +135,6 @@ mod tests {
             cr,
             begins,
             end,
-            summary: None,
         }))
     }
 

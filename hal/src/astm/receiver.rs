@@ -20,7 +20,8 @@
 //! 2. The bytes the instrument was told were received are exactly the committed pieces.
 //! 3. At most one commit is outstanding; while it is, `handle_input` takes no bytes.
 //! 4. Memory: the decoder's frame (≤ `max_frame`), the last accepted frame (≤ `max_frame`)
-//!    and the [`Splitter`] (a few counters and 128 bytes of H record): bounded by the frame
+//!    the [`Splitter`] (a few counters and 128 bytes of H record) and, for a host query,
+//!    twice [`QUERY_KEEP`](super::split::QUERY_KEEP) bytes of Q record text: bounded by the frame
 //!    limit, not by the message. A frame that would take a message past `max_message` is
 //!    NAKed ([`Reject::MessageTooLong`]): the instrument keeps the data.
 //! 5. A message open at EOT (no L record) is closed by a commit with no text: complete as
@@ -37,7 +38,7 @@
 //! or more input.
 
 use super::frame::{Decoded, FrameDecoder};
-use super::split::{Scan, Splitter, Summary};
+use super::split::{walk_queries, QueryText, Scan, Splitter};
 use super::{ACK, ENQ, EOT, NAK};
 use crate::buf::{Buffer, Queue};
 use crate::query::Specimens;
@@ -85,6 +86,9 @@ enum Close {
     Abort,
 }
 
+// The frame variant is the common one (one per ASTM frame) and holds the splitter state;
+// boxing it would need a heap, which the no-alloc build has not.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Pending {
     /// A frame; its FN and text are in the decoder.
@@ -95,12 +99,13 @@ enum Pending {
         messages: u16,
         /// Specimens of host queries among the messages this frame completes.
         query: Option<Specimens>,
+        /// The frame held Q record text: `next_query` holds the open message's after it.
+        walked: bool,
     },
     /// An open message ends without more text.
     Close {
         why: Close,
         end: End,
-        summary: Summary,
         query: Option<Specimens>,
     },
 }
@@ -120,6 +125,10 @@ pub struct Receiver<B> {
     pending: Option<Pending>,
     /// Specimens of host queries received in this transmission (committed).
     query: Option<Specimens>,
+    /// The open message's Q record text, as committed.
+    query_text: QueryText,
+    /// ... and as it will be once the pending frame is committed.
+    next_query: QueryText,
     line_lost_deferred: bool,
     busy: bool,
     interrupt: bool,
@@ -143,6 +152,8 @@ impl<B: Buffer> Receiver<B> {
             split: Splitter::default(),
             pending: None,
             query: None,
+            query_text: QueryText::default(),
+            next_query: QueryText::default(),
             line_lost_deferred: false,
             busy: false,
             interrupt: false,
@@ -198,19 +209,10 @@ impl<B: Buffer> Receiver<B> {
         }
     }
 
-    /// Adds the specimens of a complete message's summary to `into`.
-    fn note_query(&self, into: &mut Option<Specimens>, end: &Option<End>, s: &Option<Summary>) {
-        if let (Some(End::Complete(_)), Some(s)) = (end, s) {
-            if s.queries > 0 {
-                into.get_or_insert_with(Specimens::default)
-                    .extend(&s.specimens(self.cfg.query_id_component));
-            }
-        }
-    }
-
     fn begin(&mut self, now: Instant) {
         self.state = State::Receiving;
         self.query = None;
+        self.query_text.clear();
         self.decoder.reset();
         self.last.clear();
         self.has_last = false;
@@ -315,23 +317,41 @@ impl<B: Buffer> Receiver<B> {
         let text = frame.get(1..).unwrap_or(&[]);
         let mut scan = Scan::new(text, etx, self.split.clone(), self.cfg.max_message);
         let mut messages = 0u16;
-        let mut query = None;
         for p in scan.by_ref() {
             if matches!(p.end, Some(End::Complete(_))) {
                 messages = messages.saturating_add(1);
             }
-            self.note_query(&mut query, &p.end, &p.summary);
         }
         if scan.too_long() {
             self.reject(Reject::MessageTooLong);
             return;
         }
+        let mut after = scan.state().clone();
+        // Only a frame with Q record text in it is walked again for its queries.
+        let walked = after.q_started() || !self.query_text.is_empty();
+        after.clear_q_started();
+        let query = if walked {
+            let component = self.cfg.query_id_component;
+            let mut found: Option<Specimens> = None;
+            self.next_query.clone_from(&self.query_text);
+            walk_queries(text, etx, &self.split, &mut self.next_query, |end, s, q| {
+                if matches!(end, End::Complete(_)) {
+                    found
+                        .get_or_insert_with(Specimens::default)
+                        .extend(&q.specimens(s.delimiters, component));
+                }
+            });
+            found
+        } else {
+            None
+        };
         self.pending = Some(Pending::Frame {
             number,
             etx,
-            after: scan.state().clone(),
+            after,
             messages,
             query,
+            walked,
         });
         self.deadline = None;
     }
@@ -341,12 +361,14 @@ impl<B: Buffer> Receiver<B> {
             Some((_, summary)) => {
                 // Lenient: whatever the instrument sent before EOT is its message.
                 let end = End::Complete(MessageEnd::Eot);
-                let mut query = None;
-                self.note_query(&mut query, &Some(end.clone()), &Some(summary.clone()));
+                let query = (summary.queries > 0 && !self.query_text.is_empty()).then(|| {
+                    self.query_text
+                        .specimens(summary.delimiters, self.cfg.query_id_component)
+                });
+                self.query_text.clear();
                 self.pending = Some(Pending::Close {
                     why: Close::Eot,
                     end,
-                    summary,
                     query,
                 });
                 self.deadline = None;
@@ -375,12 +397,11 @@ impl<B: Buffer> Receiver<B> {
                     self.cfg.max_message,
                 )))
             }
-            Pending::Close { end, summary, .. } => Some(Commit::One(Some(Piece {
+            Pending::Close { end, .. } => Some(Commit::One(Some(Piece {
                 text: &[],
                 cr: false,
                 begins: false,
                 end: Some(end.clone()),
-                summary: Some(summary.clone()),
             }))),
         }
     }
@@ -396,8 +417,12 @@ impl<B: Buffer> Receiver<B> {
                 after,
                 messages,
                 query,
+                walked,
             } if ok => {
                 self.split = after;
+                if walked {
+                    core::mem::swap(&mut self.query_text, &mut self.next_query);
+                }
                 if let Some(q) = query {
                     self.query.get_or_insert_with(Specimens::default).extend(&q);
                 }
@@ -455,14 +480,14 @@ impl<B: Buffer> Receiver<B> {
     }
 
     fn abort(&mut self, why: MessageEnd) {
-        if let Some((_, summary)) = self.split.close() {
+        if self.split.close().is_some() {
             self.pending = Some(Pending::Close {
                 why: Close::Abort,
                 end: End::Incomplete(why),
-                summary,
                 query: None,
             });
         }
+        self.query_text.clear();
         // A query cut off by the line or the timer is not answered.
         self.query = None;
         self.state = State::Neutral;

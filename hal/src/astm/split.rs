@@ -18,10 +18,12 @@
 //!
 //! [`Splitter`] is the state between two bytes: a few counters and the first
 //! [`HEADER_KEEP`] bytes of the message's H record, from which the [`Summary`] (sender, record
-//! counts) is read when the message ends. [`Scan`] walks a text from a given state and
-//! yields [`Piece`]s: runs of text that open, continue or end messages. The receiver scans
-//! a frame once to check it (message sizes) and again, from the same state, to hand the
-//! pieces to the driver: the result is the same both times.
+//! counts) is read when the message ends ([`summary`]). [`Scan`] walks a text from a given
+//! state and yields [`Piece`]s: runs of text that open, continue or end messages; inside a
+//! record it only looks for the CR. The receiver scans a frame once to check it (message
+//! sizes) and again, from the same state, to hand the pieces to the driver: the result is
+//! the same both times. A frame with Q record text in it is walked a third time
+//! ([`walk_queries`]) to keep that text for the host query's specimen ids.
 
 use super::record::{Delimiters, Record};
 use super::CR;
@@ -51,19 +53,51 @@ pub struct Summary {
     pub results: u32,
     /// Q records (a host query).
     pub queries: u32,
-    /// The Q records' text (CR-separated, at most [`QUERY_KEEP`] bytes: see `query_cut`).
-    pub query_text: heapless::Vec<u8, QUERY_KEEP>,
-    /// Some Q record text did not fit.
-    pub query_cut: bool,
     /// The message's delimiters (from its H record; default `|\^&`).
     pub delimiters: Delimiters,
 }
 
-impl Summary {
-    /// The specimens the message's Q records ask about (see [`crate::query`]).
-    pub fn specimens(&self, component: Option<u32>) -> crate::query::Specimens {
-        let mut s = crate::query::astm_specimens(&self.query_text, self.delimiters, component);
-        s.truncated |= self.query_cut;
+/// Record counts of the open message.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    records: u32,
+    patients: u32,
+    orders: u32,
+    results: u32,
+    queries: u32,
+}
+
+/// The Q records' text of one message (CR-separated, at most [`QUERY_KEEP`] bytes), kept
+/// as its frames are committed: a host query's specimen ids are read from it.
+#[derive(Debug, Clone, Default)]
+pub struct QueryText {
+    text: heapless::Vec<u8, QUERY_KEEP>,
+    /// Some Q record text did not fit.
+    cut: bool,
+}
+
+impl QueryText {
+    /// No Q record byte kept.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+
+    /// Forget the text.
+    pub fn clear(&mut self) {
+        self.text.clear();
+        self.cut = false;
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.text.push(b).is_err() {
+            self.cut = true;
+        }
+    }
+
+    /// The specimens the Q records ask about (see [`crate::query`]).
+    pub fn specimens(&self, delims: Delimiters, component: Option<u32>) -> crate::query::Specimens {
+        let mut s = crate::query::astm_specimens(&self.text, delims, component);
+        s.truncated |= self.cut;
         s
     }
 }
@@ -83,16 +117,12 @@ pub struct Splitter {
     rec_second: u8,
     /// The first bytes of the message's H record.
     header: heapless::Vec<u8, HEADER_KEEP>,
-    counts: Summary,
-}
-
-impl Splitter {
-    /// Keeps a byte of a Q record.
-    fn keep_query(&mut self, b: u8) {
-        if self.rec_type == b'Q' && self.counts.query_text.push(b).is_err() {
-            self.counts.query_cut = true;
-        }
-    }
+    counts: Counts,
+    /// A Q record began since this was last cleared.
+    q_started: bool,
+    /// Keep the summary of each message that ends in `finished` (else it is not read).
+    summaries: bool,
+    finished: Option<Summary>,
 }
 
 /// What one byte did.
@@ -101,9 +131,9 @@ enum Step {
     In,
     /// The byte before this one began an H record: the open message ended before it, and
     /// a new message began with it.
-    BeforePrevious(End, Summary),
+    BeforePrevious(End),
     /// The open message ended with this byte.
-    After(End, Summary),
+    After(End),
 }
 
 /// A delimiter byte in an H record (`H|`): anything but a letter, a digit, CR or LF.
@@ -127,6 +157,17 @@ impl Splitter {
         self.rec_len > 0
     }
 
+    /// A Q record began since [`Splitter::clear_q_started`]: the text scanned from this
+    /// state holds a host query (see [`walk_queries`]).
+    pub fn q_started(&self) -> bool {
+        self.q_started
+    }
+
+    /// See [`Splitter::q_started`].
+    pub fn clear_q_started(&mut self) {
+        self.q_started = false;
+    }
+
     /// True if `b` at this point would be skipped (between messages).
     fn skips(&self, b: u8) -> bool {
         !self.open && self.rec_len == 0 && (b == CR || b == LF)
@@ -140,12 +181,24 @@ impl Splitter {
         }
         let headed = self.headed;
         let s = self.take_summary();
-        *self = Splitter::default();
+        *self = Splitter {
+            summaries: self.summaries,
+            ..Splitter::default()
+        };
         Some((headed, s))
     }
 
     fn take_summary(&mut self) -> Summary {
-        let mut s = core::mem::take(&mut self.counts);
+        let c = core::mem::take(&mut self.counts);
+        let mut s = Summary {
+            sender: None,
+            records: c.records,
+            patients: c.patients,
+            orders: c.orders,
+            results: c.results,
+            queries: c.queries,
+            delimiters: Delimiters::default(),
+        };
         if let Some(d) = Delimiters::from_header(&self.header) {
             s.delimiters = d;
             let sender = Record::new(&self.header, d)
@@ -161,18 +214,22 @@ impl Splitter {
     }
 
     /// Ends the open message as `headed_end` (incomplete `Headless` without an H record).
-    fn end(&mut self, headed_end: MessageEnd) -> (End, Summary) {
+    fn end(&mut self, headed_end: MessageEnd) -> End {
         let end = if self.headed {
             End::Complete(headed_end)
         } else {
             End::Incomplete(MessageEnd::Headless)
         };
-        let s = self.take_summary();
+        if self.summaries {
+            self.finished = Some(self.take_summary());
+        } else {
+            self.counts = Counts::default();
+        }
         self.open = false;
         self.headed = false;
         self.len = 0;
         self.header.clear();
-        (end, s)
+        end
     }
 
     fn count(&mut self, rec_type: u8, by: i32) {
@@ -183,14 +240,24 @@ impl Splitter {
             b'P' => add(&mut c.patients),
             b'O' => add(&mut c.orders),
             b'R' => add(&mut c.results),
-            b'Q' => add(&mut c.queries),
+            b'Q' => {
+                add(&mut c.queries);
+                self.q_started = true;
+            }
             _ => {}
         }
     }
 
     /// One byte. `can_cut_back`: the previous byte is in the text being scanned, so a
     /// message may still end before it.
-    fn step(&mut self, b: u8, can_cut_back: bool) -> Step {
+    fn step(&mut self, b: u8, can_cut_back: bool, mut q: Option<&mut QueryText>) -> Step {
+        let mut keep = |rec_type: u8, b: u8| {
+            if rec_type == b'Q' {
+                if let Some(q) = q.as_deref_mut() {
+                    q.push(b);
+                }
+            }
+        };
         if self.skips(b) {
             return Step::In;
         }
@@ -207,7 +274,7 @@ impl Splitter {
             self.rec_second = 0;
             self.rec_len = 1;
             self.count(b, 1);
-            self.keep_query(b);
+            keep(b, b);
             if b == b'H' && self.len == 1 {
                 let _ = self.header.push(b);
             }
@@ -215,14 +282,13 @@ impl Splitter {
         }
         if b == CR {
             if self.rec_len > 0 {
-                self.keep_query(CR);
+                keep(self.rec_type, CR);
             }
             let (len, ty, second) = (self.rec_len, self.rec_type, self.rec_second);
             self.rec_len = 0;
             let is_l = len > 0 && ty == b'L' && (len == 1 || !second.is_ascii_alphanumeric());
             if is_l {
-                let (end, s) = self.end(MessageEnd::Terminator);
-                return Step::After(end, s);
+                return Step::After(self.end(MessageEnd::Terminator));
             }
             return Step::In;
         }
@@ -231,7 +297,7 @@ impl Splitter {
             return Step::In;
         }
         self.rec_len += 1;
-        self.keep_query(b);
+        keep(self.rec_type, b);
         let mut step = Step::In;
         if self.rec_len == 2 {
             self.rec_second = b;
@@ -239,24 +305,33 @@ impl Splitter {
             if self.rec_type == b'H' && header_delimiter(b) && self.len > 2 && can_cut_back {
                 self.count(b'H', -1);
                 self.len -= 2;
-                let (end, s) = self.end(MessageEnd::NextHeader);
+                let end = self.end(MessageEnd::NextHeader);
                 self.open = true;
                 self.headed = true;
                 self.len = 2;
                 self.count(b'H', 1);
                 let _ = self.header.push(b'H');
-                step = Step::BeforePrevious(end, s);
+                step = Step::BeforePrevious(end);
             }
         }
         // Keep the first bytes of the message's first H record, for the sender.
-        if self.rec_type == b'H'
-            && self.header.len() + 1 == self.rec_len
-            && self.header.len() < HEADER_KEEP
-            && self.len == self.rec_len
-        {
+        if self.keeps_header() {
             let _ = self.header.push(b);
         }
         step
+    }
+
+    /// The message's H record is being read and its head is still kept, byte by byte.
+    fn heading(&self) -> bool {
+        self.rec_type == b'H' && self.header.len() == self.rec_len && self.len == self.rec_len
+    }
+
+    /// The byte just stepped goes to the kept head of the message's H record.
+    fn keeps_header(&self) -> bool {
+        self.rec_type == b'H'
+            && self.header.len() + 1 == self.rec_len
+            && self.header.len() < HEADER_KEEP
+            && self.len == self.rec_len
     }
 }
 
@@ -313,17 +388,12 @@ impl<'a> Scan<'a> {
         (pieces, ends)
     }
 
-    fn piece(&self, to: usize, cr: bool, end: Option<(End, Summary)>) -> Piece<'a> {
-        let (end, summary) = match end {
-            Some((e, s)) => (Some(e), Some(s)),
-            None => (None, None),
-        };
+    fn piece(&self, to: usize, cr: bool, end: Option<End>) -> Piece<'a> {
         Piece {
             text: self.text.get(self.start..to).unwrap_or(&[]),
             cr,
             begins: self.begins,
             end,
-            summary,
         }
     }
 }
@@ -336,6 +406,21 @@ impl<'a> Iterator for Scan<'a> {
             return None;
         }
         loop {
+            // Inside a record, past the bytes that decide anything (its type, the byte after
+            // it, the H record's kept head), every byte up to the CR just counts.
+            if self.split.rec_len >= 2 && !self.split.heading() {
+                let rest = self.text.get(self.pos..).unwrap_or(&[]);
+                let n = rest.iter().position(|&b| b == CR).unwrap_or(rest.len());
+                if n > 0 {
+                    self.split.len += n;
+                    self.split.rec_len += n;
+                    self.pos += n;
+                    if self.split.len > self.max_message {
+                        self.too_long = true;
+                    }
+                    continue;
+                }
+            }
             let (b, virtual_cr) = match self.text.get(self.pos) {
                 Some(&b) => (b, false),
                 None if self.add_cr => (CR, true),
@@ -357,7 +442,7 @@ impl<'a> Iterator for Scan<'a> {
                 continue;
             }
             let can_cut_back = self.pos > self.start;
-            let step = self.split.step(b, can_cut_back);
+            let step = self.split.step(b, can_cut_back, None);
             if self.split.len > self.max_message {
                 self.too_long = true;
             }
@@ -371,22 +456,22 @@ impl<'a> Iterator for Scan<'a> {
                     }
                     self.pos += 1;
                 }
-                Step::BeforePrevious(end, s) => {
+                Step::BeforePrevious(end) => {
                     // The previous byte (an H) opened the next message: the piece up to it
                     // ends the last one.
-                    let p = self.piece(self.pos - 1, false, Some((end, s)));
+                    let p = self.piece(self.pos - 1, false, Some(end));
                     self.start = self.pos - 1;
                     self.begins = true;
                     self.pos += 1;
                     return Some(p);
                 }
-                Step::After(end, s) => {
+                Step::After(end) => {
                     let p = if virtual_cr {
                         self.add_cr = false;
-                        self.piece(self.text.len(), true, Some((end, s)))
+                        self.piece(self.text.len(), true, Some(end))
                     } else {
                         self.pos += 1;
-                        self.piece(self.pos, false, Some((end, s)))
+                        self.piece(self.pos, false, Some(end))
                     };
                     self.start = self.pos;
                     self.begins = true;
@@ -465,9 +550,13 @@ pub fn summary(text: &[u8]) -> Summary {
         total.results += s.results;
         total.queries += s.queries;
     };
-    let mut scan = Scan::new(text, false, Splitter::default(), usize::MAX);
-    for p in scan.by_ref() {
-        if let Some(s) = p.summary {
+    let from = Splitter {
+        summaries: true,
+        ..Splitter::default()
+    };
+    let mut scan = Scan::new(text, false, from, usize::MAX);
+    while scan.next().is_some() {
+        if let Some(s) = scan.split.finished.take() {
             add(s, &mut total);
         }
     }
@@ -476,6 +565,40 @@ pub fn summary(text: &[u8]) -> Summary {
         add(s, &mut total);
     }
     total
+}
+
+/// The host queries in a text that continues from `from` (the state before it, as for a
+/// [`Scan`]; `etx` likewise): `q` holds the open message's Q record text so far and is
+/// left holding the text's last open message's; `done` gets each message that ends with
+/// Q records in it (complete or not) with its summary and Q text. Call it only for a text
+/// in which a Q record goes on or begins (see [`Splitter::q_started`]): most frames hold
+/// none, and the scan that cuts pieces keeps no Q text.
+pub fn walk_queries(
+    text: &[u8],
+    etx: bool,
+    from: &Splitter,
+    q: &mut QueryText,
+    mut done: impl FnMut(End, &Summary, &QueryText),
+) {
+    let mut split = from.clone();
+    split.summaries = true;
+    let add_cr = etx && text.last() != Some(&CR) && (!text.is_empty() || split.in_record());
+    let cr = add_cr.then_some(CR);
+    for (i, b) in text.iter().copied().chain(cr).enumerate() {
+        if split.skips(b) {
+            continue;
+        }
+        let end = match split.step(b, i > 0, Some(q)) {
+            Step::In => continue,
+            Step::BeforePrevious(end) | Step::After(end) => end,
+        };
+        if let Some(s) = split.finished.take() {
+            if s.queries > 0 {
+                done(end, &s, q);
+            }
+        }
+        q.clear();
+    }
 }
 
 #[cfg(test)]
@@ -529,10 +652,7 @@ mod tests {
         assert!(!v[0].1, "continues the open message");
         assert_eq!(v[0].3, Some(End::Complete(MessageEnd::Terminator)));
         assert!(!st.is_open());
-        let (_, st) = pieces(b"H|\\^&|||Cobas^1\rR|1|^^^GL", false, Splitter::default());
-        let mut scan = Scan::new(b"U|5\rL|1|N\r", true, st, usize::MAX);
-        let p = scan.next().unwrap();
-        let sum = p.summary.unwrap();
+        let sum = summary(b"H|\\^&|||Cobas^1\rR|1|^^^GLU|5\rL|1|N\r");
         assert_eq!(sum.sender.as_deref(), Some(&b"Cobas"[..]));
         assert_eq!((sum.records, sum.results), (3, 1));
     }

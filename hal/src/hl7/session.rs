@@ -482,7 +482,6 @@ impl<B: Buffer> Session for Hl7Session<B> {
                 Pending::Message | Pending::Query => End::Complete(MessageEnd::Terminator),
                 Pending::NotHl7(why) => End::Rejected(why),
             }),
-            summary: None,
         })))
     }
 

@@ -96,7 +96,7 @@ impl Wire for Timed<'_> {
     }
 }
 
-fn agent_bin() -> PathBuf {
+pub(crate) fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LABAGENT_BIN") {
         return p.into();
     }

@@ -11,6 +11,7 @@ mod fsync;
 mod hl7;
 mod ingest;
 mod mqtt;
+mod query;
 mod service;
 mod sys;
 mod table;
@@ -46,6 +47,11 @@ const SECTIONS: &[Section] = &[
         "astm",
         "ASTM over a paced pty: payload vs line rate, frame end to ACK",
         astm::run,
+    ),
+    (
+        "query",
+        "host queries at 9600 baud: EOT to the answer's first byte, from the order cache",
+        query::run,
     ),
     (
         "mqtt",

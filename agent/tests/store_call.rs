@@ -1,4 +1,4 @@
-//! `ChannelCtx::store_call`: in place on the agent's multi-thread runtime, through the
+//! `Store::call`: in place on the agent's multi-thread runtime, through the
 //! blocking pool on a current-thread one, with the same results (a panic in the store is a
 //! store error either way).
 
@@ -52,30 +52,33 @@ fn store_calls_answer_alike_on_both_runtime_flavors() {
         rt.block_on(async {
             let c2 = c.clone();
             // From a spawned task, as the drivers call it.
-            let stats = tokio::spawn(async move { c2.store_call(|s| s.stats()).await })
+            let stats = tokio::spawn(async move { c2.store.call(|s| s.stats()).await })
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(stats.totals.pending, 0);
             let e = c
-                .store_call(|_| -> Result<(), StoreError> { Err(StoreError::Corrupt("x".into())) })
+                .store
+                .call(|_| -> Result<(), StoreError> { Err(StoreError::Corrupt("x".into())) })
                 .await
                 .unwrap_err();
             assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
             let e = c
-                .store_call(|_| -> Result<(), StoreError> { panic!("store bug") })
+                .store
+                .call(|_| -> Result<(), StoreError> { panic!("store bug") })
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains("store task failed"), "{e}");
             // Still usable afterwards.
-            assert!(c.store_call(|s| s.stats()).await.is_ok());
+            assert!(c.store.call(|s| s.stats()).await.is_ok());
             // In place on the multi-thread runtime: the call runs on the task's own
             // thread, with no hand-off to the pool and back.
             let c3 = c.clone();
             let (here, there) = tokio::spawn(async move {
                 let here = std::thread::current().id();
                 let there = c3
-                    .store_call(|_| Ok(std::thread::current().id()))
+                    .store
+                    .call(|_| Ok(std::thread::current().id()))
                     .await
                     .unwrap();
                 (here, there)

@@ -1,0 +1,136 @@
+//! Host queries against the real agent (issue 17): an analyzer on a pty at 9600 baud asks
+//! for one specimen at a time; the agent answers from its order cache (10 000 orders kept,
+//! `orders = "query"`). The figure is the time from the query's EOT to the first byte of
+//! the answer (its ENQ), p50 / p99: what the instrument waits, without the answer's own
+//! line time.
+//!
+//! The agent binary is the optimised one next to this bench binary (see astm.rs).
+
+use std::io;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labagent::simulate::wire::{PtyWire, Wire};
+use labagent::simulate::{astm_query, AstmInstrument};
+use labagent::store::{NewOrder, Protocol, Store, StoreOptions};
+use labagent_hal::astm::{ENQ, EOT};
+use labagent_tests::process::AgentProcess;
+
+use crate::table::{percentile, Row};
+
+const T: Duration = Duration::from_secs(60);
+const CACHED: usize = 10_000;
+const QUERIES: usize = 200;
+const BAUD: u32 = 9600;
+
+/// The instrument's wire, timing its EOT to the host's next ENQ.
+struct Timed<'a> {
+    inner: &'a mut PtyWire,
+    eot: Option<Instant>,
+    latencies: Vec<Duration>,
+}
+
+impl Wire for Timed<'_> {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        if bytes.last() == Some(&EOT) {
+            self.eot = Some(Instant::now());
+        }
+        Ok(())
+    }
+    fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        let n = self.inner.read_timeout(buf, timeout)?;
+        if n > 0 && buf[..n].contains(&ENQ) {
+            if let Some(t) = self.eot.take() {
+                self.latencies.push(t.elapsed());
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn fill_cache(state: &Path) {
+    let store = Store::open(state.join("store"), StoreOptions::default()).expect("store");
+    for i in 0..CACHED {
+        let text = format!(
+            "H|\\^&|||LIS^1.0\rP|1||PID-{i:05}\rO|1|Q{i:05}||^^^GLU\\^^^NA\\^^^K|R||20261204080000||||A||||SERUM\rL|1|N\r"
+        );
+        let o = NewOrder {
+            id: format!("order-{i:05}"),
+            channel: "chem".into(),
+            text,
+            specimens: Vec::new(),
+        };
+        store.put_order_for(o, Protocol::Astm).expect("put order");
+    }
+}
+
+pub fn run() -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let link = dir.path().join("usb-Query_Analyzer-if00-port0");
+    let channel = format!(
+        "{}orders = \"query\"\nquery_timeout = \"5s\"\n",
+        labagent_tests::config::serial_channel("chem", "astm", &link, BAUD)
+    );
+    let cfg = labagent_tests::config::write(
+        dir.path(),
+        "bench",
+        &labagent_tests::config::dead_url(),
+        "",
+        &channel,
+    );
+    let t = Instant::now();
+    fill_cache(&dir.path().join("state"));
+    let fill = t.elapsed();
+    let mut pty = PtyWire::create(Some(&link)).expect("pty");
+    let mut cmd = Command::new(crate::astm::agent_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "labagent=info,warn")
+        .env("NO_COLOR", "1")
+        .env_remove("LABAGENT_CONFIG")
+        .stdout(Stdio::null());
+    let mut agent = AgentProcess::spawn(cmd);
+    pty.wait_open(T).expect("the agent opens the port");
+    let mut timed = Timed {
+        inner: &mut pty,
+        eot: None,
+        latencies: Vec::new(),
+    };
+    let mut inst = AstmInstrument::new(Some(BAUD));
+    let mut answered = 0;
+    for i in 0..QUERIES {
+        let sid = format!("Q{:05}", (i * 37) % CACHED);
+        let sent = inst
+            .send_all(&mut timed, &[astm_query(&[&sid])])
+            .expect("send");
+        assert!(sent[0].delivered, "query {i} acknowledged");
+        let before = inst.received.messages.len();
+        inst.receive(&mut timed, 1, Instant::now() + T)
+            .expect("answer");
+        let answer = inst.received.messages.get(before).expect("an answer");
+        assert!(
+            String::from_utf8_lossy(answer).contains(&format!("O|1|{sid}|")),
+            "query {i} answered with its order"
+        );
+        answered += 1;
+    }
+    let mut lat = std::mem::take(&mut timed.latencies);
+    let st = agent.terminate(T);
+    assert!(st.success(), "agent exit: {st:?}\n{}", agent.log());
+    lat.sort();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    vec![
+        Row::new(
+            "ASTM query at 9600 baud, from the cache: EOT → first answer byte p50 / p99",
+            format!("{} / {}", ms(percentile(&lat, 50.0)), ms(percentile(&lat, 99.0))),
+            format!(
+                "target p99 <= 100 ms; {answered} queries, {CACHED} orders cached (filled in {:.1} s), max {}",
+                fill.as_secs_f64(),
+                ms(lat.last().copied().unwrap_or_default())
+            ),
+        ),
+    ]
+}
