@@ -35,8 +35,10 @@ struct State {
     script: VecDeque<u16>,
     /// Answers to `GET /orders...` (the order feed), in order; then 204.
     pages: VecDeque<Page>,
-    /// Set by [`Upstream::release`]: held feed polls answer (204).
+    /// Set by [`Upstream::release`]: held feed polls and queries answer (204).
     released: bool,
+    /// Answers to `POST /query...` (host queries), in order; then 204.
+    queries: VecDeque<Page>,
 }
 
 /// An answer of the order feed.
@@ -82,6 +84,12 @@ impl Upstream {
     /// The next answer of `GET /orders...`.
     pub fn push_page(&self, page: Page) {
         self.state.0.lock().unwrap().pages.push_back(page);
+    }
+
+    /// The next answer of `POST /query...` (`Page::Json` carries any body: the answer
+    /// text; `Page::Hold` holds the query until released).
+    pub fn push_query_answer(&self, page: Page) {
+        self.state.0.lock().unwrap().queries.push_back(page);
     }
 
     /// Lets held feed polls answer.
@@ -188,10 +196,16 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
         }
         let (m, cv) = &*st;
         let feed = method == "GET" && path.starts_with("/orders");
+        let query = method == "POST" && path.starts_with("/query");
         let (status, answer) = {
             let mut s = m.lock().unwrap();
-            let (status, page) = if feed {
-                match s.pages.pop_front() {
+            let (status, page) = if feed || query {
+                let next = if feed {
+                    s.pages.pop_front()
+                } else {
+                    s.queries.pop_front()
+                };
+                match next {
                     Some(Page::Json(j)) => (200, Some(Page::Json(j))),
                     Some(Page::Hold) => (204, Some(Page::Hold)),
                     None => (204, None),
@@ -218,7 +232,7 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
                 }
                 String::new()
             }
-            None if feed => String::new(),
+            None if feed || query => String::new(),
             None => "{}".to_string(),
         };
         let reply = format!(
