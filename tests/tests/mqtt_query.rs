@@ -196,3 +196,58 @@ fn without_a_broker_a_query_is_nothing_known_at_once() {
     assert!(took < Duration::from_secs(5), "{took:?}");
     rt.block_on(h.shutdown());
 }
+
+/// The real binary with an MQTT uplink: the analyzer's query goes to the queries topic, a
+/// LIS answers on answers/{id}, and the analyzer gets that answer.
+#[test]
+fn the_agent_answers_an_analyzer_from_the_mqtt_lis() {
+    use labagent_tests::process::AgentProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::plain(&dir.path().join("broker"), "");
+    let lis = TestClient::connect(broker.port(), "lis", None, "labagent/+/+/queries");
+    let port = free_port();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"e2e\"\nstate_dir = \"{}\"\nstatus_socket = \"{}\"\n\
+             [uplink]\nkind = \"mqtt\"\n[uplink.mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\nallow_plain_mqtt = true\n\
+             [uplink.auth]\nmethod = \"none\"\n\
+             [[channel]]\nname = \"chem\"\nprotocol = \"astm\"\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().join("state").display(),
+            dir.path().join("status.sock").display(),
+            broker.port()
+        ),
+    )
+    .unwrap();
+    let mut agent = AgentProcess::start(&cfg);
+    agent.wait_line(0, &["agent running"], T);
+    broker.wait_log(0, &["e2e", "labagent/e2e/chem/answers/+"], T);
+    let sim = std::thread::spawn(move || {
+        labagent_tests::run(
+            labagent_tests::labagent()
+                .args(["simulate", "--protocol", "astm", "--no-pacing"])
+                .args(["--connect", &format!("127.0.0.1:{port}")])
+                .args(["--query", "S1", "--query-wait", "20"]),
+        )
+    });
+    let got = lis.wait_for(T, "the query", |m| {
+        m.iter().any(|r| r.topic == "labagent/e2e/chem/queries")
+    });
+    let q = got
+        .iter()
+        .find(|r| r.topic == "labagent/e2e/chem/queries")
+        .unwrap()
+        .json();
+    assert_eq!(q["specimens"], serde_json::json!(["S1"]));
+    let id = q["id"].as_str().unwrap();
+    lis.publish(
+        &format!("labagent/e2e/chem/answers/{id}"),
+        b"H|\\^&|||LIS\rP|1||PID-1\rO|1|S1||^^^MQTT\rL|1|N\r",
+    );
+    let r = sim.join().unwrap();
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("O|1|S1||^^^MQTT"), "{r:?}");
+    agent.wait_line(0, &["host query answered", "from=\"upstream\""], T);
+    assert!(agent.terminate(T).success());
+}
