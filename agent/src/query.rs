@@ -12,7 +12,7 @@ use labagent_config::OrderMode;
 use tokio::sync::oneshot;
 
 use crate::channel::{ChannelCtx, OrderReport};
-use crate::store::{MessageId, Order, Protocol, Store};
+use crate::store::{MessageId, Order, Protocol, Store, StoreError};
 
 /// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,11 +270,7 @@ async fn from_cache(ctx: &ChannelCtx, req: &QueryRequest) -> Option<String> {
         }
     };
     let ids: Vec<String> = found.iter().map(|o| o.id.clone()).collect();
-    let taken = ctx
-        .store
-        .call(move |s| s.answer_orders(&ids, ANSWERED))
-        .await;
-    let taken = match taken {
+    let taken = match claim(ctx, ids, ANSWERED).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(channel = %ctx.name(), error = %e, "cannot claim cached orders; the query is answered \"nothing known\"");
@@ -282,17 +278,36 @@ async fn from_cache(ctx: &ChannelCtx, req: &QueryRequest) -> Option<String> {
         }
     };
     let used: Vec<&Order> = found.iter().filter(|o| taken.contains(&o.id)).collect();
-    for o in &used {
-        tracing::info!(channel = %ctx.name(), order = %o.id, "order sent in answer to a host query");
-        ctx.report_order(OrderReport {
-            channel: ctx.name().to_string(),
-            id: o.id.clone(),
-            state: "answered-query".into(),
-            detail: ANSWERED.into(),
-        });
-    }
     let texts: Vec<&str> = used.iter().map(|o| o.text.as_str()).collect();
     (!texts.is_empty()).then(|| compose(req.protocol, &texts))
+}
+
+/// Claims the cached orders `ids` as answered by a host query (durable on return; see
+/// [`Store::answer_orders`]): returns the ids taken, which the answer may carry. Their
+/// `answered-query` reports were queued in the same write; the uplink is woken, and
+/// [`Hooks::order`](crate::channel::Hooks::order) told (MQTT has no durable reports).
+async fn claim(
+    ctx: &ChannelCtx,
+    ids: Vec<String>,
+    detail: &str,
+) -> Result<Vec<String>, StoreError> {
+    let d = detail.to_string();
+    let taken = ctx.store.call(move |s| s.answer_orders(&ids, &d)).await?;
+    if !taken.is_empty() {
+        tracing::info!(channel = %ctx.name(), orders = taken.len(), "orders answered a host query");
+        ctx.wake_uplink();
+        if !ctx.store.options().order_reports {
+            for id in &taken {
+                ctx.report_order(OrderReport {
+                    channel: ctx.name().to_string(),
+                    id: id.clone(),
+                    state: "answered-query".into(),
+                    detail: detail.to_string(),
+                });
+            }
+        }
+    }
+    Ok(taken)
 }
 
 /// An order's report detail when it answered a query.

@@ -37,8 +37,11 @@ struct State {
     pages: VecDeque<Page>,
     /// Set by [`Upstream::release`]: held feed polls and queries answer (204).
     released: bool,
-    /// Answers to `POST /query...` (host queries), in order; then 204.
+    /// Answers to `POST /query...` (host queries), in order; then 204 (or, with
+    /// `answer_queries`, the generated answer).
     queries: VecDeque<Page>,
+    /// Answer host queries (POST /query…) with an ASTM order for the first specimen.
+    answer_queries: bool,
 }
 
 /// An answer of the order feed.
@@ -92,7 +95,13 @@ impl Upstream {
         self.state.0.lock().unwrap().queries.push_back(page);
     }
 
-    /// Lets held feed polls answer.
+    /// From now on a POST to a path starting with `/query` is answered 200 with an ASTM
+    /// order for the first id in `X-Labagent-Specimens` (H, P, O, L).
+    pub fn answer_queries(&self) {
+        self.state.0.lock().unwrap().answer_queries = true;
+    }
+
+    /// Lets held feed polls and queries answer.
     pub fn release(&self) {
         self.state.0.lock().unwrap().released = true;
         self.state.1.notify_all();
@@ -199,7 +208,15 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
         let query = method == "POST" && path.starts_with("/query");
         let (status, answer) = {
             let mut s = m.lock().unwrap();
-            let (status, page) = if feed || query {
+            let (status, page) = if query && s.answer_queries && s.queries.is_empty() {
+                let sid = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("x-labagent-specimens"))
+                    .map(|(_, v)| v.split(',').next().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                let order = format!("H|\\^&|||UPSTREAM\rP|1\rO|1|{sid}||^^^GLU|R\rL|1|N\r");
+                (200, Some(Page::Json(order)))
+            } else if feed || query {
                 let next = if feed {
                     s.pages.pop_front()
                 } else {

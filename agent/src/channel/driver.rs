@@ -282,24 +282,16 @@ async fn event(ctx: &ChannelCtx, e: Event, inflight: &mut Option<InFlight>) {
         }
         Event::Order(_, fate) => {
             let Some(f) = inflight.take() else { return };
-            let id = &f.order.id;
-            match fate {
-                Fate::Delivered => {
-                    ctx.finish_order(id, OrderOutcome::Delivered, "delivered")
-                        .await
-                }
-                Fate::Retry(why) => {
-                    ctx.finish_order(id, OrderOutcome::Retry, &why.to_string())
-                        .await
-                }
-                Fate::Failed(why) => {
-                    ctx.finish_order(id, OrderOutcome::Failed, &why.to_string())
-                        .await
-                }
+            let (outcome, why) = match fate {
+                Fate::Delivered => (OrderOutcome::Delivered, "delivered".to_string()),
+                Fate::Retry(why) => (OrderOutcome::Retry, why.to_string()),
+                Fate::Failed(why) => (OrderOutcome::Failed, why.to_string()),
                 Fate::Deferred => {
-                    tracing::info!(channel = %name, order = %id, "order deferred: the instrument has the line")
+                    let order = &f.order.id;
+                    return tracing::info!(channel = %name, %order, "order deferred: the instrument has the line");
                 }
-            }
+            };
+            ctx.finish_order(&f.order.id, outcome, &why).await;
         }
         Event::QueryAnswered { delivered } => {
             tracing::debug!(channel = %name, delivered, "query answer sent")

@@ -159,7 +159,7 @@ impl ChannelCtx {
                 Some(state) => {
                     tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
                     // Its report was queued with the final state: wake the uplink.
-                    (self.hooks.stored)();
+                    self.wake_uplink();
                     self.report_order(OrderReport {
                         channel: self.name().to_string(),
                         id: o.id,
@@ -182,6 +182,11 @@ impl ChannelCtx {
     /// Reports an order's fate to the uplink.
     pub fn report_order(&self, r: OrderReport) {
         (self.hooks.order)(r)
+    }
+
+    /// Wakes the uplink: a message or an order report is waiting.
+    pub fn wake_uplink(&self) {
+        (self.hooks.stored)()
     }
 
     /// Asks the upstream about a host query (see [`crate::query::QueryHook`]).
