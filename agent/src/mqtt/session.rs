@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 mod orders;
+mod queries;
 
 use super::net::NetEvent;
 use super::status::MqttStatus;
@@ -36,8 +37,12 @@ const RESCAN: Duration = Duration::from_secs(30);
 /// What a publish carries.
 #[derive(Debug, Clone)]
 enum Tag {
-    Msg { id: String },
+    Msg {
+        id: String,
+    },
     Report(OrderReport),
+    /// A host query (its answer comes on another topic; the PUBACK settles nothing).
+    Query,
 }
 
 /// A message ready to publish (serialized off the runtime).
@@ -55,6 +60,7 @@ enum Step {
     More,
     Report(OrderReport),
     Renew,
+    Query(super::QueryJob),
 }
 
 struct FetchOut {
@@ -106,6 +112,11 @@ pub(crate) struct Session {
     /// Shutting down: publish nothing new.
     stopping: bool,
     reconnect_at: Option<tokio::time::Instant>,
+    /// Host queries from the channels (see `queries.rs`); `None`: no query hook.
+    queries: Option<mpsc::UnboundedReceiver<super::QueryJob>>,
+    deadlines: Option<crate::uplink::query::Deadlines>,
+    /// Published queries waiting for their answer, by query id.
+    queries_pending: HashMap<String, (crate::uplink::query::Slot, crate::store::Protocol)>,
 }
 
 impl Session {
@@ -146,7 +157,21 @@ impl Session {
             orders_broken: false,
             stopping: false,
             reconnect_at: None,
+            queries: None,
+            deadlines: None,
+            queries_pending: HashMap::new(),
         }
+    }
+
+    /// Takes host queries from `rx`; `deadlines` is stopped with the session.
+    pub fn with_queries(
+        mut self,
+        rx: mpsc::UnboundedReceiver<super::QueryJob>,
+        deadlines: crate::uplink::query::Deadlines,
+    ) -> Self {
+        self.queries = Some(rx);
+        self.deadlines = Some(deadlines);
+        self
     }
 
     fn publish_status(&self, f: impl FnOnce(&mut MqttStatus)) {
@@ -190,6 +215,7 @@ impl Session {
                 r = async { confirm.as_mut().expect("guarded").await }, if confirm.is_some() => Step::Confirmed(r),
                 _ = self.wake.notified() => Step::More,
                 Some(r) = self.reports.recv() => Step::Report(r),
+                Some(j) = async { self.queries.as_mut().expect("guarded").recv().await }, if self.queries.is_some() => Step::Query(j),
                 _ = tokio::time::sleep_until(reconnect_at.unwrap_or_else(tokio::time::Instant::now)),
                     if reconnect_at.is_some() => Step::Renew,
                 _ = rescan.tick() => Step::More,
@@ -210,6 +236,7 @@ impl Session {
                     self.report_q.push_back(r);
                     self.flush_reports();
                 }
+                Step::Query(j) => self.on_query(j),
                 Step::Renew => {
                     self.reconnect_at = None;
                     tracing::info!("access token due for renewal: reconnecting with a new one");
@@ -465,6 +492,13 @@ impl Session {
                         let _ = self.client.try_disconnect();
                     }
                 }
+                let answers = self.answer_filters();
+                if self.queries.is_some() && !answers.is_empty() {
+                    if let Err(e) = self.client.try_subscribe_many(answers) {
+                        tracing::warn!(error = %e, "cannot subscribe to query answers; reconnecting");
+                        let _ = self.client.try_disconnect();
+                    }
+                }
                 self.reconnect_at = token_expires_at.and_then(renewal_deadline);
                 self.flush_reports();
                 self.publish_status(|st| {
@@ -498,6 +532,7 @@ impl Session {
                             self.outstanding.remove(&id);
                         }
                         Tag::Report(r) => reports.push(r),
+                        Tag::Query => {}
                     }
                 }
                 for r in reports.into_iter().rev() {
@@ -583,6 +618,7 @@ impl Session {
                         tracing::debug!(order = %r.id, "order status published");
                         self.publish_status(|st| st.reports_published += 1);
                     }
+                    Some(Tag::Query) => {}
                     None => tracing::debug!(pkid = ack.pkid, "PUBACK for an unknown packet id"),
                 }
             }
@@ -599,7 +635,11 @@ impl Session {
                     });
                 }
             }
-            NetEvent::Event(Event::Incoming(Incoming::Publish(p))) => self.on_order(p).await,
+            NetEvent::Event(Event::Incoming(Incoming::Publish(p))) => {
+                if !self.on_answer(&p) {
+                    self.on_order(p).await
+                }
+            }
             NetEvent::Event(_) => {}
         }
     }
@@ -609,6 +649,8 @@ impl Session {
         fetch: Option<JoinHandle<FetchOut>>,
         confirm: Option<JoinHandle<Vec<String>>>,
     ) {
+        // Queries waiting for an answer get "nothing known" now.
+        self.drop_queries();
         // Let what is in flight be acknowledged, briefly; confirm it; then disconnect.
         let deadline = tokio::time::Instant::now() + STOP_DRAIN;
         self.more = false;
@@ -797,7 +839,7 @@ mod tests {
             .iter()
             .map(|t| match t {
                 Tag::Msg { id } => id.clone(),
-                Tag::Report(_) => String::new(),
+                Tag::Report(_) | Tag::Query => String::new(),
             })
             .collect();
         assert_eq!(again, vec!["m3", "m4", "m5"], "resent in order");
