@@ -98,7 +98,9 @@ impl Config {
             Some(url) => writeln!(o, "orders_url = {}", q(url))?,
             None => writeln!(o, "# orders_url: none")?,
         }
-        if u.orders_url.is_some() {
+        // Without orders_url the key is printed only if set (it is warned about there, and
+        // must read back the same).
+        if u.orders_url.is_some() || u.orders_poll != crate::defaults::ORDERS_POLL {
             writeln!(o, "orders_poll = {}", q(&dur(u.orders_poll)))?;
         } else {
             writeln!(

@@ -111,6 +111,10 @@ fn orders_poll_without_orders_url_is_a_warning() {
     assert_eq!(w.key, "uplink.orders_poll");
     assert_eq!((w.line, w.col), (6, 15));
     assert!(w.message.contains("without uplink.orders_url"), "{w}");
+    // Printed and read back the same.
+    let printed = l.config.effective_toml();
+    assert!(printed.contains("orders_poll = \"5s\""), "{printed}");
+    assert_eq!(load(&printed).config, l.config);
 }
 
 #[test]

@@ -35,8 +35,13 @@ struct State {
     script: VecDeque<u16>,
     /// Answers to `GET /orders...` (the order feed), in order; then 204.
     pages: VecDeque<Page>,
-    /// Set by [`Upstream::release`]: held feed polls answer (204).
+    /// Set by [`Upstream::release`]: held feed polls and queries answer (204).
     released: bool,
+    /// Answers to `POST /query...` (host queries), in order; then 204 (or, with
+    /// `answer_queries`, the generated answer).
+    queries: VecDeque<Page>,
+    /// Answer host queries (POST /query…) with an ASTM order for the first specimen.
+    answer_queries: bool,
 }
 
 /// An answer of the order feed.
@@ -84,7 +89,19 @@ impl Upstream {
         self.state.0.lock().unwrap().pages.push_back(page);
     }
 
-    /// Lets held feed polls answer.
+    /// The next answer of `POST /query...` (`Page::Json` carries any body: the answer
+    /// text; `Page::Hold` holds the query until released).
+    pub fn push_query_answer(&self, page: Page) {
+        self.state.0.lock().unwrap().queries.push_back(page);
+    }
+
+    /// From now on a POST to a path starting with `/query` is answered 200 with an ASTM
+    /// order for the first id in `X-Labagent-Specimens` (H, P, O, L).
+    pub fn answer_queries(&self) {
+        self.state.0.lock().unwrap().answer_queries = true;
+    }
+
+    /// Lets held feed polls and queries answer.
     pub fn release(&self) {
         self.state.0.lock().unwrap().released = true;
         self.state.1.notify_all();
@@ -188,10 +205,24 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
         }
         let (m, cv) = &*st;
         let feed = method == "GET" && path.starts_with("/orders");
+        let query = method == "POST" && path.starts_with("/query");
         let (status, answer) = {
             let mut s = m.lock().unwrap();
-            let (status, page) = if feed {
-                match s.pages.pop_front() {
+            let (status, page) = if query && s.answer_queries && s.queries.is_empty() {
+                let sid = headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("x-labagent-specimens"))
+                    .map(|(_, v)| v.split(',').next().unwrap_or("").to_string())
+                    .unwrap_or_default();
+                let order = format!("H|\\^&|||UPSTREAM\rP|1\rO|1|{sid}||^^^GLU|R\rL|1|N\r");
+                (200, Some(Page::Json(order)))
+            } else if feed || query {
+                let next = if feed {
+                    s.pages.pop_front()
+                } else {
+                    s.queries.pop_front()
+                };
+                match next {
                     Some(Page::Json(j)) => (200, Some(Page::Json(j))),
                     Some(Page::Hold) => (204, Some(Page::Hold)),
                     None => (204, None),
@@ -218,7 +249,7 @@ fn serve(s: TcpStream, st: Arc<(Mutex<State>, Condvar)>) {
                 }
                 String::new()
             }
-            None if feed => String::new(),
+            None if feed || query => String::new(),
             None => "{}".to_string(),
         };
         let reply = format!(

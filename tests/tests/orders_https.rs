@@ -89,6 +89,20 @@ fn the_cursor_survives_sigkill_and_every_order_is_stored_once() {
     });
     let after_restart: Vec<String> = feed_paths(&up).into_iter().skip(3).collect();
     assert_eq!(after_restart[0], "/orders?after=C2&wait=25s");
+    // `labagent queue orders` through the running agent.
+    let out = labagent_tests::labagent()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["queue", "orders", "--specimen", "S21"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.starts_with("ord-2-1  chem  pending (cached)"),
+        "{text}"
+    );
     assert!(agent.terminate(T).success());
     up.release();
     let store = Store::open(dir.path().join("state/store"), StoreOptions::default()).unwrap();

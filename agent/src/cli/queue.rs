@@ -27,6 +27,9 @@ pub enum QueueCommand {
         #[arg(long, required = true)]
         delivered: bool,
     },
+    /// List the order cache: orders kept for the instruments (oldest first), with their
+    /// state, specimen ids and outcome.
+    Orders(OrdersArgs),
     /// Write messages as JSON lines to stdout.
     Export {
         /// Only messages received at or after this Unix time (seconds).
@@ -44,6 +47,19 @@ pub struct ListArgs {
     #[arg(long, value_enum)]
     pub state: Option<StateArg>,
     /// At most this many messages, oldest first.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct OrdersArgs {
+    /// Only the orders of this channel (its `name` in the config).
+    #[arg(long, value_name = "NAME")]
+    pub channel: Option<String>,
+    /// Only orders for this specimen id (as a host query would name it).
+    #[arg(long, value_name = "ID")]
+    pub specimen: Option<String>,
+    /// At most this many orders, oldest first.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub limit: usize,
 }
@@ -104,6 +120,11 @@ fn request(cmd: &QueueCommand) -> QueueRequest {
         },
         QueueCommand::Purge { .. } => QueueRequest::PurgeDelivered,
         QueueCommand::Export { since } => QueueRequest::Export { since_unix: *since },
+        QueueCommand::Orders(a) => QueueRequest::Orders {
+            channel: a.channel.clone(),
+            specimen: a.specimen.clone(),
+            limit: a.limit,
+        },
     }
 }
 

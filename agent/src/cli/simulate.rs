@@ -112,7 +112,15 @@ fn load(args: &SimulateArgs) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(out)
 }
 
-fn open_wire(args: &SimulateArgs) -> Result<Box<dyn Wire>, String> {
+/// The instrument's line, or the exit code after saying why it cannot be had.
+fn open_wire(args: &SimulateArgs) -> Result<Box<dyn Wire>, u8> {
+    connect(args).map_err(|e| {
+        eprintln!("labagent simulate: {e}");
+        exit::FAILURE
+    })
+}
+
+fn connect(args: &SimulateArgs) -> Result<Box<dyn Wire>, String> {
     let timeout = Duration::from_secs(args.open_timeout);
     if let Some(link) = &args.pty_link {
         let w = PtyWire::create(Some(link)).map_err(|e| format!("cannot create a pty: {e}"))?;
@@ -184,10 +192,7 @@ pub fn run(args: &SimulateArgs) -> u8 {
     };
     let mut wire = match open_wire(args) {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("labagent simulate: {e}");
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     let baud = (!args.no_pacing).then_some(args.baud);
     let names: Vec<String> = messages.iter().map(|(n, _)| n.clone()).collect();
@@ -275,10 +280,7 @@ fn query(args: &SimulateArgs, ids: &str) -> u8 {
     }
     let mut wire = match open_wire(args) {
         Ok(w) => w,
-        Err(e) => {
-            eprintln!("labagent simulate: {e}");
-            return exit::FAILURE;
-        }
+        Err(code) => return code,
     };
     let baud = (!args.no_pacing).then_some(args.baud);
     let wait = Duration::from_secs(args.query_wait);

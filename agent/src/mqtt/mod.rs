@@ -12,7 +12,14 @@
 //!   outbox, in arrival order; if it cannot be stored, the agent reconnects instead of
 //!   acknowledging (the broker sends it again). The channel's driver is woken
 //!   ([`crate::channel::ChannelCtx::orders`]) and reports the fate, which is published to
-//!   `…/orders/status` as `{id, state, detail}`.
+//!   `…/orders/status` as `{id, state, detail}` (`delivered`, `failed`,
+//!   `answered-query`, `expired`): reports travel the durable `#order-reports` queue and
+//!   leave it on their PUBACK, like messages.
+//! * Host queries: published at QoS 1 to `{prefix}/{agent}/{channel}/queries` as
+//!   `{"id", "specimens", "text"}`; `…/answers/+` of every ASTM and HL7 channel is
+//!   subscribed (QoS 0) at every connect, and the payload on `…/answers/{id}` is the
+//!   answer in the instrument's protocol (empty: nothing known). No answer by the
+//!   query's deadline, or no broker, is "nothing known" (`session/queries.rs`).
 //!
 //! # rumqttc, and what is done about each of its traps
 //!
@@ -268,6 +275,8 @@ pub struct MqttHandle {
     stop: watch::Sender<bool>,
     wake: Arc<Notify>,
     reports: mpsc::UnboundedSender<OrderReport>,
+    query_tx: mpsc::UnboundedSender<QueryJob>,
+    deadlines: crate::uplink::query::Deadlines,
     session: JoinHandle<()>,
     net: JoinHandle<()>,
 }
@@ -289,7 +298,12 @@ impl MqttHandle {
 
     /// The channel hooks that wake this uplink and route order reports to it.
     pub fn hooks(&self) -> Hooks {
-        hooks(self.wake.clone(), self.reports.clone())
+        hooks(
+            self.wake.clone(),
+            self.reports.clone(),
+            &self.query_tx,
+            &self.deadlines,
+        )
     }
 
     /// Lets what is in flight be acknowledged (briefly), confirms it, disconnects.
@@ -300,13 +314,57 @@ impl MqttHandle {
     }
 }
 
-fn hooks(wake: Arc<Notify>, reports: mpsc::UnboundedSender<OrderReport>) -> Hooks {
+/// A host query for the session to publish; its answer goes to `slot`.
+pub struct QueryJob {
+    pub q: crate::query::QueryRequest,
+    pub slot: crate::uplink::query::Slot,
+}
+
+/// The session's host-query plumbing: jobs in, and the deadline timer.
+struct QueryPipe {
+    tx: mpsc::UnboundedSender<QueryJob>,
+    rx: mpsc::UnboundedReceiver<QueryJob>,
+    deadlines: crate::uplink::query::Deadlines,
+}
+
+impl QueryPipe {
+    fn new() -> QueryPipe {
+        let (tx, rx) = mpsc::unbounded_channel();
+        QueryPipe {
+            tx,
+            rx,
+            deadlines: crate::uplink::query::Deadlines::start("mqtt-query-timer"),
+        }
+    }
+}
+
+fn hooks(
+    wake: Arc<Notify>,
+    reports: mpsc::UnboundedSender<OrderReport>,
+    queries: &mpsc::UnboundedSender<QueryJob>,
+    deadlines: &crate::uplink::query::Deadlines,
+) -> Hooks {
+    let tx = queries.clone();
+    let deadlines = deadlines.clone();
     Hooks {
         stored: Arc::new(move || wake.notify_one()),
         order: Arc::new(move |r| {
             let _ = reports.send(r);
         }),
-        query: crate::query::no_query_upstream(),
+        // Published to {prefix}/{agent}/{channel}/queries; `None` at the deadline unless
+        // the answer came on .../answers/{id} first (see `session`).
+        query: Arc::new(move |q, deadline| {
+            let (slot, rx) = crate::uplink::query::slot();
+            if deadline <= std::time::Instant::now() {
+                crate::uplink::query::settle(&slot, None);
+                return rx;
+            }
+            deadlines.arm(deadline, slot.clone());
+            if let Err(e) = tx.send(QueryJob { q, slot }) {
+                crate::uplink::query::settle(&e.0.slot, None);
+            }
+            rx
+        }),
     }
 }
 
@@ -321,7 +379,16 @@ pub fn spawn(
     let (rtx, rrx) = mpsc::unbounded_channel();
     let opts = options::mqtt_options(&settings)?;
     Ok(spawn_with(
-        opts, settings, login, queue, orders, wake, rtx, rrx, None,
+        opts,
+        settings,
+        login,
+        queue,
+        orders,
+        wake,
+        rtx,
+        rrx,
+        QueryPipe::new(),
+        None,
     ))
 }
 
@@ -335,6 +402,7 @@ fn spawn_with(
     wake: Arc<Notify>,
     rtx: mpsc::UnboundedSender<OrderReport>,
     rrx: mpsc::UnboundedReceiver<OrderReport>,
+    queries: QueryPipe,
     remote: Option<Arc<dyn crate::remote::port::CommandPort>>,
 ) -> MqttHandle {
     let window = settings.window;
@@ -366,7 +434,8 @@ fn spawn_with(
         rrx,
         stop_rx,
         status_tx,
-    );
+    )
+    .with_queries(queries.rx, queries.deadlines.clone());
     session.remote = remote;
     let session = tokio::spawn(tracing::Instrument::instrument(session.run(), span));
     MqttHandle {
@@ -374,6 +443,8 @@ fn spawn_with(
         stop: stop_tx,
         wake,
         reports: rtx,
+        query_tx: queries.tx,
+        deadlines: queries.deadlines,
         session,
         net,
     }
@@ -390,6 +461,7 @@ pub struct Pending {
     wake: Arc<Notify>,
     rtx: mpsc::UnboundedSender<OrderReport>,
     rrx: mpsc::UnboundedReceiver<OrderReport>,
+    queries: QueryPipe,
     remote: Option<Arc<dyn crate::remote::port::CommandPort>>,
 }
 
@@ -407,7 +479,8 @@ pub fn prepare(
     let login = login(&settings, auth, cache)?;
     let wake = Arc::new(Notify::new());
     let (rtx, rrx) = mpsc::unbounded_channel();
-    let h = hooks(wake.clone(), rtx.clone());
+    let queries = QueryPipe::new();
+    let h = hooks(wake.clone(), rtx.clone(), &queries.tx, &queries.deadlines);
     Ok((
         h,
         Pending {
@@ -419,6 +492,7 @@ pub fn prepare(
             wake,
             rtx,
             rrx,
+            queries,
             remote: None,
         },
     ))
@@ -457,6 +531,7 @@ impl Pending {
             self.wake,
             self.rtx,
             self.rrx,
+            self.queries,
             self.remote,
         )
     }

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 mod orders;
+mod queries;
 pub mod remote;
 
 use super::net::NetEvent;
@@ -43,6 +44,8 @@ enum Tag {
     Report(OrderReport),
     /// Fleet management (presence, command results): `remote.rs`.
     Remote(remote::RemoteTag),
+    /// A host query (its answer comes on another topic; the PUBACK settles nothing).
+    Query,
 }
 
 /// A message ready to publish (serialized off the runtime).
@@ -61,6 +64,7 @@ enum Step {
     Report(OrderReport),
     Renew,
     Remote(remote::RemoteStep),
+    Query(super::QueryJob),
 }
 
 struct FetchOut {
@@ -114,6 +118,11 @@ pub(crate) struct Session {
     reconnect_at: Option<tokio::time::Instant>,
     /// Fleet management on this connection, if enabled.
     pub remote: Option<remote::RemoteMqtt>,
+    /// Host queries from the channels (see `queries.rs`); `None`: no query hook.
+    queries: Option<mpsc::UnboundedReceiver<super::QueryJob>>,
+    deadlines: Option<crate::uplink::query::Deadlines>,
+    /// Published queries waiting for their answer, by query id.
+    queries_pending: HashMap<String, (crate::uplink::query::Slot, crate::store::Protocol)>,
 }
 
 impl Session {
@@ -155,7 +164,21 @@ impl Session {
             stopping: false,
             reconnect_at: None,
             remote: None,
+            queries: None,
+            deadlines: None,
+            queries_pending: HashMap::new(),
         }
+    }
+
+    /// Takes host queries from `rx`; `deadlines` is stopped with the session.
+    pub fn with_queries(
+        mut self,
+        rx: mpsc::UnboundedReceiver<super::QueryJob>,
+        deadlines: crate::uplink::query::Deadlines,
+    ) -> Self {
+        self.queries = Some(rx);
+        self.deadlines = Some(deadlines);
+        self
     }
 
     fn publish_status(&self, f: impl FnOnce(&mut MqttStatus)) {
@@ -199,6 +222,7 @@ impl Session {
                 r = async { confirm.as_mut().expect("guarded").await }, if confirm.is_some() => Step::Confirmed(r),
                 _ = self.wake.notified() => Step::More,
                 Some(r) = self.reports.recv() => Step::Report(r),
+                Some(j) = async { self.queries.as_mut().expect("guarded").recv().await }, if self.queries.is_some() => Step::Query(j),
                 _ = tokio::time::sleep_until(reconnect_at.unwrap_or_else(tokio::time::Instant::now)),
                     if reconnect_at.is_some() => Step::Renew,
                 _ = rescan.tick() => Step::More,
@@ -221,6 +245,7 @@ impl Session {
                     self.flush_reports();
                 }
                 Step::Remote(r) => self.on_remote(r).await,
+                Step::Query(j) => self.on_query(j),
                 Step::Renew => {
                     self.reconnect_at = None;
                     tracing::info!("access token due for renewal: reconnecting with a new one");
@@ -476,6 +501,13 @@ impl Session {
                         let _ = self.client.try_disconnect();
                     }
                 }
+                let answers = self.answer_filters();
+                if self.queries.is_some() && !answers.is_empty() {
+                    if let Err(e) = self.client.try_subscribe_many(answers) {
+                        tracing::warn!(error = %e, "cannot subscribe to query answers; reconnecting");
+                        let _ = self.client.try_disconnect();
+                    }
+                }
                 self.reconnect_at = token_expires_at.and_then(renewal_deadline);
                 self.flush_reports();
                 self.remote_up().await;
@@ -511,6 +543,7 @@ impl Session {
                         }
                         Tag::Report(r) => reports.push(r),
                         Tag::Remote(t) => self.remote_lost(t),
+                        Tag::Query => {}
                     }
                 }
                 for r in reports.into_iter().rev() {
@@ -597,6 +630,7 @@ impl Session {
                         self.publish_status(|st| st.reports_published += 1);
                     }
                     Some(Tag::Remote(t)) => self.remote_acked(t),
+                    Some(Tag::Query) => {}
                     None => tracing::debug!(pkid = ack.pkid, "PUBACK for an unknown packet id"),
                 }
             }
@@ -616,7 +650,7 @@ impl Session {
             NetEvent::Event(Event::Incoming(Incoming::Publish(p))) => {
                 if self.is_command(&p) {
                     self.on_command(p).await
-                } else {
+                } else if !self.on_answer(&p) {
                     self.on_order(p).await
                 }
             }
@@ -629,6 +663,8 @@ impl Session {
         fetch: Option<JoinHandle<FetchOut>>,
         confirm: Option<JoinHandle<Vec<String>>>,
     ) {
+        // Queries waiting for an answer get "nothing known" now.
+        self.drop_queries();
         // Let what is in flight be acknowledged, briefly; confirm it; then disconnect.
         let deadline = tokio::time::Instant::now() + STOP_DRAIN;
         self.more = false;

@@ -347,6 +347,7 @@ pub fn render(s: &AgentStatus, p: &ProcessStats) -> String {
             );
         }
     }
+    queries(&mut o, s);
     let st = &s.store;
     let store: [(&str, &str, &str, u64); 7] = [
         (
@@ -456,6 +457,120 @@ fn render_remote(o: &mut String, r: &super::remote::RemoteView) {
     );
 }
 
+/// Host queries per channel and source, their latency, the order feed, order reports.
+fn queries(o: &mut String, s: &AgentStatus) {
+    use crate::query::{QuerySource, QUERY_LATENCY_BUCKETS};
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP labagent_{name} {help}");
+        let _ = writeln!(o, "# TYPE labagent_{name} {kind}");
+    };
+    let asking: Vec<_> = s.channels.iter().filter(|c| c.protocol != "raw").collect();
+    family(
+        o,
+        "channel_queries_total",
+        "counter",
+        "Host queries answered, by where the answer came from (upstream, cache, none).",
+    );
+    for c in &asking {
+        for src in QuerySource::ALL {
+            let _ = writeln!(
+                o,
+                "labagent_channel_queries_total{{channel=\"{}\",source=\"{}\"}} {}",
+                label(&c.name),
+                src.as_str(),
+                c.counters.queries.count(src)
+            );
+        }
+    }
+    family(
+        o,
+        "channel_query_latency_seconds",
+        "histogram",
+        "Time from the end of a host query to its answer being ready.",
+    );
+    for c in &asking {
+        let q = &c.counters.queries;
+        let name = label(&c.name);
+        for (i, le) in QUERY_LATENCY_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "labagent_channel_query_latency_seconds_bucket{{channel=\"{name}\",le=\"{le}\"}} {}",
+                q.latency_buckets.get(i).copied().unwrap_or(0)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "labagent_channel_query_latency_seconds_bucket{{channel=\"{name}\",le=\"+Inf\"}} {}",
+            q.total()
+        );
+        let _ = writeln!(
+            o,
+            "labagent_channel_query_latency_seconds_sum{{channel=\"{name}\"}} {}",
+            q.latency_sum_seconds
+        );
+        let _ = writeln!(
+            o,
+            "labagent_channel_query_latency_seconds_count{{channel=\"{name}\"}} {}",
+            q.total()
+        );
+    }
+    family(
+        o,
+        "order_reports_pending",
+        "gauge",
+        "Order reports waiting for the uplink.",
+    );
+    let _ = writeln!(
+        o,
+        "labagent_order_reports_pending {}",
+        s.order_reports_pending
+    );
+    if let Some(f) = &s.feed {
+        let feed = label(&f.name);
+        family(o, "feed_polls_total", "counter", "Polls of the feed.");
+        let _ = writeln!(
+            o,
+            "labagent_feed_polls_total{{feed=\"{feed}\"}} {}",
+            f.polls
+        );
+        family(
+            o,
+            "feed_items_total",
+            "counter",
+            "Items taken from the feed (orders stored or kept as failed).",
+        );
+        let _ = writeln!(
+            o,
+            "labagent_feed_items_total{{feed=\"{feed}\"}} {}",
+            f.items
+        );
+        family(
+            o,
+            "feed_up",
+            "gauge",
+            "1 unless the feed's last poll failed.",
+        );
+        let _ = writeln!(
+            o,
+            "labagent_feed_up{{feed=\"{feed}\"}} {}",
+            u8::from(f.last_error.is_none())
+        );
+        if let Some(ms) = f.last_poll_ms {
+            family(
+                o,
+                "feed_last_poll_timestamp_seconds",
+                "gauge",
+                "When the feed last answered.",
+            );
+            let _ = writeln!(
+                o,
+                "labagent_feed_last_poll_timestamp_seconds{{feed=\"{feed}\"}} {}",
+                ms / 1000
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::status::{AgentStatus, StoreView, UplinkView};
@@ -546,5 +661,70 @@ mod tests {
         assert!(text.contains("le=\"30\"} 0\n"), "{text}");
         assert!(text.contains("labagent_build_info{version=\"0.1.0\",target=\""));
         assert!(text.contains("process_start_time_seconds 1795877987.000\n"));
+    }
+
+    /// Host queries by source with their latency, the feed, pending reports; and the
+    /// same in `labagent status`.
+    #[test]
+    fn queries_feed_and_reports_are_shown() {
+        use crate::channel::{ChannelCounters, QuerySource};
+        let counters = ChannelCounters::default();
+        counters.query_answered(QuerySource::Cache, Duration::from_millis(30));
+        counters.query_answered(QuerySource::Upstream, Duration::from_millis(700));
+        counters.query_answered(QuerySource::None, Duration::from_secs(5));
+        let mut st = status(Some(true));
+        st.channels.push(super::super::status::ChannelStatus {
+            name: "cobas".into(),
+            protocol: "astm".into(),
+            transport: "serial /dev/ttyUSB0".into(),
+            port: "open".into(),
+            connections: 1,
+            port_opened: 1,
+            port_attempts: 1,
+            port_error: None,
+            backlog: 0,
+            oldest_pending_age_s: None,
+            incomplete_kept: 0,
+            rejected_kept: 0,
+            counters: counters.snapshot(),
+        });
+        st.feed = Some(crate::uplink::feed::FeedStatus {
+            name: "orders".into(),
+            state: "polling".into(),
+            cursor: Some("C7".into()),
+            polls: 9,
+            items: 4,
+            last_poll_ms: Some(1_795_877_987_000),
+            last_ok_started_ms: Some(1_795_877_986_000),
+            last_error: None,
+        });
+        st.order_reports_pending = 2;
+        let text = render(&st, &ProcessStats::default());
+        for line in [
+            "labagent_channel_queries_total{channel=\"cobas\",source=\"upstream\"} 1\n",
+            "labagent_channel_queries_total{channel=\"cobas\",source=\"cache\"} 1\n",
+            "labagent_channel_queries_total{channel=\"cobas\",source=\"none\"} 1\n",
+            "labagent_channel_query_latency_seconds_bucket{channel=\"cobas\",le=\"0.05\"} 1\n",
+            "labagent_channel_query_latency_seconds_bucket{channel=\"cobas\",le=\"1\"} 2\n",
+            "labagent_channel_query_latency_seconds_bucket{channel=\"cobas\",le=\"60\"} 3\n",
+            "labagent_channel_query_latency_seconds_count{channel=\"cobas\"} 3\n",
+            "labagent_order_reports_pending 2\n",
+            "labagent_feed_items_total{feed=\"orders\"} 4\n",
+            "labagent_feed_up{feed=\"orders\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
+        let shown = st.render(1_795_877_990);
+        assert!(
+            shown.contains("host queries: answered from upstream 1, from the order cache 1, nothing known 1; last answer"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "orders feed: polling; cursor C7; last answer 3 s ago; 4 taken in 9 polls"
+            ),
+            "{shown}"
+        );
+        assert!(shown.contains("order reports waiting: 2"), "{shown}");
     }
 }

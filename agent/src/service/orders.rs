@@ -24,6 +24,10 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(600);
 pub fn sweep(store: &Store, keep: Duration, hooks: &Hooks) {
     match store.sweep_orders(keep, SystemTime::now()) {
         Ok(s) => {
+            if !s.expired.is_empty() && store.options().order_reports {
+                // Their reports were queued with the expiry.
+                (hooks.stored)();
+            }
             for o in &s.expired {
                 tracing::warn!(channel = %o.channel, order = %o.id, "order expired: not sent within orders_keep");
                 if !store.options().order_reports {

@@ -32,6 +32,35 @@ pub enum QueueRequest {
     Export {
         since_unix: u64,
     },
+    /// The order cache: kept orders, oldest first.
+    Orders {
+        channel: Option<String>,
+        specimen: Option<String>,
+        limit: usize,
+    },
+}
+
+/// One order of `queue orders`: id, channel, state, when stored, specimens, attempts,
+/// the detail of its outcome.
+fn order_line(o: &crate::store::Order) -> String {
+    let state = o.state.report_status().unwrap_or("pending (cached)");
+    let stored = o
+        .stored_at
+        .map(|t| ts(UNIX_EPOCH + Duration::from_secs(t)))
+        .unwrap_or_else(|| "-".into());
+    let specimens = if o.specimens.is_empty() {
+        "(none: never answers a query)".to_string()
+    } else {
+        o.specimens.join(",")
+    };
+    let mut s = format!(
+        "{}  {}  {state}  stored {stored}  specimens {specimens}  attempts {}",
+        o.id, o.channel, o.attempts
+    );
+    if let Some(d) = &o.detail {
+        s.push_str(&format!("  ({d})"));
+    }
+    s
 }
 
 /// Seconds-precision UTC time for listings (the uplink's RFC 3339 form, milliseconds cut).
@@ -150,6 +179,26 @@ pub fn execute(store: &Store, req: &QueueRequest) -> Result<String, String> {
             let n = store.purge_delivered().map_err(e)?;
             Ok(format!("{n} delivered message(s) removed\n"))
         }
+        QueueRequest::Orders {
+            channel,
+            specimen,
+            limit,
+        } => {
+            let orders = store
+                .list_orders(channel.as_deref(), specimen.as_deref(), *limit)
+                .map_err(e)?;
+            let mut s = String::new();
+            for o in &orders {
+                s.push_str(&order_line(o));
+                s.push('\n');
+            }
+            if orders.is_empty() {
+                s.push_str("(no orders)\n");
+            } else if orders.len() == *limit {
+                s.push_str(&format!("(first {limit}; --limit N for more)\n"));
+            }
+            Ok(s)
+        }
         QueueRequest::Export { since_unix } => {
             let mut out = Vec::new();
             store
@@ -158,6 +207,80 @@ pub fn execute(store: &Store, req: &QueueRequest) -> Result<String, String> {
             let _ = out.flush();
             String::from_utf8(out).map_err(|x| x.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    #[test]
+    fn orders_are_listed_by_channel_and_specimen() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            d.path(),
+            crate::store::StoreOptions {
+                min_free: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for (id, ch, sp) in [("o1", "a", "S1"), ("o2", "b", "S2"), ("o3", "a", "S2")] {
+            store
+                .put_order(crate::store::NewOrder {
+                    id: id.into(),
+                    channel: ch.into(),
+                    text: format!("O|1|{sp}"),
+                    specimens: Vec::new(),
+                })
+                .unwrap();
+        }
+        store
+            .mark_order("o3", crate::store::OrderOutcome::Delivered, Some("sent"))
+            .unwrap();
+        let list = |channel: Option<&str>, specimen: Option<&str>, limit| {
+            execute(
+                &store,
+                &QueueRequest::Orders {
+                    channel: channel.map(Into::into),
+                    specimen: specimen.map(Into::into),
+                    limit,
+                },
+            )
+            .unwrap()
+        };
+        let all = list(None, None, 100);
+        assert_eq!(all.lines().count(), 3, "{all}");
+        assert!(
+            all.lines()
+                .next()
+                .unwrap()
+                .starts_with("o1  a  pending (cached)  stored "),
+            "{all}"
+        );
+        assert!(all.contains("specimens S1  attempts 0"), "{all}");
+        assert!(
+            all.contains("o3  a  delivered") && all.contains("(sent)"),
+            "{all}"
+        );
+        let s2 = list(None, Some("S2"), 100);
+        assert_eq!(
+            s2.lines()
+                .map(|l| l.split(' ').next().unwrap())
+                .collect::<Vec<_>>(),
+            ["o2", "o3"]
+        );
+        assert_eq!(list(Some("b"), None, 100).lines().count(), 1);
+        assert!(list(None, None, 1).contains("(first 1; --limit N for more)"));
+        assert_eq!(list(Some("c"), None, 100), "(no orders)\n");
+        // Through the socket the request travels as JSON.
+        let req = QueueRequest::Orders {
+            channel: None,
+            specimen: Some("S1".into()),
+            limit: 5,
+        };
+        let json = serde_json::to_string(&req).unwrap();
+        assert_eq!(serde_json::from_str::<QueueRequest>(&json).unwrap(), req);
     }
 }
 

@@ -468,6 +468,18 @@ impl AgentStatus {
                 c.incomplete_kept,
                 c.rejected_kept
             );
+            let q = &c.counters.queries;
+            if q.total() > 0 {
+                let last = q
+                    .last_answer_ms
+                    .map(|ms| format!("{} ago", human_duration(now_unix.saturating_sub(ms / 1000))))
+                    .unwrap_or_else(|| "none yet".into());
+                let _ = writeln!(
+                    s,
+                    "    host queries: answered from upstream {}, from the order cache {}, nothing known {}; last answer {last}",
+                    q.upstream, q.cache, q.none
+                );
+            }
             if let Some(e) = c.port_error.as_ref().or(c.counters.last_error.as_ref()) {
                 let _ = writeln!(s, "    last error: {e}");
             }
@@ -513,6 +525,27 @@ impl AgentStatus {
                     let _ = writeln!(s, "    last error: {e}");
                 }
             }
+        }
+        if let Some(f) = &self.feed {
+            let last = f
+                .last_poll_ms
+                .map(|ms| format!("{} ago", human_duration(now_unix.saturating_sub(ms / 1000))))
+                .unwrap_or_else(|| "none yet".into());
+            let _ = writeln!(
+                s,
+                "  {} feed: {}; cursor {}; last answer {last}; {} taken in {} polls",
+                f.name,
+                f.state,
+                f.cursor.as_deref().unwrap_or("(start)"),
+                f.items,
+                f.polls
+            );
+            if let Some(e) = &f.last_error {
+                let _ = writeln!(s, "    last error: {e}");
+            }
+        }
+        if self.order_reports_pending > 0 {
+            let _ = writeln!(s, "  order reports waiting: {}", self.order_reports_pending);
         }
         let st = &self.store;
         let _ = writeln!(

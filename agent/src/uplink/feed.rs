@@ -239,6 +239,9 @@ impl Feed {
                 tracing::info!(feed = %name, items = n, "feed page taken");
             }
             Outcome::Nothing { .. } => self.backoff.reset(),
+            Outcome::Failed(_, why) if self.clock.is_shutdown() => {
+                tracing::debug!(feed = %name, error = %why, "feed stopped during a poll")
+            }
             Outcome::Failed(_, why) => {
                 tracing::warn!(feed = %name, error = %why, "feed poll failed; asking again from the same cursor")
             }

@@ -40,10 +40,17 @@ pub const WORKERS: usize = 4;
 /// Largest answer read.
 const MAX_ANSWER: u64 = 4 << 20;
 
-type Slot = Arc<Mutex<Option<oneshot::Sender<Option<String>>>>>;
+/// Where a query's answer goes: taken by the first of the answer and the deadline.
+pub type Slot = Arc<Mutex<Option<oneshot::Sender<Option<String>>>>>;
+
+/// A new slot and the receiver of its answer.
+pub fn slot() -> (Slot, oneshot::Receiver<Option<String>>) {
+    let (tx, rx) = oneshot::channel();
+    (Arc::new(Mutex::new(Some(tx))), rx)
+}
 
 /// Hands `answer` to the query's receiver unless the deadline (or another) came first.
-fn settle(slot: &Slot, answer: Option<String>) -> bool {
+pub fn settle(slot: &Slot, answer: Option<String>) -> bool {
     let tx = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     match tx {
         Some(tx) => tx.send(answer).is_ok(),
@@ -51,10 +58,9 @@ fn settle(slot: &Slot, answer: Option<String>) -> bool {
     }
 }
 
-struct Job {
-    q: QueryRequest,
-    deadline: Instant,
-    slot: Slot,
+/// Whether the slot still waits for its answer.
+pub fn open(slot: &Slot) -> bool {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
 /// Deadlines waiting to fire, by (deadline, sequence).
@@ -64,54 +70,64 @@ struct Timers {
     stopped: bool,
 }
 
-struct Shared {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+#[derive(Default)]
+struct DeadlineShared {
     timers: Mutex<Timers>,
     wake: Condvar,
-    stopped: AtomicBool,
     next: AtomicU64,
 }
 
-impl Shared {
+/// A timer thread that answers `None` to each armed query whose deadline passed
+/// unanswered, whatever the code that should answer it is doing. [`Deadlines::stop`]
+/// answers every armed query `None` at once.
+#[derive(Clone)]
+pub struct Deadlines {
+    shared: Arc<DeadlineShared>,
+}
+
+impl Deadlines {
+    /// Starts the timer thread (`name` for the thread).
+    pub fn start(name: &str) -> Deadlines {
+        let shared = Arc::new(DeadlineShared::default());
+        let s = shared.clone();
+        let r = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || s.run());
+        if let Err(e) = r {
+            // Without the timer, deadlines rest on each request's own timeout.
+            tracing::error!(error = %e, "cannot start the host-query timer");
+        }
+        Deadlines { shared }
+    }
+
+    /// `None` to `slot` at `deadline` unless answered before. After [`stop`](Self::stop):
+    /// `None` at once.
+    pub fn arm(&self, deadline: Instant, slot: Slot) {
+        let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let mut t = self.shared.timers();
+        if t.stopped {
+            drop(t);
+            settle(&slot, None);
+            return;
+        }
+        t.due.insert((deadline, n), slot);
+        drop(t);
+        self.shared.wake.notify_one();
+    }
+
+    /// Answers every armed query `None` and ends the thread.
+    pub fn stop(&self) {
+        self.shared.timers().stopped = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+impl DeadlineShared {
     fn timers(&self) -> std::sync::MutexGuard<'_, Timers> {
         self.timers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The hook's body: queue the job and arm its deadline.
-    fn ask(&self, q: QueryRequest, deadline: Instant) -> oneshot::Receiver<Option<String>> {
-        let (tx, rx) = oneshot::channel();
-        let slot: Slot = Arc::new(Mutex::new(Some(tx)));
-        if self.stopped.load(Ordering::SeqCst) || deadline <= Instant::now() {
-            settle(&slot, None);
-            return rx;
-        }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut t = self.timers();
-            t.due.insert((deadline, n), slot.clone());
-        }
-        self.wake.notify_one();
-        let sent = self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|jobs| {
-                jobs.send(Job {
-                    q,
-                    deadline,
-                    slot: slot.clone(),
-                })
-                .is_ok()
-            });
-        if !sent {
-            settle(&slot, None);
-        }
-        rx
-    }
-
-    /// The timer thread: `None` to each query whose deadline passed unanswered.
-    fn run_timers(&self) {
+    fn run(&self) {
         let mut t = self.timers();
         loop {
             if t.stopped {
@@ -131,8 +147,7 @@ impl Shared {
                 }
             }
             // Answered queries are dropped from the map lazily: their slot is empty.
-            t.due
-                .retain(|_, s| s.lock().unwrap_or_else(|e| e.into_inner()).is_some());
+            t.due.retain(|_, s| open(s));
             let wait = t
                 .due
                 .keys()
@@ -145,6 +160,47 @@ impl Shared {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+struct Job {
+    q: QueryRequest,
+    deadline: Instant,
+    slot: Slot,
+}
+
+struct Shared {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    deadlines: Deadlines,
+    stopped: AtomicBool,
+}
+
+impl Shared {
+    /// The hook's body: queue the job and arm its deadline.
+    fn ask(&self, q: QueryRequest, deadline: Instant) -> oneshot::Receiver<Option<String>> {
+        let (slot, rx) = slot();
+        if self.stopped.load(Ordering::SeqCst) || deadline <= Instant::now() {
+            settle(&slot, None);
+            return rx;
+        }
+        self.deadlines.arm(deadline, slot.clone());
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|jobs| {
+                jobs.send(Job {
+                    q,
+                    deadline,
+                    slot: slot.clone(),
+                })
+                .is_ok()
+            });
+        if !sent {
+            settle(&slot, None);
+        }
+        rx
     }
 }
 
@@ -182,10 +238,8 @@ impl QueryUpstream {
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Some(tx)),
-            timers: Mutex::default(),
-            wake: Condvar::new(),
+            deadlines: Deadlines::start("query-timer"),
             stopped: AtomicBool::new(false),
-            next: AtomicU64::new(0),
         });
         for i in 0..WORKERS {
             let rx = rx.clone();
@@ -195,7 +249,7 @@ impl QueryUpstream {
                 .spawn(move || loop {
                     let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok(job) = job else { return };
-                    if job.slot.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                    if !open(&job.slot) {
                         continue; // its deadline passed while it waited
                     }
                     let answer = asker.ask(&job.q, job.deadline);
@@ -204,14 +258,6 @@ impl QueryUpstream {
             if let Err(e) = r {
                 tracing::error!(error = %e, "cannot start a host-query worker");
             }
-        }
-        let s = shared.clone();
-        let r = std::thread::Builder::new()
-            .name("query-timer".into())
-            .spawn(move || s.run_timers());
-        if let Err(e) = r {
-            // Without the timer, deadlines rest on each request's own timeout.
-            tracing::error!(error = %e, "cannot start the host-query timer");
         }
         tracing::info!(url, "host queries go to the upstream");
         Ok(QueryUpstream { shared })
@@ -231,8 +277,7 @@ impl QueryUpstream {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        self.shared.timers().stopped = true;
-        self.shared.wake.notify_all();
+        self.shared.deadlines.stop();
     }
 }
 

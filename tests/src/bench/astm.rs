@@ -69,26 +69,40 @@ fn wire_cost(text: &[u8]) -> (usize, usize) {
     (bytes, frames + 1) // + the ACK to ENQ
 }
 
-/// The instrument's wire, timing each frame's last byte to the reply.
-struct Timed<'a> {
-    inner: &'a mut PtyWire,
-    frame_end: Option<Instant>,
-    latencies: Vec<Duration>,
+/// The instrument's wire, timing each write that ends in `sent` (the pacer writes in
+/// chunks; the one ending a frame carries its last byte) to the next read holding `reply`.
+pub(crate) struct Timed<'a> {
+    pub inner: &'a mut PtyWire,
+    pub sent: u8,
+    pub reply: u8,
+    pub at: Option<Instant>,
+    pub latencies: Vec<Duration>,
+}
+
+impl<'a> Timed<'a> {
+    pub fn new(inner: &'a mut PtyWire, sent: u8, reply: u8) -> Self {
+        Timed {
+            inner,
+            sent,
+            reply,
+            at: None,
+            latencies: Vec::new(),
+        }
+    }
 }
 
 impl Wire for Timed<'_> {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.inner.write_all(bytes)?;
-        // The pacer writes a frame in chunks; the one ending in LF carries its last byte.
-        if bytes.last() == Some(&LF) {
-            self.frame_end = Some(Instant::now());
+        if bytes.last() == Some(&self.sent) {
+            self.at = Some(Instant::now());
         }
         Ok(())
     }
     fn read_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
         let n = self.inner.read_timeout(buf, timeout)?;
-        if n > 0 && buf[..n].contains(&ACK) {
-            if let Some(t) = self.frame_end.take() {
+        if n > 0 && buf[..n].contains(&self.reply) {
+            if let Some(t) = self.at.take() {
                 self.latencies.push(t.elapsed());
             }
         }
@@ -161,11 +175,7 @@ fn run_at(baud: u32, shape: Shape, line_seconds: f64) -> Run {
         .map(|m| wire_cost(m))
         .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
 
-    let mut timed = Timed {
-        inner: &mut pty,
-        frame_end: None,
-        latencies: Vec::new(),
-    };
+    let mut timed = Timed::new(&mut pty, LF, ACK);
     let mut inst = AstmInstrument::new(Some(baud));
     let t0 = Instant::now();
     let sent = inst.send_all(&mut timed, &msgs).expect("send");
