@@ -3,14 +3,14 @@
 //!
 //! # Flow
 //!
-//! A transport hands a command to [`RemoteHub::intake`] (blocking): it is checked
+//! A transport hands a command to `RemoteHub::intake` (`CommandPort`) (blocking): it is checked
 //! (`remote::command`), and either refused (result stored, audit line) or recorded as
 //! running in the store *before* the transport acknowledges it, then queued for the
-//! agent's service loop, which runs it ([`Agent::on_remote`]). An id recorded before is
+//! agent's service loop, which runs it (`Agent::on_remote`). An id recorded before is
 //! never run again: a finished one is answered from its stored result (sent again), a
 //! running one is left to finish. Each command ends in exactly one result, stored durably
 //! until delivered ([`RemoteHub::finish`]); transports send what
-//! [`CommandPort::pending_results`] lists.
+//! `CommandPort::pending_results` lists.
 //!
 //! # A pushed config on trial
 //!
