@@ -68,6 +68,17 @@ const SPKI_ED25519_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// The DER bytes of a PEM block whose BEGIN line `rest` follows, up to its `end` line.
+pub fn pem_body(rest: &str, end: &str) -> Result<Vec<u8>, String> {
+    let stop = rest
+        .find(end)
+        .ok_or_else(|| format!("the PEM block has no \"{end}\""))?;
+    let b64: String = rest[..stop].split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| format!("the PEM block is not valid base64: {e}"))
+}
+
 /// The raw key of an Ed25519 public key in SPKI PEM form.
 pub fn parse_public_key_pem(text: &str) -> Result<[u8; 32], String> {
     let begin = "-----BEGIN PUBLIC KEY-----";
@@ -79,14 +90,7 @@ pub fn parse_public_key_pem(text: &str) -> Result<[u8; 32], String> {
             format!("expected a PEM public key (\"{begin}\")")
         }
     })?;
-    let rest = &text[start + begin.len()..];
-    let stop = rest
-        .find(end)
-        .ok_or_else(|| format!("the PEM block has no \"{end}\""))?;
-    let b64: String = rest[..stop].split_whitespace().collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes())
-        .map_err(|e| format!("the PEM block is not valid base64: {e}"))?;
+    let der = pem_body(&text[start + begin.len()..], end)?;
     if der.len() != 44 || der[..12] != SPKI_ED25519_PREFIX {
         return Err("not an Ed25519 public key (generate one with openssl genpkey -algorithm ed25519, then openssl pkey -pubout)".into());
     }

@@ -114,14 +114,7 @@ pub fn load_private_pem(text: &str) -> Result<Ed25519KeyPair, String> {
     let start = text
         .find(begin)
         .ok_or_else(|| format!("expected a PKCS#8 PEM private key (\"{begin}\")"))?;
-    let rest = &text[start + begin.len()..];
-    let stop = rest
-        .find(end)
-        .ok_or_else(|| format!("the PEM block has no \"{end}\""))?;
-    let b64: String = rest[..stop].split_whitespace().collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64.as_bytes())
-        .map_err(|e| format!("the PEM block is not valid base64: {e}"))?;
+    let der = labagent_config::remote::pem_body(&text[start + begin.len()..], end)?;
     Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
         .map_err(|e| format!("not an Ed25519 PKCS#8 private key: {e}"))
 }

@@ -130,36 +130,8 @@ impl HttpClient {
         timeout: Option<Duration>,
     ) -> Result<Reply, NetError> {
         let mut resp = match body {
-            Some(body) => {
-                let mut req = self.agent.post(url);
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
-                }
-                if let Some(t) = timeout {
-                    req = req
-                        .config()
-                        .timeout_global(Some(t))
-                        .timeout_recv_response(Some(t))
-                        .timeout_recv_body(Some(t))
-                        .build();
-                }
-                req.send(body)
-            }
-            None => {
-                let mut req = self.agent.get(url);
-                for (k, v) in headers {
-                    req = req.header(*k, *v);
-                }
-                if let Some(t) = timeout {
-                    req = req
-                        .config()
-                        .timeout_global(Some(t))
-                        .timeout_recv_response(Some(t))
-                        .timeout_recv_body(Some(t))
-                        .build();
-                }
-                req.call()
-            }
+            Some(body) => with(self.agent.post(url), headers, timeout).send(body),
+            None => with(self.agent.get(url), headers, timeout).call(),
         }
         .map_err(net_error)?;
         let header = |name: &str| {
@@ -206,4 +178,24 @@ fn net_error(e: ureq::Error) -> NetError {
 fn is_tls(io: &std::io::Error) -> bool {
     io.get_ref()
         .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// A request with `headers` and, when given, `timeout` for the whole exchange.
+fn with<B>(
+    mut req: ureq::RequestBuilder<B>,
+    headers: &[(&str, &str)],
+    timeout: Option<Duration>,
+) -> ureq::RequestBuilder<B> {
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(t) = timeout {
+        req = req
+            .config()
+            .timeout_global(Some(t))
+            .timeout_recv_response(Some(t))
+            .timeout_recv_body(Some(t))
+            .build();
+    }
+    req
 }
