@@ -16,7 +16,7 @@
 //! [`FhirServer::script`] answers the next requests with a status and no processing.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -261,36 +261,9 @@ fn serve(s: TcpStream, st: &Arc<(Mutex<State>, Condvar)>) {
     let _ = s.set_nodelay(true);
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-        let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        let len = header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+    while let Some(req) = crate::http::read_request(&mut r) {
+        let (method, path, body) = (req.method.clone(), req.path.clone(), req.body.clone());
+        let header = |n: &str| req.header(n);
         let (m, cv) = &**st;
         let (status, reply, lose) = {
             let mut s = m.lock().unwrap();

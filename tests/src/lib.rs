@@ -7,6 +7,7 @@
 pub mod config;
 pub mod fhir_server;
 pub mod fleet;
+pub mod http;
 pub mod mosquitto;
 pub mod process;
 /// The pty helper is product code (`labagent simulate --pty-link`); tests use the same file.
