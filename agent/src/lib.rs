@@ -9,6 +9,7 @@ pub mod fhir;
 pub mod ingest;
 pub mod meta;
 pub mod mqtt;
+pub mod orders;
 pub mod query;
 pub mod remote;
 pub mod service;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use labagent_config::OrderMode;
 use tokio::sync::oneshot;
 
-use crate::channel::{ChannelCtx, OrderReport};
-use crate::store::{MessageId, Order, Protocol, Store, StoreError};
+use crate::channel::ChannelCtx;
+use crate::store::{MessageId, Order, Protocol, Store};
 
 /// A host query for the upstream (`[uplink] query_url`, or the MQTT queries topic).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +54,7 @@ impl QueryRequest {
         recent: &[MessageId],
         fallback: u64,
     ) -> QueryRequest {
-        let specimens: Vec<String> = ids
-            .iter()
-            .map(|i| String::from_utf8_lossy(i).into_owned())
-            .collect();
+        let specimens = specimen_ids(ids);
         let (text, id) = query_text(&ctx.store, recent);
         let id = id.map_or_else(|| fallback.to_string(), |i| i.to_string());
         tracing::info!(channel = %ctx.name(), specimens = specimens.len(), "host query");
@@ -123,7 +120,7 @@ pub const QUERY_LATENCY_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 ];
 
-/// Host queries of one channel, in a [`ChannelSnapshot`].
+/// Host queries of one channel, in a [`ChannelSnapshot`](crate::channel::ChannelSnapshot).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct QuerySnapshot {
     pub upstream: u64,
@@ -201,23 +198,26 @@ impl QueryCounters {
     }
 }
 
-/// A query's answer, and where it came from.
+/// What [`resolve`] found for a query.
 #[derive(Debug)]
-pub struct Answer {
-    /// The answer in the instrument's protocol; `None`: nothing known.
-    pub text: Option<String>,
-    pub source: QuerySource,
+pub enum Found {
+    /// The upstream's answer, in the instrument's protocol.
+    Upstream(String),
+    /// Pending cached orders naming the query's specimens, oldest first: not yet claimed
+    /// ([`answer`] claims them when the session can take the answer at once).
+    Cache(Vec<Order>),
+    Nothing,
 }
 
-/// Finds the answer to a host query within `timeout` (the channel's `query_timeout`):
+/// Looks for the answer to a host query within `timeout` (the channel's `query_timeout`):
 /// the upstream first, with three quarters of it; then, for a channel in `orders =
-/// "query"` mode, the order cache; else nothing known. Runs on a task of its own; the
-/// receiver gets the answer (or is dropped if the task failed: nothing known).
+/// "query"` mode, the order cache (read only); else nothing. Runs on a task of its own;
+/// the receiver gets what was found (or is dropped if the task failed: nothing).
 pub fn resolve(
     ctx: Arc<ChannelCtx>,
     req: QueryRequest,
     timeout: Duration,
-) -> oneshot::Receiver<Answer> {
+) -> oneshot::Receiver<Found> {
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
@@ -229,85 +229,76 @@ pub fn resolve(
             .ok()
             .and_then(|r| r.ok())
             .flatten();
-        let answer = match from_upstream {
-            Some(text) => Answer {
-                text: Some(text),
-                source: QuerySource::Upstream,
-            },
-            // Claimed orders must still go out: the cache is not tried this late.
+        let found = match from_upstream {
+            Some(text) => Found::Upstream(text),
             None if ctx.config.orders == OrderMode::Query && start.elapsed() < timeout * 7 / 8 => {
-                let text = from_cache(&ctx, &req).await;
-                let source = match text {
-                    Some(_) => QuerySource::Cache,
-                    None => QuerySource::None,
-                };
-                Answer { text, source }
+                let (channel, specimens) = (req.channel.clone(), req.specimens.clone());
+                let orders = ctx
+                    .store
+                    .call(move |s| s.orders_for_specimens(&channel, &specimens))
+                    .await;
+                match orders {
+                    Ok(o) if o.is_empty() => Found::Nothing,
+                    Ok(o) => Found::Cache(o),
+                    Err(e) => {
+                        tracing::error!(channel = %ctx.name(), error = %e, "cannot read the order cache; the query is answered \"nothing known\"");
+                        Found::Nothing
+                    }
+                }
             }
-            None => Answer {
-                text: None,
-                source: QuerySource::None,
-            },
+            None => Found::Nothing,
         };
-        let _ = tx.send(answer);
+        let _ = tx.send(found);
     });
     rx
 }
 
-/// The answer from the order cache: the pending orders naming the query's specimens,
-/// claimed (`answered-query`) in one durable write, so that no order is sent twice.
-async fn from_cache(ctx: &ChannelCtx, req: &QueryRequest) -> Option<String> {
-    let (channel, specimens) = (req.channel.clone(), req.specimens.clone());
-    let found = ctx
-        .store
-        .call(move |s| s.orders_for_specimens(&channel, &specimens))
-        .await;
-    let found = match found {
-        Ok(f) if f.is_empty() => return None,
-        Ok(f) => f,
-        Err(e) => {
-            tracing::error!(channel = %ctx.name(), error = %e, "cannot read the order cache; the query is answered \"nothing known\"");
-            return None;
-        }
+/// The answer text for what was found, and where it came from. Cached orders are claimed
+/// here (`answered-query`, one durable write, so that no order is sent twice) and the
+/// answer is made of those actually taken: call it only while the session still waits for
+/// this very query, and hand the text to the session at once.
+pub async fn answer(ctx: &ChannelCtx, found: Found) -> (Option<String>, QuerySource) {
+    let orders = match found {
+        Found::Upstream(text) => return (Some(text), QuerySource::Upstream),
+        Found::Nothing => return (None, QuerySource::None),
+        Found::Cache(orders) => orders,
     };
-    let ids: Vec<String> = found.iter().map(|o| o.id.clone()).collect();
-    let taken = match claim(ctx, ids, ANSWERED).await {
+    let ids: Vec<String> = orders.iter().map(|o| o.id.clone()).collect();
+    let taken = match crate::orders::claim(ctx, ids, ANSWERED).await {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(channel = %ctx.name(), error = %e, "cannot claim cached orders; the query is answered \"nothing known\"");
-            return None;
+            return (None, QuerySource::None);
         }
     };
-    let used: Vec<&Order> = found.iter().filter(|o| taken.contains(&o.id)).collect();
-    let texts: Vec<&str> = used.iter().map(|o| o.text.as_str()).collect();
-    (!texts.is_empty()).then(|| compose(req.protocol, &texts))
+    let texts: Vec<&str> = orders
+        .iter()
+        .filter(|o| taken.contains(&o.id))
+        .map(|o| o.text.as_str())
+        .collect();
+    if texts.is_empty() {
+        return (None, QuerySource::None);
+    }
+    (
+        Some(compose(ctx.config.protocol().into(), &texts)),
+        QuerySource::Cache,
+    )
 }
 
-/// Claims the cached orders `ids` as answered by a host query (durable on return; see
-/// [`Store::answer_orders`]): returns the ids taken, which the answer may carry. Their
-/// `answered-query` reports were queued in the same write; the uplink is woken, and
-/// [`Hooks::order`](crate::channel::Hooks::order) told (MQTT has no durable reports).
-async fn claim(
-    ctx: &ChannelCtx,
-    ids: Vec<String>,
-    detail: &str,
-) -> Result<Vec<String>, StoreError> {
-    let d = detail.to_string();
-    let taken = ctx.store.call(move |s| s.answer_orders(&ids, &d)).await?;
-    if !taken.is_empty() {
-        tracing::info!(channel = %ctx.name(), orders = taken.len(), "orders answered a host query");
-        ctx.wake_uplink();
-        if !ctx.store.options().order_reports {
-            for id in &taken {
-                ctx.report_order(OrderReport {
-                    channel: ctx.name().to_string(),
-                    id: id.clone(),
-                    state: "answered-query".into(),
-                    detail: detail.to_string(),
-                });
-            }
-        }
+/// The specimen ids of a session's query, as text.
+pub fn specimen_ids(ids: &labagent_hal::query::Specimens) -> Vec<String> {
+    ids.iter()
+        .map(|i| String::from_utf8_lossy(i).into_owned())
+        .collect()
+}
+
+/// Keeps `id` among the messages stored since the last query (at most the last 64: a
+/// query is among the last messages before its transmission ended).
+pub fn remember(recent: &mut Vec<MessageId>, id: MessageId) {
+    if recent.len() >= 64 {
+        recent.remove(0);
     }
-    Ok(taken)
+    recent.push(id);
 }
 
 /// An order's report detail when it answered a query.
@@ -347,6 +338,20 @@ pub fn compose(protocol: Protocol, orders: &[&str]) -> String {
             } else {
                 body.push(r);
             }
+        }
+    }
+    // LIS2-A2 numbers P records within a message: several orders' P records are renumbered.
+    let mut patients = 0;
+    for r in body.iter_mut() {
+        let d = r.chars().nth(1).filter(|c| !c.is_ascii_alphanumeric());
+        if let (true, Some(d)) = (is(r, b'P'), d) {
+            patients += 1;
+            let mut f: Vec<&str> = r.split(d).collect();
+            let n = patients.to_string();
+            if f.len() > 1 {
+                f[1] = &n;
+            }
+            *r = f.join(&d.to_string());
         }
     }
     for r in std::iter::once(header.unwrap_or_else(|| "H|\\^&".into()))
@@ -406,7 +411,8 @@ mod tests {
         let two = "H|\\^&|||OTHER\nP|1\nO|1|S2||^^^NA\nL|1|F\n";
         assert_eq!(
             compose(Protocol::Astm, &[one, two]),
-            "H|\\^&|||LIS\rP|1\rO|1|S1||^^^GLU\rP|1\rO|1|S2||^^^NA\rL|1|N\r"
+            "H|\\^&|||LIS\rP|1\rO|1|S1||^^^GLU\rP|2\rO|1|S2||^^^NA\rL|1|N\r",
+            "one H, P records numbered in the answer, one L"
         );
         assert_eq!(
             compose(Protocol::Astm, &["O|1|S3"]),

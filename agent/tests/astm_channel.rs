@@ -166,6 +166,23 @@ impl Rig {
         self.eot().await;
     }
 
+    /// The agent's own transmission (e.g. the answer to a host query), every frame ACKed:
+    /// its bytes up to EOT.
+    async fn take_transmission(&mut self) -> Vec<u8> {
+        assert_eq!(self.reply().await, ENQ, "the agent bids for the line");
+        self.send(&[ACK]).await;
+        let mut got = Vec::new();
+        loop {
+            let b = self.reply().await;
+            got.push(b);
+            match b {
+                EOT => return got,
+                LF => self.send(&[ACK]).await,
+                _ => {}
+            }
+        }
+    }
+
     /// Stops the driver (it returns once the line is idle) and checks it ended cleanly.
     async fn finish(self) {
         self.stop.send(true).unwrap();
@@ -425,6 +442,10 @@ async fn several_messages_in_one_transmission_are_stored_separately() {
     assert_eq!(counts(2), (2, 2, 1, 0, 8));
     let snap = rig.ctx.counters.snapshot();
     assert_eq!((snap.stored, snap.naks, snap.incomplete), (4, 0, 0));
+    // The Q records were a host query: with no upstream and no cache, "no information"
+    // comes once the line is free.
+    let answer = rig.take_transmission().await;
+    assert!(answer.windows(5).any(|w| w == b"L|1|I"), "{answer:?}");
     rig.finish().await;
 }
 

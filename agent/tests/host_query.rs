@@ -333,13 +333,14 @@ async fn erba_multi_query_answers_the_known_specimens_in_one_message() {
         rig.asked.lock().unwrap()[0].specimens,
         ["1007149", "1007152", "1007151", "1007150", "1007148"]
     );
-    // One H, each order's records in the order they were stored, one L.
+    // One H, each order's records in the order they were stored (P records numbered
+    // within the answer), one L.
     assert_eq!(
         answer,
         "H|`^&|||LIS\r\
          P|1|PID-1007151\rO|1|1007151^||^^^Na`^^^K|S||20100607074416||||A\r\
-         P|1|PID-1007149\rO|1|1007149^||^^^Na`^^^K|S||20100607074416||||A\r\
-         P|1|PID-1007148\rO|1|1007148^||^^^Na`^^^K|S||20100607074416||||A\r\
+         P|2|PID-1007149\rO|1|1007149^||^^^Na`^^^K|S||20100607074416||||A\r\
+         P|3|PID-1007148\rO|1|1007148^||^^^Na`^^^K|S||20100607074416||||A\r\
          L|1|N\r"
     );
     for i in 0..3 {

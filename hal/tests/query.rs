@@ -351,3 +351,30 @@ fn q_records_cut_across_frames_refused_commits_and_eot_without_l_give_the_same_s
         }
     }
 }
+
+#[test]
+fn a_query_whose_eot_and_the_next_enq_come_in_one_read_is_not_lost() {
+    let mut link = Link::<Buf>::new(LinkConfig::default());
+    let mut f = vec![0u8; 300];
+    let n = encode_frame(1, b"H|\\^&\rQ|1|^S5||ALL\rL|1|N\r", true, &mut f).unwrap();
+    let mut wire = vec![ENQ];
+    wire.extend_from_slice(&f[..n]);
+    // EOT, and at once the ENQ of the instrument's next transmission.
+    wire.extend_from_slice(&[EOT, ENQ]);
+    let mut model = Model::default();
+    let mut rest = &wire[..];
+    let t = Instant::ZERO;
+    while !rest.is_empty() {
+        let n = link.handle_input(rest, t);
+        rest = &rest[n..];
+        if let Some(c) = link.poll_commit() {
+            model.apply(c);
+            link.commit_done(true, t);
+        }
+        while link.poll_event().is_some() {}
+        let mut buf = [0u8; 64];
+        while link.poll_transmit(&mut buf).is_some() {}
+    }
+    assert_eq!(model.messages.len(), 1);
+    assert_eq!(link.query().map(ids), Some(vec!["S5".to_string()]));
+}

@@ -59,7 +59,7 @@ fn simulate_query_gets_cached_orders_then_no_information() {
             "H|\\^&|||LIS",
             "P|1||PID-S1",
             "O|1|S1||^^^GLU",
-            "P|1||PID-S2",
+            "P|2||PID-S2",
             "O|1|S2||^^^GLU",
             "L|1|N"
         ],

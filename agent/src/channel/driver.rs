@@ -22,7 +22,7 @@ use labagent_hal::time::Instant as HalInstant;
 use tokio::time::Instant;
 
 use super::{ChannelCtx, Dir, QuerySource};
-use crate::query::QueryRequest;
+use crate::query::{Found, QueryRequest};
 use crate::source::Conn;
 use crate::store::commits::{Durable, MetaFn};
 use crate::store::{MessageId, Order, OrderOutcome};
@@ -63,10 +63,11 @@ struct InFlight {
     _lock: tokio::sync::OwnedMutexGuard<()>,
 }
 
-/// A host query being resolved: its answer to come, and when the session asked.
+/// A host query being resolved: what it finds, when and for which specimens it was asked.
 struct Asked {
-    answer: tokio::sync::oneshot::Receiver<crate::query::Answer>,
+    answer: tokio::sync::oneshot::Receiver<crate::query::Found>,
     at: Instant,
+    specimens: Vec<String>,
 }
 
 /// Runs `session` on `conn` until the line ends or the agent stops.
@@ -137,6 +138,7 @@ pub async fn run<S: LinkSession>(
                 let req = QueryRequest::new(&ctx, ids, &recent, clock.now().as_millis());
                 recent.clear();
                 asked = Some(Asked {
+                    specimens: req.specimens.clone(),
                     answer: crate::query::resolve(ctx.clone(), req, query_timeout),
                     at: Instant::now(),
                 });
@@ -182,7 +184,8 @@ pub async fn run<S: LinkSession>(
                                 }
                                 Err(f) => {
                                     let why = format!("order cannot be sent: {f}");
-                                    ctx.finish_order(&o.id, OrderOutcome::Failed, &why).await;
+                                    crate::orders::finish(&ctx, &o.id, OrderOutcome::Failed, &why)
+                                        .await;
                                 }
                             }
                         }
@@ -217,16 +220,19 @@ pub async fn run<S: LinkSession>(
             },
             _ = sleep_until(deadline) => session.handle_timeout(clock.now()),
             _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(push),
-            answer = async { (&mut asked.as_mut().expect("guarded").answer).await }, if asked.is_some() => {
-                let (text, source) = match answer {
-                    Ok(a) => (a.text, a.source),
-                    Err(_) => (None, QuerySource::None),
-                };
-                let at = asked.take().map_or_else(Instant::now, |a| a.at);
+            found = async { (&mut asked.as_mut().expect("guarded").answer).await }, if asked.is_some() => {
+                let a = asked.take().expect("guarded");
+                // An answer that comes too late for its query (the session answered "no
+                // information" and may wait for another) is dropped: nothing was claimed.
+                if session.query().map(crate::query::specimen_ids) != Some(a.specimens) {
+                    continue;
+                }
+                let (text, source) = crate::query::answer(&ctx, found.unwrap_or(Found::Nothing)).await;
+                let at = a.at;
                 let source = match session.answer_query(text.as_deref().map(str::as_bytes), clock.now()) {
                     Ok(()) => source,
                     Err(e) => {
-                        tracing::warn!(channel = %ctx.name(), error = %e, "the query's answer could not be used; answered \"nothing known\"");
+                        tracing::error!(channel = %ctx.name(), error = %e, "the query's answer could not be used (cached orders in it stay answered-query); answered \"nothing known\"");
                         QuerySource::None
                     }
                 };
@@ -291,10 +297,13 @@ async fn event(ctx: &ChannelCtx, e: Event, inflight: &mut Option<InFlight>) {
                     return tracing::info!(channel = %name, %order, "order deferred: the instrument has the line");
                 }
             };
-            ctx.finish_order(&f.order.id, outcome, &why).await;
+            crate::orders::finish(ctx, &f.order.id, outcome, &why).await;
         }
-        Event::QueryAnswered { delivered } => {
-            tracing::debug!(channel = %name, delivered, "query answer sent")
+        Event::QueryAnswered { delivered: true } => {
+            tracing::debug!(channel = %name, "query answer sent")
+        }
+        Event::QueryAnswered { delivered: false } => {
+            tracing::warn!(channel = %name, "the instrument did not take the query's answer")
         }
         Event::TransmissionStarted
         | Event::TransmissionEnded

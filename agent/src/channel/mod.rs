@@ -30,7 +30,7 @@ use labagent_hal::buf::VecBuf;
 use labagent_hal::session::Commit;
 
 use crate::source::{Conn, Link};
-use crate::store::{Appended, OrderOutcome, Store, StoreError};
+use crate::store::{Appended, Store, StoreError};
 pub use stats::{ChannelCounters, ChannelSnapshot, QuerySource};
 
 /// Direction of wire bytes, for the monitor.
@@ -143,40 +143,6 @@ impl ChannelCtx {
             dir,
             bytes: bytes.into(),
         });
-    }
-
-    /// Records an order's outcome in the outbox and, once it is final (delivered or
-    /// failed), reports it to the uplink; a retry is only logged.
-    pub async fn finish_order(&self, order_id: &str, outcome: OrderOutcome, detail: &str) {
-        let id = order_id.to_string();
-        let d = detail.to_string();
-        match self
-            .store
-            .call(move |s| s.mark_order(&id, outcome, Some(&d)))
-            .await
-        {
-            Ok(o) => match o.state.report_status() {
-                Some(state) => {
-                    tracing::info!(channel = %self.name(), order = %o.id, state, "order finished");
-                    // Its report was queued with the final state: wake the uplink.
-                    self.wake_uplink();
-                    self.report_order(OrderReport {
-                        channel: self.name().to_string(),
-                        id: o.id,
-                        state: state.to_string(),
-                        detail: detail.to_string(),
-                    });
-                }
-                None => {
-                    tracing::warn!(channel = %self.name(), order = %o.id, attempts = o.attempts,
-                        detail, "order not delivered; will retry")
-                }
-            },
-            Err(e) => {
-                self.counters.set_error(&e.to_string());
-                tracing::error!(channel = %self.name(), order = %order_id, error = %e, "cannot record the order's outcome");
-            }
-        }
     }
 
     /// Reports an order's fate to the uplink.
@@ -296,7 +262,7 @@ pub async fn commit(
     for (a, len) in applied.stored {
         ctx.counters.received();
         ctx.after_store(&Ok(a), len);
-        stored.push(a.id);
+        crate::query::remember(stored, a.id);
     }
     for (a, len, why) in applied.rejected {
         ctx.counters.received();

@@ -125,6 +125,9 @@ pub struct Receiver<B> {
     pending: Option<Pending>,
     /// Specimens of host queries received in this transmission (committed).
     query: Option<Specimens>,
+    /// ... and of an ended transmission, until the link takes them (a next ENQ in the
+    /// same read must not lose them).
+    ready: Option<Specimens>,
     /// The open message's Q record text, as committed.
     query_text: QueryText,
     /// ... and as it will be once the pending frame is committed.
@@ -152,6 +155,7 @@ impl<B: Buffer> Receiver<B> {
             split: Splitter::default(),
             pending: None,
             query: None,
+            ready: None,
             query_text: QueryText::default(),
             next_query: QueryText::default(),
             line_lost_deferred: false,
@@ -202,11 +206,7 @@ impl<B: Buffer> Receiver<B> {
     /// The specimens of the host queries of a transmission that has ended (committed
     /// messages with Q records), once.
     pub fn take_query(&mut self) -> Option<Specimens> {
-        if self.state == State::Neutral && self.pending.is_none() {
-            self.query.take()
-        } else {
-            None
-        }
+        self.ready.take()
     }
 
     fn begin(&mut self, now: Instant) {
@@ -378,6 +378,13 @@ impl<B: Buffer> Receiver<B> {
     }
 
     fn end_transmission(&mut self) {
+        if let Some(q) = self.query.take() {
+            match &mut self.ready {
+                // Not taken yet (the link still answers an earlier query): one answer.
+                Some(r) => r.extend(&q),
+                None => self.ready = Some(q),
+            }
+        }
         self.state = State::Neutral;
         self.deadline = None;
         self.interrupt = false;
