@@ -394,24 +394,32 @@ async fn an_upstream_slower_than_query_timeout_gives_way_to_the_cache_or_no_info
 }
 
 #[tokio::test(start_paused = true)]
-async fn push_mode_never_answers_from_the_cache_and_query_mode_never_pushes() {
+async fn push_mode_never_answers_from_the_cache_and_query_mode_pushes_only_what_no_query_finds() {
     let q = b"H|\\^&\rQ|1|^S9||ALL\rL|1|N\r";
-    // Query mode: the order waits for the query; nothing is pushed meanwhile.
+    // Query mode: an order with a specimen id waits for the query; one whose id cannot be
+    // read (no O record) is pushed as it would be in push mode, and only that one.
+    let unindexed = "H|\\^&\rC|1|L|recalibrate before the next run|G\rL|1|N\r";
     let mut rig = Rig::start(
         settings_astm(),
         OrderMode::Query,
         Upstream::Nothing,
-        &[order("s9", "H|\\^&\rO|1|S9||^^^K\rL|1|N\r", &[])],
+        &[
+            order("s9", "H|\\^&\rO|1|S9||^^^K\rL|1|N\r", &[]),
+            order("no-id", unindexed, &[]),
+        ],
     );
+    let (pushed, _) = rig.astm_answer().await;
+    assert_eq!(pushed, unindexed);
     rig.ctx.orders.notify_one();
     let mut b = [0u8; 1];
     assert!(
         timeout(Duration::from_secs(600), rig.inst.read_exact(&mut b))
             .await
             .is_err(),
-        "no ENQ for an order in query mode"
+        "no ENQ for the order a query can find"
     );
     assert_eq!(rig.state("s9"), OrderState::Pending);
+    assert_eq!(rig.state("no-id"), OrderState::Delivered);
     // Push mode: the query is answered from the upstream or "no information", never the
     // cache (the order goes out as a download of its own).
     let mut rig = Rig::start(settings_astm(), OrderMode::Push, Upstream::Nothing, &[]);

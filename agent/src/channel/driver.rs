@@ -93,9 +93,10 @@ pub async fn run<S: LinkSession>(
     let mut recent: Vec<MessageId> = Vec::new();
     let mut asked: Option<Asked> = None;
     let query_timeout = ctx.config.query_timeout;
-    // In host-query mode orders wait in the cache for the instrument's query.
+    // In host-query mode orders wait in the cache for the instrument's query; only those
+    // no query can find (no specimen id) are pushed.
     let push = ctx.config.orders == labagent_config::OrderMode::Push;
-    session.orders_waiting(push);
+    session.orders_waiting(true);
     loop {
         session.set_wall_clock(unix_now());
         let now = clock.now();
@@ -166,7 +167,11 @@ pub async fn run<S: LinkSession>(
                 Err(_) => look_again = Some(Instant::now() + ORDER_LOOK_AGAIN),
                 Ok(lock) => {
                     let channel = ctx.name().to_string();
-                    match ctx.store.call(move |s| s.next_orders(&channel, 1)).await {
+                    let next = ctx.store.call(move |s| match push {
+                        true => s.next_orders(&channel, 1),
+                        false => Ok(s.next_unindexed_order(&channel)?.into_iter().collect()),
+                    });
+                    match next.await {
                         Ok(v) if v.is_empty() => session.orders_waiting(false),
                         Ok(mut v) => {
                             let o = v.remove(0);
@@ -219,7 +224,7 @@ pub async fn run<S: LinkSession>(
                 }
             },
             _ = sleep_until(deadline) => session.handle_timeout(clock.now()),
-            _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(push),
+            _ = ctx.orders.notified(), if inflight.is_none() => session.orders_waiting(true),
             found = async { (&mut asked.as_mut().expect("guarded").answer).await }, if asked.is_some() => {
                 let a = asked.take().expect("guarded");
                 // An answer that comes too late for its query (the session answered "no

@@ -254,6 +254,24 @@ impl Store {
         Ok(out)
     }
 
+    /// The oldest pending order of `channel` that no host query can find (no specimen id
+    /// was read from it): what a channel in `orders = "query"` mode still pushes.
+    pub fn next_unindexed_order(&self, channel: &str) -> Result<Option<Order>> {
+        let g = self.engine()?;
+        let eng = g.as_ref().ok_or_else(closed)?;
+        let p = keys::order_queue_prefix(channel);
+        for (_, id) in eng.range(&p, &keys::prefix_end(&p), usize::MAX)? {
+            let v = eng
+                .get(&keys::order(&String::from_utf8_lossy(&id)))?
+                .ok_or_else(|| StoreError::Corrupt("order queue entry without order".into()))?;
+            let o: Order = serde_json::from_slice(&v).map_err(corrupt)?;
+            if o.specimens.is_empty() {
+                return Ok(Some(o));
+            }
+        }
+        Ok(None)
+    }
+
     /// One order, any state.
     pub fn order(&self, id: &str) -> Result<Option<Order>> {
         let g = self.engine()?;
