@@ -59,6 +59,15 @@ fn receive_answer(link: &mut Link<Buf>, now: Instant) -> Vec<u8> {
     text
 }
 
+/// ENQ and one ETX frame of `records` (the caller adds EOT and what follows).
+fn one_frame(records: &[u8]) -> Vec<u8> {
+    let mut f = vec![0u8; records.len() + 16];
+    let n = encode_frame(1, records, true, &mut f).unwrap();
+    let mut wire = vec![ENQ];
+    wire.extend_from_slice(&f[..n]);
+    wire
+}
+
 /// Feeds a wire capture (ENQ … EOT) to the link, committing everything.
 fn query_in(link: &mut Link<Buf>, wire: &[u8], now: Instant) -> (Model, Vec<Event>) {
     let mut model = Model::default();
@@ -124,10 +133,7 @@ fn no_answer_by_the_deadline_means_no_information() {
         ..Default::default()
     };
     let mut link = Link::<Buf>::new(cfg);
-    let mut f = vec![0u8; 300];
-    let n = encode_frame(1, b"H|\\^&\rQ|1|^S42||ALL\rL|1|N\r", true, &mut f).unwrap();
-    let mut wire = vec![ENQ];
-    wire.extend_from_slice(&f[..n]);
+    let mut wire = one_frame(b"H|\\^&\rQ|1|^S42||ALL\rL|1|N\r");
     wire.push(EOT);
     let t0 = Instant::from_millis(500);
     query_in(&mut link, &wire, t0);
@@ -146,10 +152,7 @@ fn no_answer_by_the_deadline_means_no_information() {
 #[test]
 fn contention_during_the_answer_sends_it_after_the_instruments_transmission() {
     let mut link = Link::<Buf>::new(LinkConfig::default());
-    let mut f = vec![0u8; 300];
-    let n = encode_frame(1, b"H|\\^&\rQ|1|^S1||ALL\rL|1|N\r", true, &mut f).unwrap();
-    let mut wire = vec![ENQ];
-    wire.extend_from_slice(&f[..n]);
+    let mut wire = one_frame(b"H|\\^&\rQ|1|^S1||ALL\rL|1|N\r");
     wire.push(EOT);
     let t = Instant::ZERO;
     query_in(&mut link, &wire, t);
@@ -159,9 +162,7 @@ fn contention_during_the_answer_sends_it_after_the_instruments_transmission() {
     assert_eq!(link.poll_transmit(&mut buf), Some(1));
     assert_eq!(buf[0], ENQ);
     // The instrument bids at the same time and wins; it sends a result.
-    let n = encode_frame(1, b"H|\\^&\rR|1|x\rL|1|N\r", true, &mut f).unwrap();
-    let mut inst = vec![ENQ];
-    inst.extend_from_slice(&f[..n]);
+    let mut inst = one_frame(b"H|\\^&\rR|1|x\rL|1|N\r");
     inst.push(EOT);
     // (Fed without taking what the link writes: the answer's ENQ is read below.)
     let mut model = Model::default();
@@ -355,10 +356,7 @@ fn q_records_cut_across_frames_refused_commits_and_eot_without_l_give_the_same_s
 #[test]
 fn a_query_whose_eot_and_the_next_enq_come_in_one_read_is_not_lost() {
     let mut link = Link::<Buf>::new(LinkConfig::default());
-    let mut f = vec![0u8; 300];
-    let n = encode_frame(1, b"H|\\^&\rQ|1|^S5||ALL\rL|1|N\r", true, &mut f).unwrap();
-    let mut wire = vec![ENQ];
-    wire.extend_from_slice(&f[..n]);
+    let mut wire = one_frame(b"H|\\^&\rQ|1|^S5||ALL\rL|1|N\r");
     // EOT, and at once the ENQ of the instrument's next transmission.
     wire.extend_from_slice(&[EOT, ENQ]);
     let mut model = Model::default();
