@@ -11,7 +11,7 @@ pub mod remote;
 pub mod simulate;
 pub mod status;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -89,6 +89,17 @@ pub struct CheckConfigArgs {
     /// systemd finds them).
     #[arg(long, value_name = "PATH")]
     pub unit: Option<PathBuf>,
+}
+
+/// The config for a command that talks to the store or the running agent: no client
+/// secret needed (under LoadCredential= the secret exists only inside the service). On an
+/// error it is printed, and the exit code returned.
+pub fn load_without_secret(config: &Path) -> Result<labagent_config::Loaded, u8> {
+    let opts = labagent_config::LoadOptions::default().secret_optional();
+    labagent_config::load_with(config, &opts).map_err(|e| {
+        eprintln!("{e}");
+        exit::CONFIG
+    })
 }
 
 #[cfg(test)]

@@ -129,15 +129,10 @@ fn request(cmd: &QueueCommand) -> QueueRequest {
 }
 
 pub fn run(config: &Path, cmd: &QueueCommand) -> u8 {
-    // The store and the socket are all it needs: no client secret (under LoadCredential=
-    // the secret exists only inside the service).
-    let opts = labagent_config::LoadOptions::default().secret_optional();
-    let loaded = match labagent_config::load_with(config, &opts) {
+    // The store and the socket are all it needs.
+    let loaded = match super::load_without_secret(config) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let cfg = loaded.config;
     let req = request(cmd);

@@ -77,13 +77,9 @@ pub fn run(config: &Path, cmd: &RemoteCommand) -> u8 {
 }
 
 fn reset(config: &Path) -> u8 {
-    let opts = labagent_config::LoadOptions::default().secret_optional();
-    let loaded = match labagent_config::load_with(config, &opts) {
+    let loaded = match super::load_without_secret(config) {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let files = Files::new(&loaded.config.agent.state_dir);
     let by = files.pushed_by();

@@ -31,17 +31,12 @@ fn socket(config: &Path, given: &Option<std::path::PathBuf>) -> Result<std::path
     if let Some(s) = given {
         return Ok(s.clone());
     }
-    // Only the socket is needed: no client secret (under LoadCredential= the secret
-    // exists only inside the service).
-    let opts = labagent_config::LoadOptions::default().secret_optional();
-    match labagent_config::load_with(config, &opts) {
-        Ok(l) => Ok(l.config.agent.status_socket),
-        Err(e) => {
-            eprintln!("{e}");
-            eprintln!("labagent: pass --socket PATH to reach an agent without reading its config");
-            Err(exit::CONFIG)
-        }
-    }
+    // Only the socket is needed.
+    super::load_without_secret(config)
+        .map(|l| l.config.agent.status_socket)
+        .inspect_err(|_| {
+            eprintln!("labagent: pass --socket PATH to reach an agent without reading its config")
+        })
 }
 
 fn unreachable(path: &Path, e: &std::io::Error) -> u8 {
