@@ -110,7 +110,20 @@ impl Wire for Timed<'_> {
     }
 }
 
-pub(crate) fn agent_bin() -> PathBuf {
+/// `labagent run` (the bench binary's sibling) on `cfg`, info logs, stdout dropped.
+pub(crate) fn start_agent(cfg: &Path) -> AgentProcess {
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run")
+        .arg("--config")
+        .arg(cfg)
+        .env("RUST_LOG", "labagent=info,warn")
+        .env("NO_COLOR", "1")
+        .env_remove("LABAGENT_CONFIG")
+        .stdout(Stdio::null());
+    AgentProcess::spawn(cmd)
+}
+
+fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("LABAGENT_BIN") {
         return p.into();
     }
@@ -153,15 +166,7 @@ fn run_at(baud: u32, shape: Shape, line_seconds: f64) -> Run {
     let link = dir.path().join("usb-Bench_Analyzer-if00-port0");
     let cfg = write_config(dir.path(), &up, &link, baud);
     let mut pty = PtyWire::create(Some(&link)).expect("pty");
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "labagent=info,warn")
-        .env("NO_COLOR", "1")
-        .env_remove("LABAGENT_CONFIG")
-        .stdout(Stdio::null());
-    let mut agent = AgentProcess::spawn(cmd);
+    let mut agent = start_agent(&cfg);
     pty.wait_open(T).expect("the agent opens the port");
 
     // Enough messages for about `line_seconds` of line time.

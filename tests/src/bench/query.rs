@@ -7,14 +7,12 @@
 //! The agent binary is the optimised one next to this bench binary (see astm.rs).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use labagent::simulate::wire::{PtyWire, Wire};
 use labagent::simulate::{astm_query, AstmInstrument};
 use labagent::store::{NewOrder, Protocol, Store, StoreOptions};
 use labagent_hal::astm::{ENQ, EOT};
-use labagent_tests::process::AgentProcess;
 use labagent_tests::upstream::Upstream;
 
 use crate::astm::Timed;
@@ -73,15 +71,7 @@ fn measure(upstream: bool) -> Vec<Row> {
         fill = t.elapsed();
     }
     let mut pty = PtyWire::create(Some(&link)).expect("pty");
-    let mut cmd = Command::new(crate::astm::agent_bin());
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "labagent=info,warn")
-        .env("NO_COLOR", "1")
-        .env_remove("LABAGENT_CONFIG")
-        .stdout(Stdio::null());
-    let mut agent = AgentProcess::spawn(cmd);
+    let mut agent = crate::astm::start_agent(&cfg);
     pty.wait_open(T).expect("the agent opens the port");
     // From the instrument's EOT to the host's next ENQ.
     let mut timed = Timed::new(&mut pty, EOT, ENQ);
