@@ -172,7 +172,12 @@ pub async fn run<S: LinkSession>(
                         false => Ok(s.next_unindexed_order(&channel)?.into_iter().collect()),
                     });
                     match next.await {
-                        Ok(v) if v.is_empty() => session.orders_waiting(false),
+                        Ok(v) if v.is_empty() => {
+                            session.orders_waiting(false);
+                            // In query mode that was a scan of the whole cache: at most one a
+                            // second, however fast orders arrive.
+                            look_again = (!push).then(|| Instant::now() + ORDER_LOOK_AGAIN);
+                        }
                         Ok(mut v) => {
                             let o = v.remove(0);
                             let r = OrderRef {
@@ -205,7 +210,9 @@ pub async fn run<S: LinkSession>(
         }
 
         // Wait for bytes, a deadline, an order, or the stop signal.
-        let deadline = [session.poll_timeout().map(|t| clock.at(t)), look_again]
+        // The wait before looking for an order counts only while one is wanted.
+        let look = look_again.filter(|_| session.order_wanted(clock.now()));
+        let deadline = [session.poll_timeout().map(|t| clock.at(t)), look]
             .into_iter()
             .flatten()
             .min();
