@@ -147,21 +147,16 @@ fn pages_are_stored_before_the_cursor_moves_and_the_next_poll_asks_after_it() {
             {"id":"o2","channel":"cobas","text":"H|\\^&\rO|1|X||^^^NA\rL|1|N\r","specimens":["S2","S3"]}
         ],"next":"C 1"}"#,
     ));
-    let woken = r.astm.clone();
-    let notified = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), woken.orders.notified())
-                .await
-                .is_ok()
-        })
-    });
-    std::thread::sleep(Duration::from_millis(50));
     assert_eq!(r.feed.poll_once(), Outcome::Took(2));
-    assert!(notified.join().unwrap(), "the channel was not woken");
+    // The handler wakes the channel with `notify_one`: the permit waits for its driver.
+    // (`timeout` polls the future once before it looks at the clock.)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let woken =
+        rt.block_on(async { tokio::time::timeout(Duration::ZERO, r.astm.orders.notified()).await });
+    assert!(woken.is_ok(), "the channel was not woken");
     assert_eq!(r.store.cursor("orders").unwrap().as_deref(), Some("C 1"));
     let o1 = r.store.order("o1").unwrap().unwrap();
     assert_eq!(o1.specimens, ["S1"], "read from O-3");

@@ -57,6 +57,18 @@ fn start(up: &Upstream) -> QueryUpstream {
     QueryUpstream::start(&up.url("/query"), uplink.settings(), uplink.authenticator()).unwrap()
 }
 
+/// Signals each query request as the upstream receives it (an event to wait on).
+fn on_query(up: &Upstream) -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    up.state().on_request = Some(Arc::new(move |req| {
+        if req.path.starts_with("/query") {
+            let _ = tx.lock().unwrap().send(());
+        }
+    }));
+    rx
+}
+
 fn query(protocol: Protocol, text: &str, specimens: &[&str]) -> QueryRequest {
     QueryRequest {
         id: "lab-00000042".into(),
@@ -289,16 +301,15 @@ fn shutdown_never_waits_for_a_stuck_worker_and_later_queries_get_none() {
     up.state().query_answers.push_back(Fault::Hang);
     let q = start(&up);
     let hook = q.hook();
+    let sent = on_query(&up);
     let t0 = Instant::now();
     let rx = hook(
         query(Protocol::Astm, ASTM_Q, &["1"]),
         t0 + Duration::from_secs(30),
     );
     // The worker is in the request (the server has it) before we stop.
-    while up.requests("/query").is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "query never sent");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    sent.recv_timeout(Duration::from_secs(10))
+        .expect("query never sent");
     drop(q);
     assert_eq!(rx.blocking_recv().unwrap(), None);
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
@@ -359,21 +370,14 @@ fn the_agent_reloads_and_stops_while_a_query_is_stuck_upstream() {
             .await
             .unwrap();
         let ch = agent.channels()[0].clone();
+        let sent = on_query(&up);
         assert_eq!(ch.config.query_timeout, Duration::from_secs(30));
         let t0 = Instant::now();
         let rx = ch.ask_upstream(
             query(Protocol::Astm, ASTM_Q, &["1"]),
             t0 + ch.config.query_timeout,
         );
-        let sent = async {
-            while up.requests("/query").is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), sent)
-            .await
-            .is_err()
-        {
+        if sent.recv_timeout(Duration::from_secs(10)).is_err() {
             panic!("query never reached the upstream\n{}", log_text());
         }
         // A reload that rebuilds the uplink (timeout changed): done long before 30 s.
@@ -389,20 +393,11 @@ fn the_agent_reloads_and_stops_while_a_query_is_stuck_upstream() {
         assert_eq!(a.unwrap(), None);
         // Another stuck query on the new uplink; then stop.
         up.state().query_answers.push_back(Fault::Hang);
-        let n = up.requests("/query").len();
         let rx = ch.ask_upstream(
             query(Protocol::Astm, ASTM_Q, &["1"]),
             Instant::now() + ch.config.query_timeout,
         );
-        let sent = async {
-            while up.requests("/query").len() == n {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        if tokio::time::timeout(Duration::from_secs(10), sent)
-            .await
-            .is_err()
-        {
+        if sent.recv_timeout(Duration::from_secs(10)).is_err() {
             panic!("query never reached the upstream\n{}", log_text());
         }
         tokio::time::timeout(Duration::from_secs(10), agent.stop())

@@ -158,8 +158,22 @@ fn queries_are_published_and_answers_taken_from_their_topic() {
         "{took:?}"
     );
     received(&lis, "chem-q5");
-    // Its late answer is dropped without harm.
-    lis.publish("labagent/lab-1/chem/answers/chem-q5", ASTM_Q.as_bytes());
+    // Its late answer is dropped without harm: the next query gets its own answer.
+    lis.publish(
+        "labagent/lab-1/chem/answers/chem-q5",
+        b"H|\\^&|||LATE\rL|1|N\r",
+    );
+    let rx = hook(
+        query("chem-q5b", "chem", Protocol::Astm, ASTM_Q),
+        Instant::now() + T,
+    );
+    received(&lis, "chem-q5b");
+    lis.publish(
+        "labagent/lab-1/chem/answers/chem-q5b",
+        b"H|\\^&|||OWN\rL|1|N\r",
+    );
+    let a = rt.block_on(tokio::time::timeout(T, rx)).unwrap().unwrap();
+    assert_eq!(a.as_deref(), Some("H|\\^&|||OWN\rL|1|N\r"));
 
     // Stopping answers a waiting query at once.
     let rx = hook(
