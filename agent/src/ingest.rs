@@ -38,6 +38,7 @@ impl Ingest {
         let thread = std::thread::Builder::new()
             .name("ingest".into())
             .spawn(move || {
+                crate::store::calls_in_place();
                 rt.block_on(async {
                     let _ = stopped.await;
                 });

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod exit;
 pub mod fhir;
 pub mod ingest;
+pub mod loglimit;
 pub mod meta;
 pub mod mqtt;
 pub mod orders;

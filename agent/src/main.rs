@@ -214,9 +214,10 @@ fn run(path: &Path) -> u8 {
     // The channels have a thread of their own (`labagent::ingest`); what is left here —
     // uplink control, MQTT, the status socket, metrics, signals — is light work for one
     // thread. Blocking store calls (status, queue commands, MQTT's store writes, prune) go
-    // to one pool thread that lingers a minute, so a busy agent creates no thread under
-    // load and keeps a fixed count: this one, ingest, uplink, the store's checkpointer,
-    // sled's seven IO threads and the pool thread (docs/perf/ingest.md).
+    // to one pool thread that lingers a minute (the ingest thread makes its own in place),
+    // so a busy agent creates no thread under load and keeps a fixed count: this one,
+    // ingest, uplink, the store's checkpointer, sled's seven IO threads and the pool thread
+    // (docs/perf/ingest.md).
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(1)
@@ -229,6 +230,7 @@ fn run(path: &Path) -> u8 {
             return exit::OS;
         }
     };
+    labagent::store::tune_heap();
     rt.block_on(async {
         match labagent::service::Agent::start_from(loaded.config, path.to_path_buf()).await {
             Ok(agent) => {

@@ -101,6 +101,7 @@ pub struct ChannelCtx {
     pub order_lock: Arc<tokio::sync::Mutex<()>>,
     /// Becomes true when the agent is stopping: refuse new transmissions politely.
     pub stopping: watch::Receiver<bool>,
+    log_lines: crate::loglimit::LineBudget,
 }
 
 impl ChannelCtx {
@@ -121,6 +122,7 @@ impl ChannelCtx {
             orders: tokio::sync::Notify::new(),
             order_lock: Arc::default(),
             stopping,
+            log_lines: Default::default(),
         })
     }
 
@@ -167,14 +169,14 @@ impl ChannelCtx {
     /// Bookkeeping after a store attempt: counters, log line (never data), uplink wake.
     pub fn after_store(&self, r: &Result<Appended, StoreError>, len: usize) {
         match r {
-            Ok(a) if a.duplicate => {
-                self.counters.duplicate();
-                tracing::info!(channel = %self.name(), id = %a.id, len, "duplicate message, already stored");
-            }
             Ok(a) => {
-                self.counters.stored(len);
-                tracing::info!(channel = %self.name(), id = %a.id, len, "message stored");
-                (self.hooks.stored)();
+                if a.duplicate {
+                    self.counters.duplicate();
+                } else {
+                    self.counters.stored(len);
+                    (self.hooks.stored)();
+                }
+                crate::loglimit::stored(&self.log_lines, self.name(), &a.id, len, a.duplicate);
             }
             Err(e) => {
                 self.counters.refused(&e.to_string());

@@ -244,12 +244,23 @@ impl Store {
         Ok(())
     }
 
-    fn find_dup(&self, ch: &str, sha: &[u8; 32]) -> Result<Option<u64>> {
+    /// The duplicate index's entry for `key`, looked up only if the filter says the store
+    /// may have it (`dedup.rs`). Call under the writer lock.
+    fn dedup_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !super::dedup::lock(&self.shared.dedup).may_contain(key) {
+            return Ok(None);
+        }
         let g = self.engine()?;
         let eng = g.as_ref().ok_or_else(closed)?;
-        match eng.get(&keys::dedup(ch, sha))? {
+        Ok(eng.get(key)?)
+    }
+
+    fn find_dup(&self, ch: &str, sha: &[u8; 32]) -> Result<Option<u64>> {
+        match self.dedup_get(&keys::dedup(ch, sha))? {
             Some(v) if v.len() == 8 => {
                 let seq = keys::seq_suffix(&v);
+                let g = self.engine()?;
+                let eng = g.as_ref().ok_or_else(closed)?;
                 Ok(header(&**eng, seq)?.map(|_| seq))
             }
             _ => Ok(None),
@@ -525,11 +536,9 @@ impl Store {
             ops.push((keys::partial(&h.channel, t), None));
         }
         if let Some(sha) = sha_bytes(&h.sha256) {
-            let g = self.engine()?;
-            let eng = g.as_ref().ok_or_else(closed)?;
             let dk = keys::dedup(&h.channel, &sha);
-            if eng
-                .get(&dk)?
+            if self
+                .dedup_get(&dk)?
                 .is_some_and(|v| v.len() == 8 && keys::seq_suffix(&v) == seq)
             {
                 ops.push((dk, None));
@@ -678,10 +687,8 @@ impl Store {
         }
         if old.sha256.is_empty() {
             if let Some(sha) = sha_bytes(&new.sha256) {
-                let g = self.engine()?;
-                let eng = g.as_ref().ok_or_else(closed)?;
                 let dk = keys::dedup(&ch, &sha);
-                if eng.get(&dk)?.is_none() {
+                if self.dedup_get(&dk)?.is_none() {
                     ops.push((dk, Some(id.seq.to_be_bytes().to_vec())));
                 }
             }

@@ -61,6 +61,9 @@ pub(crate) fn queue_prefix(chan: &str) -> Vec<u8> {
 pub(crate) fn dedup(chan: &str, sha: &[u8; 32]) -> Vec<u8> {
     cat(b"D", chan.as_bytes(), sha)
 }
+pub(crate) fn dedup_prefix() -> Vec<u8> {
+    b"D".to_vec()
+}
 pub(crate) fn delivered(at_secs: u64, seq: u64) -> Vec<u8> {
     let mut k = b"T".to_vec();
     k.extend_from_slice(&at_secs.to_be_bytes());

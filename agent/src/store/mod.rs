@@ -89,8 +89,11 @@
 //! is not bounded by `cache_capacity`, and its file never shrinks.
 
 mod call;
+pub use call::calls_in_place;
+pub use wal::tune_heap;
 pub mod commits;
 mod engine;
+mod dedup;
 mod group_commit;
 mod inbox;
 mod keys;
@@ -410,6 +413,8 @@ struct Shared {
     floors: Mutex<QueueFloors>,
     /// The `min_free` check's last answer (taken under the writer lock).
     free: Mutex<quota::FreeSpace>,
+    /// Which duplicate keys the store may hold (taken under the writer lock, or alone).
+    dedup: Mutex<dedup::Filter>,
 }
 
 /// Where each channel's queue scan may start: no queue entry of the channel has a lower
@@ -488,9 +493,11 @@ impl Store {
                 failed: AtomicBool::new(false),
                 floors: Mutex::default(),
                 free: Mutex::default(),
+                dedup: Mutex::default(),
             }),
         };
         store.abandon_all_partials()?;
+        dedup::build(&store);
         Ok(store)
     }
 
@@ -630,6 +637,7 @@ impl Store {
         // have raised it past the entry meanwhile.
         let requeued = requeued(&ops, w.next_seq);
         self.lower_floors(&requeued);
+        dedup::note_puts(&self.shared.dedup, &ops);
         let r = {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;

@@ -86,6 +86,58 @@ fn duplicate_within_keep_delivered() {
     assert!(!c.duplicate && c.id != a.id);
 }
 
+/// Probes of the duplicate index that went to the engine, and whether its filter is built.
+fn dedup_probes(s: &Store) -> (u64, bool) {
+    let f = dedup::lock(&s.shared.dedup);
+    (f.probes, f.ready_for_test())
+}
+
+#[test]
+fn new_messages_skip_the_duplicate_lookup_and_duplicates_are_still_found() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let first = s.append(msg("a", b"m-0")).unwrap();
+    let (p0, ready) = dedup_probes(&s);
+    assert!(ready, "an empty store's filter is built at open");
+    for i in 1..300 {
+        s.append(msg("a", format!("m-{i}").as_bytes())).unwrap();
+    }
+    let (p1, _) = dedup_probes(&s);
+    assert!(p1 - p0 < 5, "{} engine lookups for 299 new messages", p1 - p0);
+    assert_eq!(s.append(msg("a", b"m-0")).unwrap(), Appended { id: first.id, duplicate: true });
+    drop(s);
+    // Reopened: the keys written before are read back into the filter.
+    let s = Store::open(d.path(), opts()).unwrap();
+    assert!(dedup_probes(&s).1);
+    for i in [0, 150, 299] {
+        assert!(s.append(msg("a", format!("m-{i}").as_bytes())).unwrap().duplicate, "m-{i}");
+    }
+    assert!(!s.append(msg("b", b"m-0")).unwrap().duplicate, "another channel's copy");
+}
+
+#[test]
+fn the_filter_build_reads_every_page_of_a_large_index() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), opts()).unwrap();
+    let n = dedup::PAGE * 2 + 7;
+    let mut last = None;
+    for i in 0..n {
+        let (_, t) = s.append_nowait(msg("a", format!("m-{i}").as_bytes())).unwrap();
+        last = Some(t);
+    }
+    s.wait_durable_blocking(last.unwrap()).unwrap();
+    drop(s);
+    let s = Store::open(d.path(), opts()).unwrap();
+    // The build goes on past the first page on a thread of its own; rebuild here, on this
+    // thread, the same way, to check what it reads.
+    *dedup::lock(&s.shared.dedup) = dedup::Filter::default();
+    dedup::scan_all(&s).unwrap();
+    assert!(dedup_probes(&s).1);
+    for i in [0, dedup::PAGE - 1, dedup::PAGE, 2 * dedup::PAGE, n - 1] {
+        assert!(s.append(msg("a", format!("m-{i}").as_bytes())).unwrap().duplicate, "m-{i}");
+    }
+}
+
 #[test]
 fn fragments_complete_abandon_restart() {
     let d = tempfile::tempdir().unwrap();
