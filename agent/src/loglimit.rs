@@ -29,10 +29,7 @@ impl LineBudget {
     /// it, if any); `None`: over budget, counted.
     pub fn admit(&self, now: Instant) -> Option<u64> {
         let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if w
-            .start
-            .is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1))
-        {
+        if !matches!(w.start, Some(s) if now.duration_since(s) < Duration::from_secs(1)) {
             w.start = Some(now);
             w.used = 0;
         }
@@ -46,13 +43,23 @@ impl LineBudget {
 }
 
 /// Logs a stored (or duplicate) message within `budget`: ids and lengths only, never data.
-pub fn stored(budget: &LineBudget, channel: &str, id: &dyn std::fmt::Display, len: usize, duplicate: bool) {
+pub fn stored(
+    budget: &LineBudget,
+    channel: &str,
+    id: &dyn std::fmt::Display,
+    len: usize,
+    duplicate: bool,
+) {
     let Some(held) = budget.admit(Instant::now()) else {
         tracing::debug!(channel, id = %id, len, duplicate, "message stored");
         return;
     };
     if held > 0 {
-        tracing::info!(channel, held, "more messages stored without a line each (over {LINES_PER_SECOND} a second)");
+        tracing::info!(
+            channel,
+            held,
+            "more messages stored without a line each (over {LINES_PER_SECOND} a second)"
+        );
     }
     if duplicate {
         tracing::info!(channel, id = %id, len, "duplicate message, already stored");
@@ -76,7 +83,11 @@ mod tests {
             assert_eq!(b.admit(t0 + Duration::from_millis(10 * i)), None);
         }
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(b.admit(t1), Some(5), "the first line of the next second counts the held ones");
+        assert_eq!(
+            b.admit(t1),
+            Some(5),
+            "the first line of the next second counts the held ones"
+        );
         assert_eq!(b.admit(t1), Some(0));
     }
 }

@@ -127,7 +127,9 @@ pub(super) fn build(store: &Store) {
                 tracing::warn!(error = %e, "store: cannot start the duplicate filter's scan");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "store: duplicate filter scan failed; lookups go to the store"),
+        Err(e) => {
+            tracing::warn!(error = %e, "store: duplicate filter scan failed; lookups go to the store")
+        }
     }
 }
 
@@ -205,7 +207,9 @@ mod tests {
         for i in 0..10_000 {
             assert!(f.may_contain(&key(i * 2)), "a noted key read as absent");
         }
-        let false_maybes = (0..10_000).filter(|i| f.may_contain(&key(i * 2 + 1))).count();
+        let false_maybes = (0..10_000)
+            .filter(|i| f.may_contain(&key(i * 2 + 1)))
+            .count();
         assert!(false_maybes < 10, "{false_maybes} false maybes in 10 000");
         f.noted = SATURATED;
         assert!(f.may_contain(&key(3)), "a saturated filter answers maybe");

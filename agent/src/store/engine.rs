@@ -18,6 +18,8 @@ pub(crate) const CHUNK: usize = 8 * 1024;
 
 /// One write of an atomic batch: `None` removes the key.
 pub(crate) type Op = (Vec<u8>, Option<Vec<u8>>);
+/// An [`Op`] borrowed (the log's checkpoint hands its layer to the engine this way).
+pub(crate) type OpRef<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// An ordered byte key space. Implementations must apply a batch atomically (all or none
 /// visible after a crash) and make everything applied before `sync` durable when it
@@ -28,8 +30,12 @@ pub(crate) trait Engine: Send + Sync {
     /// Applies `ops` in order, each write on its own: after a crash any subset of them may
     /// be there. Only for a caller that redoes them until a later `sync` (the log's
     /// checkpoint). Engines whose batches cost nothing extra keep the default.
-    fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
-        self.apply(ops)
+    fn apply_each(&self, ops: &[OpRef<'_>]) -> io::Result<()> {
+        self.apply(
+            ops.iter()
+                .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                .collect(),
+        )
     }
     /// Up to `limit` pairs with `start <= key < end`, ascending.
     fn range(&self, start: &[u8], end: &[u8], limit: usize) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>>;
@@ -151,8 +157,8 @@ impl Engine for SledEngine {
     /// look-ups waited (yielding) for them. Single inserts take it shared, and if no batch
     /// ever runs in the process, reads skip it. Measured on one HL7 connection: 50–60 µs
     /// of each append's CPU path before the change (docs/perf/hl7.md).
-    fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
-        for (k, v) in ops {
+    fn apply_each(&self, ops: &[OpRef<'_>]) -> io::Result<()> {
+        for &(k, v) in ops {
             match v {
                 Some(v) => self.tree.insert(k, v).map(drop),
                 None => self.tree.remove(k).map(drop),
@@ -238,7 +244,7 @@ impl Engine for FaultyEngine {
         self.inner.apply(ops)
     }
 
-    fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
+    fn apply_each(&self, ops: &[OpRef<'_>]) -> io::Result<()> {
         self.check()?;
         self.inner.apply_each(ops)
     }

@@ -103,16 +103,34 @@ fn new_messages_skip_the_duplicate_lookup_and_duplicates_are_still_found() {
         s.append(msg("a", format!("m-{i}").as_bytes())).unwrap();
     }
     let (p1, _) = dedup_probes(&s);
-    assert!(p1 - p0 < 5, "{} engine lookups for 299 new messages", p1 - p0);
-    assert_eq!(s.append(msg("a", b"m-0")).unwrap(), Appended { id: first.id, duplicate: true });
+    assert!(
+        p1 - p0 < 5,
+        "{} engine lookups for 299 new messages",
+        p1 - p0
+    );
+    assert_eq!(
+        s.append(msg("a", b"m-0")).unwrap(),
+        Appended {
+            id: first.id,
+            duplicate: true
+        }
+    );
     drop(s);
     // Reopened: the keys written before are read back into the filter.
     let s = Store::open(d.path(), opts()).unwrap();
     assert!(dedup_probes(&s).1);
     for i in [0, 150, 299] {
-        assert!(s.append(msg("a", format!("m-{i}").as_bytes())).unwrap().duplicate, "m-{i}");
+        assert!(
+            s.append(msg("a", format!("m-{i}").as_bytes()))
+                .unwrap()
+                .duplicate,
+            "m-{i}"
+        );
     }
-    assert!(!s.append(msg("b", b"m-0")).unwrap().duplicate, "another channel's copy");
+    assert!(
+        !s.append(msg("b", b"m-0")).unwrap().duplicate,
+        "another channel's copy"
+    );
 }
 
 #[test]
@@ -122,7 +140,9 @@ fn the_filter_build_reads_every_page_of_a_large_index() {
     let n = dedup::PAGE * 2 + 7;
     let mut last = None;
     for i in 0..n {
-        let (_, t) = s.append_nowait(msg("a", format!("m-{i}").as_bytes())).unwrap();
+        let (_, t) = s
+            .append_nowait(msg("a", format!("m-{i}").as_bytes()))
+            .unwrap();
         last = Some(t);
     }
     s.wait_durable_blocking(last.unwrap()).unwrap();
@@ -134,7 +154,12 @@ fn the_filter_build_reads_every_page_of_a_large_index() {
     dedup::scan_all(&s).unwrap();
     assert!(dedup_probes(&s).1);
     for i in [0, dedup::PAGE - 1, dedup::PAGE, 2 * dedup::PAGE, n - 1] {
-        assert!(s.append(msg("a", format!("m-{i}").as_bytes())).unwrap().duplicate, "m-{i}");
+        assert!(
+            s.append(msg("a", format!("m-{i}").as_bytes()))
+                .unwrap()
+                .duplicate,
+            "m-{i}"
+        );
     }
 }
 
@@ -784,11 +809,11 @@ fn a_full_file_system_refuses_then_recovers_and_loses_nothing() {
 fn sled_apply_each_writes_in_order_and_survives_a_reopen() {
     let d = tempfile::tempdir().unwrap();
     let e = SledEngine::open(d.path(), 1 << 20).unwrap();
-    e.apply_each(vec![
-        (b"a".to_vec(), Some(b"1".to_vec())),
-        (b"b".to_vec(), Some(b"1".to_vec())),
-        (b"a".to_vec(), Some(b"2".to_vec())),
-        (b"b".to_vec(), None),
+    e.apply_each(&[
+        (b"a", Some(b"1")),
+        (b"b", Some(b"1")),
+        (b"a", Some(b"2")),
+        (b"b", None),
     ])
     .unwrap();
     assert_eq!(e.get(b"a").unwrap(), Some(b"2".to_vec()));

@@ -680,15 +680,17 @@ impl Core {
 
     fn write_frozen(&self, frozen: &Layer) -> io::Result<()> {
         let inner = self.inner();
+        // Borrowed: the engine copies each value once into its own buffer.
         let mut ops = Vec::with_capacity(ENGINE_BATCH.min(frozen.len()));
         for (k, v) in frozen {
-            ops.push((k.clone(), v.clone()));
+            ops.push((k.as_slice(), v.as_deref()));
             if ops.len() == ENGINE_BATCH {
-                inner.apply_each(std::mem::take(&mut ops))?;
+                inner.apply_each(&ops)?;
+                ops.clear();
             }
         }
         if !ops.is_empty() {
-            inner.apply_each(ops)?;
+            inner.apply_each(&ops)?;
         }
         inner.sync()
     }
@@ -924,6 +926,7 @@ mod tests {
     //! The log's own rules, on an in-memory engine that keeps only what was synced when it
     //! is dropped (a crash of the engine's unsynced state).
 
+    use super::super::engine::OpRef;
     use super::*;
     use std::collections::BTreeMap;
 
@@ -947,14 +950,21 @@ mod tests {
         }
         fn apply(&self, ops: Vec<Op>) -> io::Result<()> {
             self.disk.batches.fetch_add(1, Ordering::SeqCst);
-            self.apply_each(ops)
-        }
-        fn apply_each(&self, ops: Vec<Op>) -> io::Result<()> {
             let mut live = lock(&self.live);
             for (k, v) in ops {
                 match v {
                     Some(v) => live.insert(k, v),
                     None => live.remove(&k),
+                };
+            }
+            Ok(())
+        }
+        fn apply_each(&self, ops: &[OpRef<'_>]) -> io::Result<()> {
+            let mut live = lock(&self.live);
+            for &(k, v) in ops {
+                match v {
+                    Some(v) => live.insert(k.to_vec(), v.to_vec()),
+                    None => live.remove(k),
                 };
             }
             Ok(())

@@ -204,6 +204,8 @@ struct Load {
     rate: f64,
     p99: Duration,
     cpu_us_per_msg: f64,
+    /// The same, by thread name.
+    cpu_by_thread: Vec<(String, f64)>,
     syncs_per_msg: Option<f64>,
     threads_most: usize,
     threads_created: usize,
@@ -225,8 +227,10 @@ fn load(agent: &Agent, conns: usize, per: usize, round: usize) -> Load {
         .flatten();
     let sampler = Threads::start(pid.clone());
     let cpu0 = crate::sys::cpu_time(&pid);
+    let threads0 = crate::sys::cpu_by_thread(&pid);
     let f = drive(agent.addr(), conns, per, round * 10 + 1);
     let cpu1 = crate::sys::cpu_time(&pid);
+    let threads1 = crate::sys::cpu_by_thread(&pid);
     let (seen, most, names) = sampler.finish();
     let syscalls = strace.map(Strace::finish);
     let syncs1 = agent.syncs();
@@ -236,6 +240,19 @@ fn load(agent: &Agent, conns: usize, per: usize, round: usize) -> Load {
         rate: f.rate,
         p99: f.p99,
         cpu_us_per_msg: (cpu1 - cpu0).as_secs_f64() * 1e6 / n as f64,
+        cpu_by_thread: {
+            let mut v: Vec<(String, f64)> = threads1
+                .iter()
+                .map(|(name, t)| {
+                    let before = threads0.get(name).copied().unwrap_or_default();
+                    let us = t.saturating_sub(before).as_secs_f64() * 1e6 / n as f64;
+                    (name.clone(), us)
+                })
+                .filter(|(_, us)| *us >= 0.05)
+                .collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            v
+        },
         syncs_per_msg: syncs0
             .zip(syncs1)
             .map(|(a, b)| b.saturating_sub(a) as f64 / n as f64),
@@ -278,6 +295,15 @@ fn rows_for(label: &str, l: &Load, rows: &mut Vec<Row>) {
             ms(l.p99),
             l.messages
         ),
+    ));
+    rows.push(Row::new(
+        format!("  CPU per message by thread, {label}"),
+        "",
+        l.cpu_by_thread
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     ));
     rows.push(Row::new(
         format!("  threads, {label}"),

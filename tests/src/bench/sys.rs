@@ -29,6 +29,26 @@ pub fn cpu_time(pid: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// User + system CPU time of each thread of a process so far, summed by thread name
+/// (`sled-io-0` .. `sled-io-6` as `sled-io`).
+pub fn cpu_by_thread(pid: &str) -> std::collections::BTreeMap<String, Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in dir.flatten() {
+        let tid = t.file_name().to_string_lossy().to_string();
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        let name = match comm.trim() {
+            n if n.starts_with("sled-io") => "sled-io".to_string(),
+            n => n.to_string(),
+        };
+        *out.entry(name).or_default() += cpu_time(&format!("{pid}/task/{tid}"));
+    }
+    out
+}
+
 /// An integer from the environment, or `d`.
 pub fn env_u64(k: &str, d: u64) -> u64 {
     std::env::var(k)
