@@ -41,13 +41,21 @@ pub fn hl7_encoding_label(
     crate::text::encoding_label(enc, declared, bytes)
 }
 
-/// A header field as text for the meta (header fields are ASCII in practice).
-fn text(v: &[u8], label: &str) -> String {
-    crate::text::decode(v, label)
+/// A header field as text for the meta. Header fields are ASCII in practice, and ASCII
+/// reads the same in every encoding a lab uses: those are copied as they are.
+fn text(v: &[u8], enc: &'static encoding_rs::Encoding) -> String {
+    match std::str::from_utf8(v) {
+        Ok(t) if enc.is_ascii_compatible() && v.is_ascii() => t.to_string(),
+        _ => enc.decode(v).0.into_owned(),
+    }
 }
 
 /// Meta of a stored HL7 message: header fields and segment counts, no patient data.
 pub fn hl7_header(v: &MshView<'_>, label: &str) -> serde_json::Value {
+    // Looked up once for the nine fields (as `crate::text::decode` would for each).
+    let label_enc =
+        encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
+    let text = |v: &[u8], _: &str| text(v, label_enc);
     let mut counts = serde_json::Map::new();
     let mut segments = 0u64;
     for s in v.segments() {
