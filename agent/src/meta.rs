@@ -41,21 +41,11 @@ pub fn hl7_encoding_label(
     crate::text::encoding_label(enc, declared, bytes)
 }
 
-/// A header field as text for the meta. Header fields are ASCII in practice, and ASCII
-/// reads the same in every encoding a lab uses: those are copied as they are.
-fn text(v: &[u8], enc: &'static encoding_rs::Encoding) -> String {
-    match std::str::from_utf8(v) {
-        Ok(t) if enc.is_ascii_compatible() && v.is_ascii() => t.to_string(),
-        _ => enc.decode(v).0.into_owned(),
-    }
-}
-
 /// Meta of a stored HL7 message: header fields and segment counts, no patient data.
 pub fn hl7_header(v: &MshView<'_>, label: &str) -> serde_json::Value {
-    // Looked up once for the nine fields (as `crate::text::decode` would for each).
-    let label_enc =
-        encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
-    let text = |v: &[u8], _: &str| text(v, label_enc);
+    // Header fields as text, in the message's encoding (looked up once for all of them).
+    let enc = crate::text::encoding(label);
+    let text = |f: &[u8]| crate::text::decode_with(f, enc);
     let mut counts = serde_json::Map::new();
     let mut segments = 0u64;
     for s in v.segments() {
@@ -66,10 +56,10 @@ pub fn hl7_header(v: &MshView<'_>, label: &str) -> serde_json::Value {
     }
     let d = v.delimiters();
     let t = v.message_type();
-    let mut ty = text(t.code, label);
+    let mut ty = text(t.code);
     if !t.trigger.is_empty() {
         ty.push('^');
-        ty.push_str(&text(t.trigger, label));
+        ty.push_str(&text(t.trigger));
     }
     let kind = if labagent_hal::query::hl7_query(v).is_some() {
         "query"
@@ -78,13 +68,13 @@ pub fn hl7_header(v: &MshView<'_>, label: &str) -> serde_json::Value {
     };
     json!({
         "type": ty,
-        "control_id": text(v.control_id(), label),
-        "sending_application": text(v.sending_application(), label),
-        "sending_facility": text(v.sending_facility(), label),
-        "version": text(v.version(), label),
-        "processing_id": text(v.processing_id(), label),
-        "charset": text(v.charset(), label),
-        "separators": text(&[d.field], label) + &text(&d.encoding_chars().0[..d.encoding_chars().1], label),
+        "control_id": text(v.control_id()),
+        "sending_application": text(v.sending_application()),
+        "sending_facility": text(v.sending_facility()),
+        "version": text(v.version()),
+        "processing_id": text(v.processing_id()),
+        "charset": text(v.charset()),
+        "separators": text(&[d.field]) + &text(&d.encoding_chars().0[..d.encoding_chars().1]),
         "segments": segments,
         "segment_counts": counts,
         "encoding": label,

@@ -52,10 +52,21 @@ pub fn encoding_label(enc: &Encoding, declared: Option<&str>, bytes: &[u8]) -> S
 /// `windows-1252`, `iso-8859-15`, ...). Unknown labels and invalid sequences fall back to
 /// UTF-8 with replacement characters; nothing is dropped silently.
 pub fn decode(bytes: &[u8], label: &str) -> String {
-    let enc =
-        encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8);
-    let (text, _, _) = enc.decode(bytes);
-    text.into_owned()
+    decode_with(bytes, encoding(label))
+}
+
+/// The encoding a label names; unknown labels read as UTF-8 (see [`decode`]).
+pub fn encoding(label: &str) -> &'static encoding_rs::Encoding {
+    encoding_rs::Encoding::for_label(label.trim().as_bytes()).unwrap_or(encoding_rs::UTF_8)
+}
+
+/// [`decode`] with the encoding looked up already (several fields of one message). ASCII
+/// reads the same in every ASCII-compatible encoding, so it is copied as it is.
+pub fn decode_with(bytes: &[u8], enc: &'static encoding_rs::Encoding) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(t) if bytes.is_ascii() && enc.is_ascii_compatible() => t.to_string(),
+        _ => enc.decode(bytes).0.into_owned(),
+    }
 }
 
 /// Lower-case hex, two digits per byte (digests, tokens).
@@ -192,5 +203,17 @@ mod tests {
             render_bytes(&[0x0b, b'M', 0xe9, 0x1c, 0x0d]),
             "<VT>M<xE9><FS><CR>"
         );
+    }
+
+    #[test]
+    fn decode_with_copies_ascii_and_decodes_the_rest() {
+        let latin1 = encoding("latin1");
+        assert_eq!(decode_with(b"ORU^R01", latin1), "ORU^R01");
+        assert_eq!(decode_with(b"M\xfcller", latin1), "M\u{fc}ller");
+        assert_eq!(
+            decode_with("Müller".as_bytes(), encoding("utf-8")),
+            "Müller"
+        );
+        assert_eq!(encoding("no such label"), encoding_rs::UTF_8);
     }
 }

@@ -33,7 +33,7 @@ pub(super) struct Filter {
     bits: Vec<u64>,
     /// Every key in the store at open has been read in.
     ready: bool,
-    /// Keys noted since the filter was created.
+    /// Keys written since the filter was created (the build's keys not counted).
     noted: u64,
     /// Lookups that went to the engine (a test's window on the filter).
     pub(super) probes: u64,
@@ -69,9 +69,14 @@ impl Filter {
         (0..PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % BITS as u64) as usize)
     }
 
-    /// `key` is (or is about to be) in the store.
+    /// `key` is (or is about to be) in the store: a write, counted towards saturation.
     pub(super) fn note(&mut self, key: &[u8]) {
         self.noted += 1;
+        self.set(key);
+    }
+
+    /// Sets `key`'s bits (the build scan: the store's contents, not counted).
+    fn set(&mut self, key: &[u8]) {
         for p in Self::positions(key) {
             self.bits[p / 64] |= 1 << (p % 64);
         }
@@ -172,10 +177,8 @@ fn scan_page(store: &Store, from: Vec<u8>) -> super::Result<Option<Vec<u8>>> {
     };
     let mut f = lock(&store.shared.dedup);
     for (k, _) in &page {
-        f.note(k);
+        f.set(k);
     }
-    // Notes from the scan do not count towards saturation: they are the store's contents.
-    f.noted -= page.len() as u64;
     Ok(match page.last() {
         Some((k, _)) if page.len() == PAGE => {
             let mut next = k.clone();
