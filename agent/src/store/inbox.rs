@@ -14,17 +14,25 @@ use super::*;
 /// Reads a message header.
 pub(super) fn header(eng: &dyn Engine, seq: u64) -> Result<Option<Header>> {
     match eng.get(&keys::msg(seq))? {
-        Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt)?)),
+        Some(v) => Ok(Some(keys::decode(&v).map_err(corrupt)?)),
         None => Ok(None),
     }
 }
 
-fn read_bytes(eng: &dyn Engine, seq: u64, h: &Header) -> Result<Vec<u8>> {
-    let p = keys::body_prefix(seq);
-    let mut out = Vec::with_capacity(h.len as usize);
-    for (_, v) in eng.range(&p, &keys::prefix_end(&p), usize::MAX)? {
-        out.extend_from_slice(&v);
-    }
+/// The bytes of message `seq`: taken from `h` if they are kept beside its header, else
+/// read from their chunks.
+fn read_bytes(eng: &dyn Engine, seq: u64, h: &mut Header) -> Result<Vec<u8>> {
+    let out = match h.inline.take() {
+        Some(b) => b,
+        None => {
+            let p = keys::body_prefix(seq);
+            let mut out = Vec::with_capacity(h.len as usize);
+            for (_, v) in eng.range(&p, &keys::prefix_end(&p), usize::MAX)? {
+                out.extend_from_slice(&v);
+            }
+            out
+        }
+    };
     if out.len() as u64 != h.len {
         return Err(StoreError::Corrupt(format!(
             "message {seq}: {} bytes stored, {} expected",
@@ -35,12 +43,26 @@ fn read_bytes(eng: &dyn Engine, seq: u64, h: &Header) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Writes `h` (with its bytes, if it holds them) as the `M` value of `seq`.
 fn put_header(ops: &mut Vec<Op>, seq: u64, h: &Header) -> Result<()> {
-    ops.push((
-        keys::msg(seq),
-        Some(serde_json::to_vec(h).map_err(corrupt)?),
-    ));
+    ops.push((keys::msg(seq), Some(keys::encode(h).map_err(corrupt)?)));
     Ok(())
+}
+
+/// Writes a new complete message `h` with its `bytes`: beside the header in one `M` value
+/// when the whole value stays within [`CHUNK`], else in `B` chunks.
+fn put_message(ops: &mut Vec<Op>, seq: u64, h: &mut Header, bytes: Vec<u8>) -> Result<()> {
+    h.chunks = 0;
+    h.inline = Some(bytes);
+    let v = keys::encode(h).map_err(corrupt)?;
+    if v.len() <= CHUNK {
+        h.inline = None;
+        ops.push((keys::msg(seq), Some(v)));
+        return Ok(());
+    }
+    let bytes = h.inline.take().unwrap_or_default();
+    h.chunks = put_chunks(ops, seq, 0, &bytes);
+    put_header(ops, seq, h)
 }
 
 fn put_chunks(ops: &mut Vec<Op>, seq: u64, first: u32, bytes: &[u8]) -> u32 {
@@ -163,6 +185,7 @@ impl Store {
             reason: rejected.map(str::to_string),
             delivered_at: None,
             transmission: None,
+            inline: None,
         };
         let mut w = self.lock_writer();
         self.ensure_healthy(&mut w)?;
@@ -183,8 +206,7 @@ impl Store {
         self.make_room(&mut w, h.charge(), &mut changed)?;
         let seq = w.next_seq;
         let mut ops = Vec::new();
-        h.chunks = put_chunks(&mut ops, seq, 0, &m.bytes);
-        put_header(&mut ops, seq, &h)?;
+        put_message(&mut ops, seq, &mut h, m.bytes)?;
         if h.state == State::Pending {
             ops.push((keys::queue(&h.channel, seq), Some(Vec::new())));
         }
@@ -235,9 +257,9 @@ impl Store {
             reason: None,
             delivered_at: None,
             transmission: None,
+            inline: None,
         };
-        h.chunks = put_chunks(ops, seq, 0, bytes);
-        put_header(ops, seq, &h)?;
+        put_message(ops, seq, &mut h, bytes.to_vec())?;
         ops.push((keys::queue(channel, seq), Some(Vec::new())));
         ops.push((keys::dedup(channel, &sha), Some(seq.to_be_bytes().to_vec())));
         ctr(w, changed, channel).add(&h, 1);
@@ -317,6 +339,7 @@ impl Store {
                     reason: Some("transmission in progress".into()),
                     delivered_at: None,
                     transmission: Some(f.transmission),
+                    inline: None,
                 };
                 self.make_room(&mut w, h.charge(), &mut changed)?;
                 let seq = w.next_seq;
@@ -370,8 +393,8 @@ impl Store {
             let g = self.engine()?;
             let eng = g.as_ref().ok_or_else(closed)?;
             let seq = keys::seq_suffix(&eng.get(&pkey)?.ok_or_else(no_partial)?);
-            let h = header(&**eng, seq)?.ok_or_else(no_partial)?;
-            let bytes = read_bytes(&**eng, seq, &h)?;
+            let mut h = header(&**eng, seq)?.ok_or_else(no_partial)?;
+            let bytes = read_bytes(&**eng, seq, &mut h)?;
             (seq, h, bytes)
         };
         let mut changed = BTreeMap::new();
@@ -467,8 +490,8 @@ impl Store {
                 transmission: transmission.into(),
             };
             let seq = keys::seq_suffix(&eng.get(&pkey)?.ok_or_else(no_partial)?);
-            let h = header(&**eng, seq)?.ok_or_else(no_partial)?;
-            let bytes = read_bytes(&**eng, seq, &h)?;
+            let mut h = header(&**eng, seq)?.ok_or_else(no_partial)?;
+            let bytes = read_bytes(&**eng, seq, &mut h)?;
             (seq, h, bytes)
         };
         if h.len <= len {
@@ -602,7 +625,7 @@ impl Store {
                 None => {
                     let mut found = None;
                     for (k, v) in eng.range(b"M", b"N", 64)? {
-                        let h: Header = serde_json::from_slice(&v).map_err(corrupt)?;
+                        let h = keys::decode(&v).map_err(corrupt)?;
                         if h.transmission.is_none() {
                             found = Some(keys::seq_suffix(&k));
                             break;
@@ -663,7 +686,9 @@ impl Store {
                         op,
                     });
                 }
-                let sha: [u8; 32] = Sha256::digest(read_bytes(&**eng, id.seq, &old)?).into();
+                let mut with_bytes = old.clone();
+                let bytes = read_bytes(&**eng, id.seq, &mut with_bytes)?;
+                let sha: [u8; 32] = Sha256::digest(bytes).into();
                 new.sha256 = hex(&sha);
             }
             (old, new)
@@ -740,11 +765,11 @@ impl Store {
                     first_err.get_or_insert(StoreError::NotFound(id));
                     continue;
                 }
-                let Some(old) = header(&**eng, id.seq)? else {
+                let Some(mut h) = header(&**eng, id.seq)? else {
                     first_err.get_or_insert(StoreError::NotFound(id));
                     continue;
                 };
-                match old.state {
+                match h.state {
                     State::Pending => {}
                     State::Delivered => continue,
                     state => {
@@ -756,18 +781,17 @@ impl Store {
                         continue;
                     }
                 }
-                let mut new = old.clone();
-                new.state = State::Delivered;
-                new.delivered_at = Some(now);
-                let ch = old.channel.clone();
-                ctr(&w, &mut changed, &ch).add(&old, -1);
-                ctr(&w, &mut changed, &ch).add(&new, 1);
-                ops.push((keys::queue(&ch, id.seq), None));
-                if let Some(at) = old.delivered_at {
+                // Changed in place: a header may hold the message's bytes, not worth a copy.
+                ctr(&w, &mut changed, &h.channel).add(&h, -1);
+                ops.push((keys::queue(&h.channel, id.seq), None));
+                if let Some(at) = h.delivered_at {
                     ops.push((keys::delivered(at, id.seq), None));
                 }
+                h.state = State::Delivered;
+                h.delivered_at = Some(now);
+                ctr(&w, &mut changed, &h.channel).add(&h, 1);
                 ops.push((keys::delivered(now, id.seq), Some(Vec::new())));
-                put_header(&mut ops, id.seq, &new)?;
+                put_header(&mut ops, id.seq, &h)?;
             }
         }
         if !ops.is_empty() {
@@ -856,10 +880,10 @@ impl Store {
         }
         let g = self.engine()?;
         let eng = g.as_ref().ok_or_else(closed)?;
-        let Some(h) = header(&**eng, id.seq)? else {
+        let Some(mut h) = header(&**eng, id.seq)? else {
             return Ok(None);
         };
-        let bytes = read_bytes(&**eng, id.seq, &h)?;
+        let bytes = read_bytes(&**eng, id.seq, &mut h)?;
         Ok(Some(Message {
             info: self.info(id.store, id.seq, h),
             bytes,
@@ -880,9 +904,9 @@ impl Store {
         }
         for (k, _) in entries {
             let seq = keys::seq_suffix(&k);
-            let h = header(&**eng, seq)?
+            let mut h = header(&**eng, seq)?
                 .ok_or_else(|| StoreError::Corrupt(format!("queue entry {seq} without message")))?;
-            let bytes = read_bytes(&**eng, seq, &h)?;
+            let bytes = read_bytes(&**eng, seq, &mut h)?;
             out.push(Message {
                 info: self.info(store, seq, h),
                 bytes,
@@ -914,7 +938,7 @@ impl Store {
             from = last.clone();
             from.push(0);
             for (k, v) in page {
-                let h: Header = serde_json::from_slice(&v).map_err(corrupt)?;
+                let h = keys::decode(&v).map_err(corrupt)?;
                 if channel.is_some_and(|c| c != h.channel) || state.is_some_and(|s| s != h.state) {
                     continue;
                 }

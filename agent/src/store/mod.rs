@@ -30,13 +30,16 @@
 //!    the batches at checkpoints, which flush it and `fsync` `sled/db` before the log
 //!    files they cover are deleted. A caller may ACK the instrument on `Ok` and must
 //!    answer negatively on `Err`.
-//! 2. **No blobs.** No value written is larger than [`engine::CHUNK`] (8 KiB); messages are
-//!    split into chunks, so sled never creates unsynced `blobs/` files. The sync still
-//!    fsyncs any blob file and the `blobs/` directory if one ever appears.
-//! 3. **Atomic records.** A message (header, every chunk, queue entry, duplicate entry,
-//!    counters, next sequence) is written in one atomic batch (one log record, checked by
-//!    its CRC at replay); after a crash it is there whole or not at all. Counters live in the same batches as the changes they count, so
-//!    they are exact after any crash.
+//! 2. **No blobs.** No value written is larger than [`engine::CHUNK`] (8 KiB); a message
+//!    whose header and bytes fit in one value is kept in its header record (store format
+//!    3), a larger one is split into chunks, so sled never creates unsynced `blobs/`
+//!    files. The sync still fsyncs any blob file and the `blobs/` directory if one ever
+//!    appears.
+//! 3. **Atomic records.** A message (header with its bytes or every chunk, queue entry,
+//!    duplicate entry, counters, next sequence) is written in one atomic batch (one log
+//!    record, checked by its CRC at replay); after a crash it is there whole or not at
+//!    all. Counters live in the same batches as the changes they count, so they are
+//!    exact after any crash.
 //! 4. **Group commit.** Concurrent writers share syncs (`group_commit.rs`): a leader
 //!    (the first writer to wait while no sync runs) syncs once for every writer whose batch
 //!    was applied before the sync started.

@@ -417,7 +417,7 @@ fn format_version_is_checked() {
     match Store::open(d.path(), opts()) {
         Err(StoreError::UnsupportedFormat {
             found: 99,
-            supported: 2,
+            supported: 3,
         }) => {}
         Err(e) => panic!("wrong error {e}"),
         Ok(_) => panic!("opened a store of another format"),
@@ -433,6 +433,89 @@ fn format_1_is_upgraded_in_place() {
     set_version(d.path(), 1);
     let s = Store::open(d.path(), opts()).unwrap();
     assert_eq!(s.get(id).unwrap().unwrap().bytes, b"from version 1");
+    drop(s);
+    let e = SledEngine::open(d.path(), 1 << 20).unwrap();
+    assert_eq!(
+        e.get(keys::VERSION).unwrap().unwrap(),
+        keys::FORMAT_VERSION.to_be_bytes()
+    );
+}
+
+/// Every `M` and `B` value in the engine, and whether any value is over [`CHUNK`].
+fn message_keys(dir: &std::path::Path) -> (usize, usize, bool) {
+    let e = SledEngine::open(dir, 1 << 20).unwrap();
+    let all = e.range(&[], &[0xff], usize::MAX).unwrap();
+    let count = |t: u8| all.iter().filter(|(k, _)| k[0] == t).count();
+    let over = all.iter().any(|(_, v)| v.len() > engine::CHUNK);
+    (count(b'M'), count(b'B'), over)
+}
+
+/// A message whose header and bytes fit in one value is one `M` key, no chunk; one that
+/// does not fit is chunked as before (no value over `CHUNK`: no sled blob). Its bytes stay
+/// through every state change, and a second copy is still a duplicate.
+#[test]
+fn a_small_message_is_one_record_and_keeps_its_bytes_through_its_states() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open_with(d.path(), opts(), EngineKind::SledDirect).unwrap();
+    let small = s.append(msg("a", b"MSH|^~\\&|\0|")).unwrap().id;
+    let edge = vec![b'x'; engine::CHUNK - 64];
+    let edge_id = s.append(msg("a", &edge)).unwrap().id;
+    let big = vec![b'y'; 3 * engine::CHUNK];
+    let big_id = s.append(msg("a", &big)).unwrap().id;
+    let rejected = s.append_rejected(msg("b", b"no MSH"), "no MSH").unwrap().id;
+    drop(s);
+    // The edge case's header pushes it past CHUNK: chunked, 1 + 3 chunks of the big one.
+    assert_eq!(message_keys(d.path()), (4, 1 + 3, false));
+    let s = Store::open_with(d.path(), opts(), EngineKind::SledDirect).unwrap();
+    s.confirm(small).unwrap();
+    s.confirm_many(&[edge_id, big_id]).unwrap();
+    s.retry(rejected).unwrap();
+    s.retry(small).unwrap();
+    assert_eq!(s.get(small).unwrap().unwrap().bytes, b"MSH|^~\\&|\0|");
+    assert_eq!(s.get(edge_id).unwrap().unwrap().bytes, edge);
+    assert_eq!(s.get(big_id).unwrap().unwrap().bytes, big);
+    let p = s.next_pending("b", 10).unwrap();
+    assert_eq!(p[0].bytes, b"no MSH");
+    assert!(s.append(msg("a", b"MSH|^~\\&|\0|")).unwrap().duplicate);
+    s.confirm(small).unwrap();
+    assert_eq!(s.purge_delivered().unwrap(), 3);
+    drop(s);
+    assert_eq!(message_keys(d.path()), (1, 0, false));
+}
+
+/// A format-2 store keeps every message's bytes in `B` chunks. Opened by this binary, it
+/// is upgraded in place: its messages read, change state and deduplicate as before, and
+/// new ones are written in the new layout beside them.
+#[test]
+fn format_2_is_upgraded_in_place_and_its_chunked_messages_read() {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open_with(d.path(), opts(), EngineKind::SledDirect).unwrap();
+    let old = s.append(msg("a", b"written by version 2")).unwrap().id;
+    drop(s);
+    // Rewrite the record as format 2 wrote it: header JSON alone, the bytes in a chunk.
+    let e = SledEngine::open(d.path(), 1 << 20).unwrap();
+    let mut h = keys::decode(&e.get(&keys::msg(old.seq())).unwrap().unwrap()).unwrap();
+    let bytes = h.inline.take().expect("written beside its header");
+    h.chunks = 1;
+    e.apply(vec![
+        (keys::body(old.seq(), 0), Some(bytes)),
+        (keys::msg(old.seq()), Some(serde_json::to_vec(&h).unwrap())),
+    ])
+    .unwrap();
+    e.sync().unwrap();
+    drop(e);
+    set_version(d.path(), 2);
+    let s = Store::open(d.path(), opts()).unwrap();
+    assert_eq!(s.get(old).unwrap().unwrap().bytes, b"written by version 2");
+    assert!(
+        s.append(msg("a", b"written by version 2"))
+            .unwrap()
+            .duplicate
+    );
+    let new = s.append(msg("a", b"written by version 3")).unwrap().id;
+    s.confirm(old).unwrap();
+    assert_eq!(s.get(old).unwrap().unwrap().bytes, b"written by version 2");
+    assert_eq!(s.next_pending("a", 10).unwrap()[0].info.id, new);
     drop(s);
     let e = SledEngine::open(d.path(), 1 << 20).unwrap();
     assert_eq!(
