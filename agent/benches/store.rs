@@ -78,7 +78,7 @@ fn msg(ch: usize, i: u64) -> NewMessage {
         received_at: SystemTime::now(),
         clock_synced: Some(true),
         bytes,
-        meta: serde_json::json!({"msh10": i}),
+        meta: serde_json::json!({"msh10": i}).into(),
     }
 }
 

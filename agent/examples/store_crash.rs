@@ -52,7 +52,7 @@ fn main() {
                 received_at: SystemTime::now(),
                 clock_synced: Some(true),
                 bytes,
-                meta: serde_json::json!({ "i": i }),
+                meta: serde_json::json!({ "i": i }).into(),
             })
             .expect("append");
         say(&format!("ACK {} {hex}", a.id));

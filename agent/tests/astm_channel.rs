@@ -258,7 +258,7 @@ async fn store_refusal_is_answered_nak_and_the_retry_succeeds_once_space_frees()
                 received_at: std::time::SystemTime::now(),
                 clock_synced: Some(true),
                 bytes: vec![b'f'; 3500 - 256 - 2],
-                meta: serde_json::json!({}),
+                meta: serde_json::json!({}).into(),
             })
             .unwrap();
         filler_id.set(Some(a.id));

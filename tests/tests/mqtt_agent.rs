@@ -74,7 +74,7 @@ fn prefill(state: &Path, n: usize) -> Vec<String> {
                         received_at: SystemTime::now(),
                         clock_synced: Some(true),
                         bytes: text.into_bytes(),
-                        meta: serde_json::json!({}),
+                        meta: serde_json::json!({}).into(),
                     })
                     .unwrap();
                 ids.push(a.id.to_string());

@@ -46,7 +46,7 @@ impl Origin<'_> {
             received_at: SystemTime::now(),
             clock_synced: self.clock_synced,
             bytes,
-            meta: serde_json::Value::Null,
+            meta: super::Meta::null(),
         }
     }
 
@@ -95,7 +95,7 @@ struct Failed {
 
 /// How the agent builds a message's meta from its bytes and how it ended (protocol
 /// specific; `End::Rejected` for bytes that are not a message).
-pub type MetaFn<'a> = &'a (dyn Fn(&[u8], &End) -> serde_json::Value + Sync);
+pub type MetaFn<'a> = &'a (dyn Fn(&[u8], &End) -> super::Meta + Sync);
 
 impl Default for Durable {
     fn default() -> Self {

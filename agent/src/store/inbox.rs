@@ -117,7 +117,7 @@ impl Store {
             clock_synced: h.clock_synced,
             state: h.state,
             reason: h.reason,
-            meta: h.meta,
+            meta: h.meta.to_value(),
             len: h.len,
             sha256: h.sha256,
             delivered_at: h.delivered_at.map(|s| UNIX_EPOCH + Duration::from_secs(s)),
@@ -237,7 +237,7 @@ impl Store {
         channel: &str,
         protocol: Protocol,
         at: SystemTime,
-        meta: serde_json::Value,
+        meta: super::Meta,
         bytes: &[u8],
         seq: u64,
         ops: &mut Vec<Op>,
@@ -331,7 +331,7 @@ impl Store {
                     protocol: f.protocol,
                     received_at_ms: time_to_ms(f.received_at),
                     clock_synced: f.clock_synced,
-                    meta: serde_json::Value::Null,
+                    meta: super::Meta::null(),
                     state: State::Incomplete,
                     len: f.bytes.len() as u64,
                     chunks: 0,
@@ -363,7 +363,7 @@ impl Store {
         &self,
         channel: &str,
         transmission: &str,
-        meta: serde_json::Value,
+        meta: super::Meta,
     ) -> Result<Appended> {
         let (a, t) = self.complete_nowait(channel, transmission, &[], &|_| meta.clone())?;
         self.durable(t.0)?;
@@ -380,7 +380,7 @@ impl Store {
         channel: &str,
         transmission: &str,
         tail: &[u8],
-        meta: &dyn Fn(&[u8]) -> serde_json::Value,
+        meta: &dyn Fn(&[u8]) -> super::Meta,
     ) -> Result<(Appended, Ticket)> {
         let mut w = self.lock_writer();
         self.ensure_healthy(&mut w)?;
@@ -812,7 +812,8 @@ impl Store {
             State::Pending => {
                 h.state = State::Delivered;
                 h.delivered_at = Some(now);
-                match &mut h.meta {
+                let mut meta = h.meta.to_value();
+                match &mut meta {
                     serde_json::Value::Object(m) => {
                         m.insert("delivered_by_policy".into(), reason.into());
                     }
@@ -820,6 +821,7 @@ impl Store {
                         *other = serde_json::json!({ "delivered_by_policy": reason });
                     }
                 }
+                h.meta = meta.into();
                 Ok(true)
             }
             s => Err(StoreError::InvalidState {
@@ -1049,7 +1051,7 @@ mod confirm_by_policy_tests {
                 received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
                 clock_synced: Some(true),
                 bytes: b"H|\\^&\rQ|1\rL|1\r".to_vec(),
-                meta: serde_json::json!({"encoding": "utf-8"}),
+                meta: serde_json::json!({"encoding": "utf-8"}).into(),
             })
             .unwrap();
         s.confirm_by_policy(a.id, "host query").unwrap();
@@ -1081,7 +1083,7 @@ mod append_rejected_tests {
             received_at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_874_700),
             clock_synced: Some(true),
             bytes: bytes.to_vec(),
-            meta: serde_json::json!({}),
+            meta: serde_json::json!({}).into(),
         }
     }
 

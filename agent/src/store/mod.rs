@@ -281,7 +281,57 @@ pub struct NewMessage {
     pub clock_synced: Option<bool>,
     pub bytes: Vec<u8>,
     /// Small JSON object: sender, record counts, MSH-10, ...
-    pub meta: serde_json::Value,
+    pub meta: Meta,
+}
+
+/// A message's meta (a small JSON object, see `crate::meta`) as the JSON text it is
+/// stored as. The store copies it into and out of headers without parsing it: building a
+/// `serde_json::Value` for every message, serializing it and dropping it was about a
+/// tenth of the ingest thread, and every state change parsed and wrote it again
+/// (docs/perf/ingest.md). Readers get a `Value` ([`MessageInfo::meta`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Meta(Box<serde_json::value::RawValue>);
+
+impl Meta {
+    /// JSON `null`: no meta.
+    pub fn null() -> Meta {
+        Meta::of(&())
+    }
+
+    /// The JSON of `v`, serialized once (compact, like every meta stored). A value that
+    /// cannot be JSON (a map with non-text keys) is `null`; meta is never worth a refusal.
+    pub fn of<T: Serialize + ?Sized>(v: &T) -> Meta {
+        match serde_json::value::to_raw_value(v) {
+            Ok(r) => Meta(r),
+            Err(e) => {
+                tracing::debug!("message meta is not JSON ({e}); stored as null");
+                Meta(serde_json::value::RawValue::from_string("null".into()).expect("JSON"))
+            }
+        }
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parsed (`null` if the text is not JSON, which the store never writes).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Meta) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<serde_json::Value> for Meta {
+    fn from(v: serde_json::Value) -> Meta {
+        Meta::of(&v)
+    }
 }
 
 /// One fragment (e.g. ASTM frame payload) of a message still being received.

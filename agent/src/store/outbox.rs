@@ -543,7 +543,7 @@ impl Store {
             ORDER_REPORTS,
             Protocol::Raw,
             now,
-            meta,
+            meta.into(),
             &bytes,
             seq,
             ops,

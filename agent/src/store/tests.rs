@@ -23,7 +23,7 @@ fn msg(ch: &str, bytes: &[u8]) -> NewMessage {
         received_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_874_700_123),
         clock_synced: Some(true),
         bytes: bytes.to_vec(),
-        meta: serde_json::json!({"msh10": "X1"}),
+        meta: serde_json::json!({"msh10": "X1"}).into(),
     }
 }
 
@@ -181,7 +181,7 @@ fn fragments_complete_abandon_restart() {
         assert_eq!(s.stats().unwrap().totals.incomplete, 1);
         assert!(s.next_pending("astm1", 10).unwrap().is_empty());
         let done = s
-            .complete("astm1", "t1", serde_json::json!({"records": 2}))
+            .complete("astm1", "t1", serde_json::json!({"records": 2}).into())
             .unwrap();
         assert_eq!((done.id, done.duplicate), (id, false));
         assert_eq!(
@@ -191,12 +191,14 @@ fn fragments_complete_abandon_restart() {
         // Same content again → duplicate, partial removed.
         s.append_fragment(frag("t2", b"H|\\^&\r")).unwrap();
         s.append_fragment(frag("t2", &[b'R'; 20_000])).unwrap();
-        let again = s.complete("astm1", "t2", serde_json::Value::Null).unwrap();
+        let again = s
+            .complete("astm1", "t2", serde_json::Value::Null.into())
+            .unwrap();
         assert_eq!((again.id, again.duplicate), (id, true));
         // An unfinished transmission survives a restart as incomplete.
         s.append_fragment(frag("t3", b"H|partial")).unwrap();
         assert!(matches!(
-            s.complete("astm1", "nope", serde_json::Value::Null),
+            s.complete("astm1", "nope", serde_json::Value::Null.into()),
             Err(StoreError::NoPartial { .. })
         ));
     }
@@ -204,7 +206,7 @@ fn fragments_complete_abandon_restart() {
     let inc = s.list(Some("astm1"), Some(State::Incomplete), 10).unwrap();
     assert_eq!(inc.len(), 1);
     assert!(matches!(
-        s.complete("astm1", "t3", serde_json::Value::Null),
+        s.complete("astm1", "t3", serde_json::Value::Null.into()),
         Err(StoreError::NoPartial { .. })
     ));
     assert_eq!(s.retry_all(State::Incomplete).unwrap(), 1);

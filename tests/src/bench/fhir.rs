@@ -155,7 +155,7 @@ fn prefill(dir: &Path, n: u64) -> Store {
         received_at: SystemTime::now(),
         clock_synced: Some(true),
         bytes: astm_message(i),
-        meta: serde_json::json!({"encoding": "utf-8"}),
+        meta: serde_json::json!({"encoding": "utf-8"}).into(),
     });
     store
 }

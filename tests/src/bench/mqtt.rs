@@ -44,7 +44,7 @@ fn fill(store: &Store, n: usize) -> Duration {
         received_at: SystemTime::now(),
         clock_synced: Some(true),
         bytes: text(i as usize),
-        meta: serde_json::json!({"frames": 1}),
+        meta: serde_json::json!({"frames": 1}).into(),
     })
 }
 

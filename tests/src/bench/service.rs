@@ -89,7 +89,7 @@ fn prefill(dir: &Path, n: u64) -> Duration {
             received_at: SystemTime::now(),
             clock_synced: Some(true),
             bytes: b,
-            meta: serde_json::Value::Null,
+            meta: serde_json::Value::Null.into(),
         }
     })
 }

@@ -169,7 +169,7 @@ fn prefill(dir: &Path, n: u64) -> (Store, Duration) {
             received_at: SystemTime::now(),
             clock_synced: Some(true),
             bytes: b,
-            meta: serde_json::Value::Null,
+            meta: serde_json::Value::Null.into(),
         }
     });
     (store, took)
