@@ -399,3 +399,99 @@ fn connections_are_reused() {
     assert_eq!(q.confirmed().len(), 50);
     assert_eq!(up.connections(), 1);
 }
+
+/// What the uplink asked of its queue: reads (with what they returned) and confirmations.
+#[derive(Clone, Default)]
+struct Recording {
+    inner: MemoryQueue,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl labagent::uplink::Queue for Recording {
+    fn channels(&self) -> Result<Vec<String>, labagent::uplink::QueueError> {
+        self.inner.channels()
+    }
+    fn next_batch(
+        &self,
+        channel: &str,
+        max: usize,
+    ) -> Result<Vec<labagent::uplink::Outgoing>, labagent::uplink::QueueError> {
+        let b = self.inner.next_batch(channel, max)?;
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("read {max}: {}", b.len()));
+        Ok(b)
+    }
+    fn confirm(&self, ids: &[String]) -> Result<(), labagent::uplink::QueueError> {
+        let (first, last) = (ids.first().unwrap(), ids.last().unwrap());
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("confirm {first}..{last} ({})", ids.len()));
+        self.inner.confirm(ids)
+    }
+    fn reject(&self, id: &str, reason: &str) -> Result<(), labagent::uplink::QueueError> {
+        self.inner.reject(id, reason)
+    }
+    fn skip(&self, id: &str, reason: &str) -> Result<(), labagent::uplink::QueueError> {
+        self.inner.skip(id, reason)
+    }
+}
+
+/// Raw posts one message per request, but reads the queue 16 messages at a time and
+/// confirms what a read delivered in one store write (each read and each confirmation is
+/// a store operation: one per message was a third of the uplink's CPU). A failure part-way
+/// confirms those accepted before it; the next read starts at the one that failed, which
+/// goes again with its key, and the order holds.
+#[test]
+fn raw_reads_the_queue_in_runs_and_confirms_each_run_at_once() {
+    let up = Upstream::start();
+    {
+        let mut st = up.state();
+        for _ in 0..5 {
+            st.ingest_faults.push_back(Fault::status(200));
+        }
+        st.ingest_faults.push_back(Fault::status(503));
+    }
+    let q = Recording::default();
+    for n in 0..40 {
+        q.inner.push(msg("a", n, Protocol::Astm));
+    }
+    let c = clock(10);
+    let mut u = labagent::uplink::Uplink::new(
+        up.settings(),
+        up.auth(),
+        std::sync::Arc::new(q.clone()),
+        std::sync::Arc::new(MemoryTokenCache::new()),
+        c.clone(),
+    )
+    .unwrap();
+    assert!(u.drain());
+    assert_eq!(
+        *q.calls.lock().unwrap(),
+        [
+            "read 16: 16",
+            "confirm a-000000..a-000004 (5)",
+            "read 16: 16",
+            "confirm a-000005..a-000020 (16)",
+            "read 16: 16",
+            "confirm a-000021..a-000036 (16)",
+            "read 16: 3",
+            "confirm a-000037..a-000039 (3)",
+            "read 16: 0",
+        ]
+    );
+    let keys: Vec<String> = up
+        .requests("/ingest")
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    let mut want: Vec<String> = (0..=5).map(|n| format!("a-{n:06}")).collect();
+    want.extend((5..40).map(|n| format!("a-{n:06}")));
+    assert_eq!(keys, want, "the failed one again, then the rest in order");
+    let confirmed: Vec<String> = q.inner.confirmed();
+    let all: Vec<String> = (0..40).map(|n| format!("a-{n:06}")).collect();
+    assert_eq!(confirmed, all);
+    assert_eq!(u.subscribe().borrow().delivered, 40);
+}

@@ -135,6 +135,29 @@ impl Upstream {
         self.state.0.lock().unwrap().requests.clone()
     }
 
+    /// Waits until `n` requests were answered 2xx (counted, not copied: a benchmark's
+    /// tens of thousands of uploads); false after `timeout`.
+    pub fn wait_accepted_count(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap();
+        loop {
+            let ok = s
+                .requests
+                .iter()
+                .filter(|r| (200..300).contains(&r.status))
+                .count();
+            if ok >= n {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = cv.wait_timeout(s, left).unwrap().0;
+        }
+    }
+
     /// Requests answered 2xx.
     pub fn accepted(&self) -> Vec<Request> {
         self.requests()

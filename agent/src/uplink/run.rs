@@ -33,6 +33,13 @@ const FHIR_MAX_REPLY: u64 = 4 << 20;
 
 /// How long an idle uplink waits before looking at the queue again (a wake ends it early).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Raw and FHIR post one message per request; the store is read this many at a time and
+/// they are posted one by one, in order. Each read of the queue is a range over the
+/// store's index: reading one message at a time cost the uplink thread about a third of
+/// its CPU (docs/perf/ingest.md). What is not posted stays pending and is read again.
+/// Those accepted are confirmed together after the read (one store write, not one each):
+/// a crash before that sends them again, with the same ids (at-least-once).
+const PREFETCH: usize = 16;
 
 /// The uplink cannot be built from these settings.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,9 @@ pub struct Uplink {
     /// `format = "fhir"`: maps each message to a transaction Bundle.
     mapper: Option<Arc<Mapper>>,
     failures: Failures,
+    /// While a read of [`PREFETCH`] messages is posted one by one: the ids accepted so
+    /// far, confirmed in the store together when the read is done or a post fails.
+    deferred: Option<Vec<String>>,
 }
 
 /// Controls a spawned uplink.
@@ -183,6 +193,7 @@ impl Uplink {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed()),
             mapper,
             failures: Failures::default(),
+            deferred: None,
         })
     }
 
@@ -306,9 +317,10 @@ impl Uplink {
     /// One pass over all channels, one batch each. Ok(true): something was delivered or
     /// parked; Ok(false): nothing pending.
     fn round(&mut self) -> Result<bool, Stop> {
-        let max = match self.settings.format {
-            Format::Raw | Format::Fhir => 1,
-            Format::Json => self.settings.batch_max.max(1),
+        // `one_by_one`: the batch read is posted a message per request.
+        let (max, one_by_one) = match self.settings.format {
+            Format::Raw | Format::Fhir => (PREFETCH, true),
+            Format::Json => (self.settings.batch_max.max(1), false),
         };
         let mut progressed = false;
         for channel in self.queue.channels().map_err(|e| store_stop("read", e))? {
@@ -321,8 +333,18 @@ impl Uplink {
             if batch.is_empty() {
                 continue;
             }
-            self.deliver(&batch)?;
-            progressed = true;
+            if one_by_one {
+                self.deferred = Some(Vec::new());
+                let posted = self.deliver_each(&batch);
+                let accepted = self.deferred.take().unwrap_or_default();
+                if !accepted.is_empty() {
+                    self.confirm_posted(accepted)?;
+                }
+                progressed |= posted?;
+            } else {
+                self.deliver(&batch)?;
+                progressed = true;
+            }
         }
         if progressed {
             self.backoff.reset();
@@ -338,8 +360,38 @@ impl Uplink {
         Ok(progressed)
     }
 
+    /// Delivers each message of `batch` on its own, in order, until one fails or the
+    /// uplink stops (the rest stays pending, read again). Ok(true): one or more delivered.
+    fn deliver_each(&mut self, batch: &[Outgoing]) -> Result<bool, Stop> {
+        let mut progressed = false;
+        for m in batch {
+            if self.clock.is_shutdown() {
+                break;
+            }
+            self.deliver(std::slice::from_ref(m))?;
+            progressed = true;
+        }
+        Ok(progressed)
+    }
+
+    /// Marks `ids`, accepted by the server, delivered in the store.
+    fn confirm_posted(&mut self, ids: Vec<String>) -> Result<(), Stop> {
+        // Not confirmed: sent again with the same id after the wait (at-least-once).
+        self.queue
+            .confirm(&ids)
+            .map_err(|e| store_stop("mark delivered messages in", e))?;
+        tracing::debug!(count = ids.len(), "delivered and confirmed");
+        let now = self.clock.now();
+        self.publish(|s| {
+            s.delivered += ids.len() as u64;
+            s.last_delivery = Some(now);
+        });
+        Ok(())
+    }
+
     /// Delivers `batch` (one request, or bisection on a 4xx that blames a message). On
-    /// return Ok every message of it is confirmed or parked.
+    /// return Ok every message of it is confirmed or parked (or, while a read is posted
+    /// one by one, accepted and noted in `deferred`).
     fn deliver(&mut self, batch: &[Outgoing]) -> Result<(), Stop> {
         if let [m] = batch {
             if m.channel == ORDER_REPORTS {
@@ -358,19 +410,21 @@ impl Uplink {
                         "uploads succeed again (after: {what})"
                     );
                 }
-                // Not confirmed: sent again with the same id after the wait (at-least-once).
-                self.queue
-                    .confirm(&ids)
-                    .map_err(|e| store_stop("mark delivered messages in", e))?;
-                tracing::debug!(count = ids.len(), "delivered and confirmed");
-                let now = self.clock.now();
-                self.publish(|s| {
-                    s.delivered += ids.len() as u64;
-                    s.last_delivery = Some(now);
-                });
-                Ok(())
+                match self.deferred.as_mut() {
+                    Some(d) => {
+                        d.extend(ids);
+                        Ok(())
+                    }
+                    None => self.confirm_posted(ids),
+                }
             }
             Action::Reject(why) if batch.len() == 1 => {
+                // The store hears of the messages in the order they were posted.
+                if let Some(ids) = self.deferred.as_mut().map(std::mem::take) {
+                    if !ids.is_empty() {
+                        self.confirm_posted(ids)?;
+                    }
+                }
                 let m = &batch[0];
                 tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message rejected by the server; parked");
                 self.queue

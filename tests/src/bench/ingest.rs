@@ -213,12 +213,23 @@ struct Load {
     created_names: String,
     syscalls: Option<BTreeMap<String, u64>>,
     messages: usize,
+    /// Uploading: the agent's CPU per message from the load's start until the upstream
+    /// has every message (the figure above counts only what was uploaded while the
+    /// instrument side sent), and the messages uploaded per second over that time.
+    drained: Option<(f64, f64)>,
 }
 
-fn load(agent: &Agent, conns: usize, per: usize, round: usize) -> Load {
+fn load(
+    agent: &Agent,
+    conns: usize,
+    per: usize,
+    round: usize,
+    upstream: Option<&labagent_tests::upstream::Upstream>,
+) -> Load {
     let pid = agent.pid();
     // Warm up: connections, store, uplink.
     drive(agent.addr(), conns, 20, round * 10);
+    let t0 = std::time::Instant::now();
     let before = task_ids(&pid);
     let syncs0 = agent.syncs();
     let strace = SYSCALLS
@@ -236,7 +247,18 @@ fn load(agent: &Agent, conns: usize, per: usize, round: usize) -> Load {
     let syncs1 = agent.syncs();
     // `drive` counts its own warm-up in the rate; the CPU window covers all of it.
     let n = conns * (per + crate::hl7::WARMUP);
+    // Every message this agent was sent (warm-up included) reaches the upstream once.
+    let drained = upstream.and_then(|u| {
+        let all = conns * (20 + crate::hl7::WARMUP) + n;
+        u.wait_accepted_count(all, Duration::from_secs(600))
+            .then(|| {
+                let cpu = crate::sys::cpu_time(&pid);
+                let secs = t0.elapsed().as_secs_f64();
+                ((cpu - cpu0).as_secs_f64() * 1e6 / n as f64, n as f64 / secs)
+            })
+    });
     Load {
+        drained,
         rate: f.rate,
         p99: f.p99,
         cpu_us_per_msg: (cpu1 - cpu0).as_secs_f64() * 1e6 / n as f64,
@@ -296,6 +318,13 @@ fn rows_for(label: &str, l: &Load, rows: &mut Vec<Row>) {
             l.messages
         ),
     ));
+    if let Some((us, rate)) = l.drained {
+        rows.push(Row::new(
+            format!("  … until every message is uploaded, {label}"),
+            format!("{us:.1} us"),
+            format!("{rate:.0} msgs/s uploaded over the load and the drain"),
+        ));
+    }
     rows.push(Row::new(
         format!("  CPU per message by thread, {label}"),
         "",
@@ -363,7 +392,7 @@ pub fn run() -> Vec<Row> {
     // `BENCH_INGEST_PER_CONN`: a longer load (to profile the agent with perf).
     let per_conn = crate::sys::env_u64("BENCH_INGEST_PER_CONN", PER_CONN as u64) as usize;
     let offline = Agent::start(&labagent_tests::config::dead_url());
-    let off = load(&offline, 8, per_conn, 1);
+    let off = load(&offline, 8, per_conn, 1, None);
     rows_for("uplink offline", &off, &mut rows);
     let one = drive(offline.addr(), 1, ONE_CONN, 90);
     rows.push(Row::new(
@@ -380,7 +409,7 @@ pub fn run() -> Vec<Row> {
 
     let upstream = labagent_tests::upstream::Upstream::start();
     let online = Agent::start(&upstream.url("/ingest"));
-    let on = load(&online, 8, per_conn, 2);
+    let on = load(&online, 8, per_conn, 2, Some(&upstream));
     rows_for("uploading raw to a local upstream", &on, &mut rows);
     drop(online);
 
