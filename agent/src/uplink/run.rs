@@ -382,7 +382,10 @@ impl Uplink {
             .map_err(|e| store_stop("mark delivered messages in", e))?;
         tracing::debug!(count = ids.len(), "delivered and confirmed");
         let now = self.clock.now();
+        // Delivered is Ok, in the same update: a watcher never sees a count of delivered
+        // messages beside a state from before them.
         self.publish(|s| {
+            s.state = UplinkState::Ok;
             s.delivered += ids.len() as u64;
             s.last_delivery = Some(now);
         });
