@@ -294,7 +294,8 @@ pub struct NewMessage {
 pub struct Meta(Box<serde_json::value::RawValue>);
 
 impl Meta {
-    /// JSON `null`: no meta.
+    /// JSON `null`: no meta. (`()` always serializes, so this never takes `of`'s
+    /// fallback.)
     pub fn null() -> Meta {
         Meta::of(&())
     }
@@ -306,7 +307,7 @@ impl Meta {
             Ok(r) => Meta(r),
             Err(e) => {
                 tracing::debug!("message meta is not JSON ({e}); stored as null");
-                Meta(serde_json::value::RawValue::from_string("null".into()).expect("JSON"))
+                Meta::null()
             }
         }
     }

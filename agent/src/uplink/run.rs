@@ -78,9 +78,6 @@ pub struct Uplink {
     /// `format = "fhir"`: maps each message to a transaction Bundle.
     mapper: Option<Arc<Mapper>>,
     failures: Failures,
-    /// While a read of [`PREFETCH`] messages is posted one by one: the ids accepted so
-    /// far, confirmed in the store together when the read is done or a post fails.
-    deferred: Option<Vec<String>>,
 }
 
 /// Controls a spawned uplink.
@@ -193,7 +190,6 @@ impl Uplink {
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300), seed()),
             mapper,
             failures: Failures::default(),
-            deferred: None,
         })
     }
 
@@ -333,18 +329,16 @@ impl Uplink {
             if batch.is_empty() {
                 continue;
             }
-            if one_by_one {
-                self.deferred = Some(Vec::new());
-                let posted = self.deliver_each(&batch);
-                let accepted = self.deferred.take().unwrap_or_default();
-                if !accepted.is_empty() {
-                    self.confirm_posted(accepted)?;
-                }
-                progressed |= posted?;
+            // The ids the server accepted, confirmed in one store write once the read is
+            // posted, or as far as it got when a post failed.
+            let mut accepted = Vec::new();
+            let posted = if one_by_one {
+                self.deliver_each(&batch, &mut accepted)
             } else {
-                self.deliver(&batch)?;
-                progressed = true;
-            }
+                self.deliver(&batch, &mut accepted).map(|()| true)
+            };
+            self.confirm_posted(accepted)?;
+            progressed |= posted?;
         }
         if progressed {
             self.backoff.reset();
@@ -362,20 +356,27 @@ impl Uplink {
 
     /// Delivers each message of `batch` on its own, in order, until one fails or the
     /// uplink stops (the rest stays pending, read again). Ok(true): one or more delivered.
-    fn deliver_each(&mut self, batch: &[Outgoing]) -> Result<bool, Stop> {
+    fn deliver_each(
+        &mut self,
+        batch: &[Outgoing],
+        accepted: &mut Vec<String>,
+    ) -> Result<bool, Stop> {
         let mut progressed = false;
         for m in batch {
             if self.clock.is_shutdown() {
                 break;
             }
-            self.deliver(std::slice::from_ref(m))?;
+            self.deliver(std::slice::from_ref(m), accepted)?;
             progressed = true;
         }
         Ok(progressed)
     }
 
-    /// Marks `ids`, accepted by the server, delivered in the store.
+    /// Marks `ids`, accepted by the server, delivered in the store (none: nothing to do).
     fn confirm_posted(&mut self, ids: Vec<String>) -> Result<(), Stop> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         // Not confirmed: sent again with the same id after the wait (at-least-once).
         self.queue
             .confirm(&ids)
@@ -393,9 +394,9 @@ impl Uplink {
     }
 
     /// Delivers `batch` (one request, or bisection on a 4xx that blames a message). On
-    /// return Ok every message of it is confirmed or parked (or, while a read is posted
-    /// one by one, accepted and noted in `deferred`).
-    fn deliver(&mut self, batch: &[Outgoing]) -> Result<(), Stop> {
+    /// return Ok every message of it is parked, confirmed (FHIR, order reports) or
+    /// accepted and added to `accepted`, which the caller confirms.
+    fn deliver(&mut self, batch: &[Outgoing], accepted: &mut Vec<String>) -> Result<(), Stop> {
         if let [m] = batch {
             if m.channel == ORDER_REPORTS {
                 return self.deliver_report(m);
@@ -413,21 +414,12 @@ impl Uplink {
                         "uploads succeed again (after: {what})"
                     );
                 }
-                match self.deferred.as_mut() {
-                    Some(d) => {
-                        d.extend(ids);
-                        Ok(())
-                    }
-                    None => self.confirm_posted(ids),
-                }
+                accepted.extend(ids);
+                Ok(())
             }
             Action::Reject(why) if batch.len() == 1 => {
                 // The store hears of the messages in the order they were posted.
-                if let Some(ids) = self.deferred.as_mut().map(std::mem::take) {
-                    if !ids.is_empty() {
-                        self.confirm_posted(ids)?;
-                    }
-                }
+                self.confirm_posted(std::mem::take(accepted))?;
                 let m = &batch[0];
                 tracing::warn!(id = %m.id, channel = %m.channel, reason = %why, "message rejected by the server; parked");
                 self.queue
@@ -439,8 +431,8 @@ impl Uplink {
             Action::Reject(why) => {
                 tracing::info!(size = batch.len(), reason = %why, "batch refused; splitting it to find the message at fault");
                 let (a, b) = batch.split_at(batch.len() / 2);
-                self.deliver(a)?;
-                self.deliver(b)
+                self.deliver(a, accepted)?;
+                self.deliver(b, accepted)
             }
             other => Err(self.stop_for(other)),
         }
