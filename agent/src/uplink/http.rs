@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use ureq::unversioned::transport::Connector;
 use ureq::Agent;
 
 use super::response::Hints;
@@ -88,10 +89,12 @@ impl HttpClient {
             .user_agent(concat!("labagent/", env!("CARGO_PKG_VERSION")))
             .build();
         // Our resolver: IP literals as they are, names cached and looked up on one thread
-        // (ureq's own spawns a thread per request, see `resolve`).
+        // (ureq's own spawns a thread per request, see `resolve`). On top of ureq's
+        // connectors, a layer that sends a request's head and body in one write.
         let agent = Agent::with_parts(
             config,
-            ureq::unversioned::transport::DefaultConnector::default(),
+            ureq::unversioned::transport::DefaultConnector::default()
+                .chain(super::coalesce::Coalesce),
             super::resolve::CachingResolver::new(),
         );
         Ok(HttpClient { agent })

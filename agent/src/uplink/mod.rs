@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod backoff;
+mod coalesce;
 pub mod feed;
 pub mod http;
 pub mod query;
