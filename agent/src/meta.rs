@@ -136,7 +136,15 @@ pub fn hl7(bytes: &[u8], end: &End, enc: &labagent_config::Encoding) -> Meta {
                 (Err(e), _) => e.to_string(),
                 (Ok(_), _) => "incomplete".to_string(),
             };
-            Meta::of(&serde_json::json!({ "error": error, "encoding": label }))
+            #[derive(Serialize)]
+            struct NotHl7 {
+                encoding: String,
+                error: String,
+            }
+            Meta::of(&NotHl7 {
+                encoding: label,
+                error,
+            })
         }
     }
 }

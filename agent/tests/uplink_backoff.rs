@@ -12,7 +12,7 @@ mod common_upstream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_upstream::{capture_logs, msg, Fault, Upstream};
+use common_upstream::{capture_logs, msg, Fault, QueueSpy, Upstream};
 use labagent::uplink::{Clock, MemoryQueue, MemoryTokenCache, Protocol, SystemClock, Uplink};
 
 const FAILURES: usize = 3;
@@ -177,48 +177,6 @@ fn a_new_message_wakes_an_idle_uplink() {
     );
 }
 
-/// A queue whose store fails the first `fail_reads` reads and `fail_confirms` confirms.
-struct FailingStore {
-    inner: MemoryQueue,
-    fail_reads: std::sync::atomic::AtomicUsize,
-    fail_confirms: std::sync::atomic::AtomicUsize,
-}
-
-fn take_one(n: &std::sync::atomic::AtomicUsize) -> bool {
-    use std::sync::atomic::Ordering;
-    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
-        .is_ok()
-}
-
-impl labagent::uplink::Queue for FailingStore {
-    fn channels(&self) -> Result<Vec<String>, labagent::uplink::QueueError> {
-        self.inner.channels()
-    }
-    fn next_batch(
-        &self,
-        channel: &str,
-        max: usize,
-    ) -> Result<Vec<labagent::uplink::Outgoing>, labagent::uplink::QueueError> {
-        if take_one(&self.fail_reads) {
-            return Err(labagent::uplink::QueueError(
-                "store IO error: disk on fire".into(),
-            ));
-        }
-        self.inner.next_batch(channel, max)
-    }
-    fn confirm(&self, ids: &[String]) -> Result<(), labagent::uplink::QueueError> {
-        if take_one(&self.fail_confirms) {
-            return Err(labagent::uplink::QueueError(
-                "store IO error: no space".into(),
-            ));
-        }
-        self.inner.confirm(ids)
-    }
-    fn reject(&self, id: &str, reason: &str) -> Result<(), labagent::uplink::QueueError> {
-        self.inner.reject(id, reason)
-    }
-}
-
 /// A store that cannot be read is not an empty queue: the uplink backs off and tries
 /// again; a confirmation that cannot be written makes it wait too, and the message goes
 /// again with the same key (at-least-once), instead of being resent in a tight loop.
@@ -227,10 +185,11 @@ fn a_failing_store_is_waited_out_not_read_as_empty() {
     let up = Upstream::start();
     let q = MemoryQueue::new();
     q.push(msg("chem", 0, Protocol::Astm));
-    let store = Arc::new(FailingStore {
+    let store = Arc::new(QueueSpy {
         inner: q.clone(),
-        fail_reads: 3.into(),
-        fail_confirms: 1.into(),
+        fail_reads: Arc::new(3.into()),
+        fail_confirms: Arc::new(1.into()),
+        ..QueueSpy::default()
     });
     let clock = common_upstream::clock(50);
     let mut u = Uplink::new(

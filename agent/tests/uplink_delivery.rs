@@ -6,7 +6,7 @@ mod common_upstream;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common_upstream::{clock, msg, uplink, Fault, Upstream};
+use common_upstream::{clock, msg, uplink, Fault, QueueSpy, Upstream};
 use labagent::uplink::queue::Fate;
 use labagent::uplink::{Format, MemoryQueue, MemoryTokenCache, Protocol, UplinkState};
 
@@ -400,45 +400,6 @@ fn connections_are_reused() {
     assert_eq!(up.connections(), 1);
 }
 
-/// What the uplink asked of its queue: reads (with what they returned) and confirmations.
-#[derive(Clone, Default)]
-struct Recording {
-    inner: MemoryQueue,
-    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl labagent::uplink::Queue for Recording {
-    fn channels(&self) -> Result<Vec<String>, labagent::uplink::QueueError> {
-        self.inner.channels()
-    }
-    fn next_batch(
-        &self,
-        channel: &str,
-        max: usize,
-    ) -> Result<Vec<labagent::uplink::Outgoing>, labagent::uplink::QueueError> {
-        let b = self.inner.next_batch(channel, max)?;
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("read {max}: {}", b.len()));
-        Ok(b)
-    }
-    fn confirm(&self, ids: &[String]) -> Result<(), labagent::uplink::QueueError> {
-        let (first, last) = (ids.first().unwrap(), ids.last().unwrap());
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("confirm {first}..{last} ({})", ids.len()));
-        self.inner.confirm(ids)
-    }
-    fn reject(&self, id: &str, reason: &str) -> Result<(), labagent::uplink::QueueError> {
-        self.inner.reject(id, reason)
-    }
-    fn skip(&self, id: &str, reason: &str) -> Result<(), labagent::uplink::QueueError> {
-        self.inner.skip(id, reason)
-    }
-}
-
 /// Raw posts one message per request, but reads the queue 16 messages at a time and
 /// confirms what a read delivered in one store write (each read and each confirmation is
 /// a store operation: one per message was a third of the uplink's CPU). A failure part-way
@@ -454,7 +415,7 @@ fn raw_reads_the_queue_in_runs_and_confirms_each_run_at_once() {
         }
         st.ingest_faults.push_back(Fault::status(503));
     }
-    let q = Recording::default();
+    let q = QueueSpy::default();
     for n in 0..40 {
         q.inner.push(msg("a", n, Protocol::Astm));
     }

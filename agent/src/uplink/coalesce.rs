@@ -212,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn a_piece_larger_than_the_hold_goes_straight_through() {
+    fn a_piece_larger_than_the_hold_is_written_before_any_wait() {
         let mut t = Coalescing::new(Wire::new(64 * 1024));
         let big = vec![7u8; HOLD_MAX + 1];
         write(&mut t, &big);

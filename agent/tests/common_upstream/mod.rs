@@ -15,15 +15,15 @@ use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use labagent::uplink::{
-    AuthSettings, ClientAuth, MemoryQueue, MemoryTokenCache, Outgoing, Protocol, Secret, Uplink,
-    UplinkSettings, VirtualClock,
+    AuthSettings, ClientAuth, MemoryQueue, MemoryTokenCache, Outgoing, Protocol, QueueError,
+    Secret, Uplink, UplinkSettings, VirtualClock,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -677,4 +677,53 @@ fn write_response<W: Write>(
         }
     }
     w.flush()
+}
+
+/// A [`MemoryQueue`](labagent::uplink::MemoryQueue) behind the uplink's `Queue` trait that
+/// records what the uplink asks of it (`read MAX: N`, `confirm FIRST..LAST (N)`) and fails
+/// the first `fail_reads` reads and `fail_confirms` confirmations, as a broken store would.
+/// Clones share everything.
+#[derive(Clone, Default)]
+pub struct QueueSpy {
+    pub inner: MemoryQueue,
+    pub calls: Arc<Mutex<Vec<String>>>,
+    pub fail_reads: Arc<AtomicUsize>,
+    pub fail_confirms: Arc<AtomicUsize>,
+}
+
+impl QueueSpy {
+    fn fails(n: &AtomicUsize, what: &str) -> Result<(), QueueError> {
+        match n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1)) {
+            Ok(_) => Err(QueueError(format!("store IO error: {what}"))),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl labagent::uplink::Queue for QueueSpy {
+    fn channels(&self) -> Result<Vec<String>, QueueError> {
+        self.inner.channels()
+    }
+    fn next_batch(&self, channel: &str, max: usize) -> Result<Vec<Outgoing>, QueueError> {
+        Self::fails(&self.fail_reads, "disk on fire")?;
+        let b = self.inner.next_batch(channel, max)?;
+        self.record(format!("read {max}: {}", b.len()));
+        Ok(b)
+    }
+    fn confirm(&self, ids: &[String]) -> Result<(), QueueError> {
+        Self::fails(&self.fail_confirms, "no space")?;
+        let (first, last) = (ids.first().unwrap(), ids.last().unwrap());
+        self.record(format!("confirm {first}..{last} ({})", ids.len()));
+        self.inner.confirm(ids)
+    }
+    fn reject(&self, id: &str, reason: &str) -> Result<(), QueueError> {
+        self.inner.reject(id, reason)
+    }
+    fn skip(&self, id: &str, reason: &str) -> Result<(), QueueError> {
+        self.inner.skip(id, reason)
+    }
 }
