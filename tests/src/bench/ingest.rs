@@ -229,7 +229,15 @@ fn load(
     let pid = agent.pid();
     // Warm up: connections, store, uplink.
     drive(agent.addr(), conns, 20, round * 10);
-    let t0 = std::time::Instant::now();
+    let warm = conns * (20 + crate::hl7::WARMUP);
+    // Uploading: the warm-up is uploaded before the window opens, so the window's CPU is
+    // this load's alone.
+    if let Some(u) = upstream {
+        assert!(
+            u.wait_accepted_count(warm, Duration::from_secs(120)),
+            "the warm-up never reached the upstream"
+        );
+    }
     let before = task_ids(&pid);
     let syncs0 = agent.syncs();
     let strace = SYSCALLS
@@ -237,6 +245,7 @@ fn load(
         .then(|| Strace::attach(&pid, agent.dir.path()))
         .flatten();
     let sampler = Threads::start(pid.clone());
+    let t0 = std::time::Instant::now();
     let cpu0 = crate::sys::cpu_time(&pid);
     let threads0 = crate::sys::cpu_by_thread(&pid);
     let f = drive(agent.addr(), conns, per, round * 10 + 1);
@@ -249,8 +258,7 @@ fn load(
     let n = conns * (per + crate::hl7::WARMUP);
     // Every message this agent was sent (warm-up included) reaches the upstream once.
     let drained = upstream.and_then(|u| {
-        let all = conns * (20 + crate::hl7::WARMUP) + n;
-        u.wait_accepted_count(all, Duration::from_secs(600))
+        u.wait_accepted_count(warm + n, Duration::from_secs(600))
             .then(|| {
                 let cpu = crate::sys::cpu_time(&pid);
                 let secs = t0.elapsed().as_secs_f64();
